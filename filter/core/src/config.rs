@@ -1,0 +1,236 @@
+//! The `pluginConfig` contract: what a WasmPlugin carries and what the filter parses.
+//!
+//! This is the ONE type both sides use. The controller serializes a [`PluginConfig`] into the
+//! WasmPlugin's `spec.pluginConfig`; Istio hands that object to the filter as a JSON string; the
+//! filter parses it with [`PluginConfig::from_json`] and compiles it with
+//! [`crate::CompiledConfig::compile`]. JSON field names are camelCase; unknown fields are refused so
+//! that a typo (`canaryWieght`) is an error, not a silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Weights are in basis points: 10000 is all traffic, 1 is 0.01%.
+pub const BASIS_POINTS: u32 = 10_000;
+
+/// The request header the filter writes its decision into, unless configured otherwise.
+pub const DEFAULT_DECISION_HEADER: &str = "x-canary-subset";
+
+/// The header that carries the serving pod's `rollouts-pod-template-hash`, unless configured
+/// otherwise.
+pub const DEFAULT_VERSION_HEADER: &str = "x-rollouts-pod-template-hash";
+
+/// The pod label Argo Rollouts (and our controller) put on every pod of a ReplicaSet.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "rollouts-pod-template-hash";
+
+/// Value written into the decision header for the stable version.
+pub const STABLE_SUBSET: &str = "stable";
+
+/// Value written into the decision header for the canary version.
+pub const CANARY_SUBSET: &str = "canary";
+
+/// Largest `pluginConfig` accepted, in bytes. A 20-service config is ~10 KB; anything near this
+/// bound is a mistake (or an attack on every sidecar's memory), not a configuration.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// The whole configuration of one filter instance (one WasmPlugin's `pluginConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Which side of the connection this instance serves. `client` (default) decides stable or
+    /// canary for outbound requests; `server` tags requests and responses with the serving pod's
+    /// `rollouts-pod-template-hash`.
+    #[serde(default)]
+    pub mode: FilterMode,
+
+    /// Request header the decision is written into (`stable` or `canary`). The VirtualService
+    /// matches on it. Any value a client sent is overwritten (covered hosts) or removed (others).
+    #[serde(default = "default_decision_header")]
+    pub decision_header: String,
+
+    /// Optional request header that receives the chosen version's pod-template hash, for
+    /// upstream logs. Not written when unset or when the chosen subset has no hash configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+
+    /// Server mode: the header added to requests and responses with the serving pod's
+    /// `rollouts-pod-template-hash` label.
+    #[serde(default = "default_version_header")]
+    pub version_header: String,
+
+    /// Services under canary (client mode). A request whose `:authority` matches none of their
+    /// hosts passes untouched, except that a client-sent decision header is removed.
+    #[serde(default)]
+    pub services: Vec<CanaryService>,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            mode: FilterMode::default(),
+            decision_header: default_decision_header(),
+            hash_header: None,
+            version_header: default_version_header(),
+            services: Vec::new(),
+        }
+    }
+}
+
+/// Which side of a connection a filter instance serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    /// Outbound: choose stable or canary (WasmPlugin `match.mode: CLIENT`, or a gateway).
+    #[default]
+    Client,
+    /// Inbound: tag with the serving version (WasmPlugin `match.mode: SERVER`).
+    Server,
+}
+
+/// One service under canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryService {
+    /// A unique name, conventionally `<namespace>/<service>` (e.g. `bookinfo/reviews`). It seeds
+    /// the sticky hash and names the metrics.
+    pub name: String,
+
+    /// Hostnames this service answers to, matched against `:authority` with the port removed and
+    /// case ignored. List every form clients use: `reviews`, `reviews.bookinfo`,
+    /// `reviews.bookinfo.svc`, `reviews.bookinfo.svc.cluster.local`.
+    pub hosts: Vec<String>,
+
+    /// Share of requests sent to canary, in basis points (0..=10000; 1 = 0.01%). 0 sends no one
+    /// except header routes; 10000 sends everyone.
+    #[serde(default)]
+    pub canary_weight: u32,
+
+    /// `rollouts-pod-template-hash` of the stable ReplicaSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_hash: Option<String>,
+
+    /// `rollouts-pod-template-hash` of the canary ReplicaSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_hash: Option<String>,
+
+    /// Routes that force canary whatever the weight (Argo Rollouts' `setHeaderRoute`). A request
+    /// matching ALL matches of ANY route goes to canary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_routes: Vec<HeaderRoute>,
+
+    /// Where the sticky key is read from. When present on a request, the decision is a pure
+    /// function of (key, service name, weight), and monotone in the weight: a user on canary at
+    /// 10% is still on canary at 30%. Requests without the key get a per-request draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyKey>,
+}
+
+/// A named set of request matches that forces canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderRoute {
+    /// The route's name (Argo's `setHeaderRoute.name`), for logs and metrics.
+    pub name: String,
+    /// All of these must match (AND).
+    #[serde(rename = "match")]
+    pub matches: Vec<RequestMatch>,
+}
+
+/// One condition on a request header or a cookie. Exactly one of `header` and `cookie` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMatch {
+    /// Request header name (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Cookie name (case-sensitive, as cookies are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// How the value must match.
+    pub value: StringMatch,
+}
+
+impl RequestMatch {
+    /// A match on a request header.
+    pub fn header(name: impl Into<String>, value: StringMatch) -> Self {
+        Self { header: Some(name.into()), cookie: None, value }
+    }
+    /// A match on a cookie.
+    pub fn cookie(name: impl Into<String>, value: StringMatch) -> Self {
+        Self { header: None, cookie: Some(name.into()), value }
+    }
+}
+
+/// How a value is matched. Serialized as `{"exact": "..."}`, `{"prefix": "..."}` or
+/// `{"regex": "..."}`, as in Istio's `StringMatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum StringMatch {
+    /// The whole value equals this string.
+    Exact(String),
+    /// The value starts with this string.
+    Prefix(String),
+    /// The WHOLE value matches this regular expression (RE2-like syntax, as Istio's
+    /// VirtualService regex; implicitly anchored at both ends).
+    Regex(String),
+}
+
+/// Where a sticky key comes from: `{"header": "x-user-id"}` or `{"cookie": "session"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum StickyKey {
+    /// A request header (case-insensitive name).
+    Header(String),
+    /// A cookie (case-sensitive name).
+    Cookie(String),
+}
+
+fn default_decision_header() -> String {
+    DEFAULT_DECISION_HEADER.to_owned()
+}
+
+fn default_version_header() -> String {
+    DEFAULT_VERSION_HEADER.to_owned()
+}
+
+impl PluginConfig {
+    /// Parses a `pluginConfig` as delivered by Istio (a JSON object, as bytes). The error names
+    /// the offending field (`services[0].canaryWeight`) and why. Does not validate semantics: use
+    /// [`crate::CompiledConfig::compile`] (or [`crate::CompiledConfig::from_json`]) for that.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new(
+                "(root)",
+                format!("config is {} bytes, larger than the {MAX_CONFIG_BYTES}-byte limit", bytes.len()),
+            ));
+        }
+        let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| bytes.get(i));
+        match trimmed {
+            None => return Err(ConfigError::new("(root)", "config is empty; expected a JSON object")),
+            Some(b'{') => {}
+            Some(_) => return Err(ConfigError::new("(root)", "config must be a JSON object")),
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path.is_empty() || path == "." { "(root)".to_owned() } else { path };
+            ConfigError::new(field, strip_serde_position(&e.inner().to_string()))
+        })?;
+        de.end().map_err(|e| ConfigError::new("(root)", strip_serde_position(&e.to_string())))?;
+        Ok(parsed)
+    }
+
+    /// Serializes to the JSON object that goes into a WasmPlugin's `pluginConfig`.
+    pub fn to_json_value(&self) -> serde_json::Value {
+        // Serializing plain structs of strings and integers into a Value cannot fail.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// serde_json appends " at line 1 column 42"; the field path says more and stays stable.
+fn strip_serde_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message.get(..i).unwrap_or(message).to_owned(),
+        None => message.to_owned(),
+    }
+}

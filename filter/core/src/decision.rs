@@ -1,0 +1,190 @@
+//! The routing decision: a pure function of (compiled config, a view of the request, a draw).
+
+use crate::compiled::{CompiledConfig, CompiledService, KeySource};
+use crate::config::{BASIS_POINTS, CANARY_SUBSET, STABLE_SUBSET};
+
+/// Read access to the request headers the decision needs. The filter implements it over
+/// proxy-wasm host calls (one call per header actually asked for); tests implement it over a map.
+pub trait RequestHeaders {
+    /// The value of header `name` (lower-case), if present.
+    fn header(&mut self, name: &str) -> Option<String>;
+}
+
+/// Which DestinationRule subset a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subset {
+    /// The current version.
+    Stable,
+    /// The version under test.
+    Canary,
+}
+
+impl Subset {
+    /// The value written into the decision header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stable => STABLE_SUBSET,
+            Self::Canary => CANARY_SUBSET,
+        }
+    }
+    /// Both subsets, in metric order.
+    pub const ALL: [Subset; 2] = [Subset::Stable, Subset::Canary];
+}
+
+/// Why a request got its subset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A header route matched.
+    HeaderRoute,
+    /// The sticky key's bucket decided.
+    Sticky,
+    /// A per-request weighted draw decided.
+    Weight,
+}
+
+impl Reason {
+    /// Metric-friendly name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeaderRoute => "header_route",
+            Self::Sticky => "sticky",
+            Self::Weight => "weight",
+        }
+    }
+    /// All reasons, in metric order.
+    pub const ALL: [Reason; 3] = [Reason::HeaderRoute, Reason::Sticky, Reason::Weight];
+}
+
+/// The outcome for a covered request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the service in the config.
+    pub service: usize,
+    /// Where the request goes.
+    pub subset: Subset,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Decides stable or canary for a request. `None` when the `:authority` is missing or matches no
+/// service: the request is not under canary (the caller strips any client-sent decision header,
+/// so the VirtualService's default route, stable, applies).
+///
+/// Order: header routes (canary at any weight, Argo's `setHeaderRoute`), then the sticky key when
+/// the request carries one, then `draw` (uniform in `0..10000`). The caller supplies the draw so
+/// this function stays deterministic and testable.
+pub fn decide_route(
+    config: &CompiledConfig,
+    authority: Option<&str>,
+    headers: &mut impl RequestHeaders,
+    draw: u32,
+) -> Option<Decision> {
+    let (index, service) = config.service_for_authority(authority?)?;
+    let (subset, reason) = decide_for_service(service, headers, draw);
+    Some(Decision { service: index, subset, reason })
+}
+
+/// The decision for a request already known to address `service`.
+pub fn decide_for_service(
+    service: &CompiledService,
+    headers: &mut impl RequestHeaders,
+    draw: u32,
+) -> (Subset, Reason) {
+    let mut view = CookieCache { headers, cookie: None };
+    if !service.header_routes.is_empty() {
+        let forced = service.header_routes.iter().any(|route| {
+            route.matches.iter().all(|m| view.value(&m.source).is_some_and(|v| m.matcher.matches(&v)))
+        });
+        if forced {
+            return (Subset::Canary, Reason::HeaderRoute);
+        }
+    }
+    if let Some(source) = &service.sticky {
+        if let Some(key) = view.value(source).filter(|k| !k.is_empty()) {
+            return (by_weight(sticky_bucket(&service.name, &key), service.canary_weight), Reason::Sticky);
+        }
+    }
+    (by_weight(draw, service.canary_weight), Reason::Weight)
+}
+
+fn by_weight(point: u32, canary_weight: u32) -> Subset {
+    if point < canary_weight {
+        Subset::Canary
+    } else {
+        Subset::Stable
+    }
+}
+
+/// The fixed bucket (`0..10000`) of a sticky key for a service. A key is on canary exactly when
+/// its bucket is below the canary weight, so raising the weight only ever adds keys to canary.
+/// Stable across processes, versions and architectures: FNV-1a 64 over
+/// `service || 0x00 || key`, finished with the splitmix64 mixer, modulo 10000.
+pub fn sticky_bucket(service: &str, key: &str) -> u32 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for b in service.bytes().chain(std::iter::once(0u8)).chain(key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    (mix64(h) % u64::from(BASIS_POINTS)) as u32
+}
+
+/// splitmix64's finalizer: spreads FNV's weak low bits over the whole word.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fetches each header at most once per decision and parses `cookie` at most once.
+struct CookieCache<'h, H: RequestHeaders> {
+    headers: &'h mut H,
+    cookie: Option<Option<String>>,
+}
+
+impl<H: RequestHeaders> CookieCache<'_, H> {
+    fn value(&mut self, source: &KeySource) -> Option<String> {
+        match source {
+            KeySource::Header(name) => self.headers.header(name),
+            KeySource::Cookie(name) => {
+                let headers = &mut *self.headers;
+                let cookie = self.cookie.get_or_insert_with(|| headers.header("cookie"));
+                cookie_value(cookie.as_deref()?, name).map(str::to_owned)
+            }
+        }
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`). Envoy joins several `cookie`
+/// headers with `; `, so this sees them all. Quotes around a value are removed (RFC 6265).
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim() != name {
+            return None;
+        }
+        let v = v.trim();
+        Some(v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v))
+    })
+}
+
+/// A small, fast PRNG (SplitMix64) for the per-request draw. Seeded once per filter instance
+/// from the host's entropy; no host call per request.
+#[derive(Debug, Clone)]
+pub struct Draws {
+    state: u64,
+}
+
+impl Draws {
+    /// A generator from a 64-bit seed.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// A uniform draw in `0..10000` (bias below 1e-15: 2^64 mod 10000 / 2^64).
+    pub fn next_point(&mut self) -> u32 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        (mix64(self.state) % u64::from(BASIS_POINTS)) as u32
+    }
+}

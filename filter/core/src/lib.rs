@@ -1,0 +1,22 @@
+//! The pure core of the wasm-canary filter.
+//!
+//! - [`config`]: the `pluginConfig` contract, shared with the controller.
+//! - [`compiled`]: validation and compilation, done once per config.
+//! - [`decision`]: the routing decision, a pure function of (config, request view, draw).
+//! - [`metrics`]: the names of the counters the filter exports.
+//!
+//! No proxy-wasm types appear here, so everything is tested natively and under
+//! `wasm32-unknown-unknown` with wasm-bindgen-test.
+
+pub mod compiled;
+pub mod config;
+pub mod decision;
+pub mod error;
+pub mod metrics;
+
+pub use compiled::{authority_host, CompiledConfig, CompiledService};
+pub use config::{
+    CanaryService, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey, StringMatch,
+};
+pub use decision::{decide_route, sticky_bucket, Decision, Draws, Reason, RequestHeaders, Subset};
+pub use error::ConfigError;
