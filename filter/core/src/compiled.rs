@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use regex_lite::{Regex, RegexBuilder};
+use crate::regex::Regex;
 
 use crate::config::{
     CanaryService, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey, StringMatch,
@@ -26,8 +26,6 @@ pub const MAX_MATCHES_PER_ROUTE: usize = 16;
 pub const MAX_REGEX_LEN: usize = 1024;
 /// Longest name or value accepted in any string field.
 pub const MAX_STRING_LEN: usize = 1024;
-/// Compiled-regex memory bound (bytes), so a hostile pattern cannot balloon every sidecar.
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// A validated config, ready for the request path.
 #[derive(Debug, Clone)]
@@ -126,12 +124,18 @@ impl CompiledConfig {
         };
         let version_header = header_name("versionHeader", &config.version_header)?;
         if hash_header.as_deref() == Some(decision_header.as_str()) {
-            return Err(ConfigError::new("hashHeader", "must differ from decisionHeader"));
+            return Err(ConfigError::new(
+                "hashHeader",
+                "must differ from decisionHeader",
+            ));
         }
         if config.services.len() > MAX_SERVICES {
             return Err(ConfigError::new(
                 "services",
-                format!("{} services, more than the limit of {MAX_SERVICES}", config.services.len()),
+                format!(
+                    "{} services, more than the limit of {MAX_SERVICES}",
+                    config.services.len()
+                ),
             ));
         }
 
@@ -151,7 +155,11 @@ impl CompiledConfig {
                 let host_path = format!("{path}.hosts[{j}]");
                 let normalized = host_key(&host_path, host)?;
                 if let Some(other) = by_host.insert(normalized.clone(), i) {
-                    let owner = config.services.get(other).map(|s| s.name.as_str()).unwrap_or("?");
+                    let owner = config
+                        .services
+                        .get(other)
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("?");
                     let reason = if other == i {
                         format!("host \"{normalized}\" is listed twice")
                     } else {
@@ -162,7 +170,14 @@ impl CompiledConfig {
             }
             services.push(compiled);
         }
-        Ok(Self { mode: config.mode, decision_header, hash_header, version_header, services, by_host })
+        Ok(Self {
+            mode: config.mode,
+            decision_header,
+            hash_header,
+            version_header,
+            services,
+            by_host,
+        })
     }
 
     /// The service whose hosts include this request's `:authority` (port and case ignored).
@@ -185,12 +200,18 @@ impl CompiledConfig {
 fn compile_service(path: &str, svc: &CanaryService) -> Result<CompiledService, ConfigError> {
     non_empty(&format!("{path}.name"), &svc.name)?;
     if svc.hosts.is_empty() {
-        return Err(ConfigError::new(format!("{path}.hosts"), "must list at least one host"));
+        return Err(ConfigError::new(
+            format!("{path}.hosts"),
+            "must list at least one host",
+        ));
     }
     if svc.hosts.len() > MAX_HOSTS_PER_SERVICE {
         return Err(ConfigError::new(
             format!("{path}.hosts"),
-            format!("{} hosts, more than the limit of {MAX_HOSTS_PER_SERVICE}", svc.hosts.len()),
+            format!(
+                "{} hosts, more than the limit of {MAX_HOSTS_PER_SERVICE}",
+                svc.hosts.len()
+            ),
         ));
     }
     if svc.canary_weight > BASIS_POINTS {
@@ -202,12 +223,17 @@ fn compile_service(path: &str, svc: &CanaryService) -> Result<CompiledService, C
             ),
         ));
     }
-    let stable_hash = optional_label_value(&format!("{path}.stableHash"), svc.stable_hash.as_deref())?;
-    let canary_hash = optional_label_value(&format!("{path}.canaryHash"), svc.canary_hash.as_deref())?;
+    let stable_hash =
+        optional_label_value(&format!("{path}.stableHash"), svc.stable_hash.as_deref())?;
+    let canary_hash =
+        optional_label_value(&format!("{path}.canaryHash"), svc.canary_hash.as_deref())?;
     if svc.header_routes.len() > MAX_HEADER_ROUTES {
         return Err(ConfigError::new(
             format!("{path}.headerRoutes"),
-            format!("{} routes, more than the limit of {MAX_HEADER_ROUTES}", svc.header_routes.len()),
+            format!(
+                "{} routes, more than the limit of {MAX_HEADER_ROUTES}",
+                svc.header_routes.len()
+            ),
         ));
     }
     let header_routes = svc
@@ -218,8 +244,14 @@ fn compile_service(path: &str, svc: &CanaryService) -> Result<CompiledService, C
         .collect::<Result<Vec<_>, _>>()?;
     let sticky = match &svc.sticky {
         None => None,
-        Some(StickyKey::Header(h)) => Some(KeySource::Header(header_name(&format!("{path}.sticky.header"), h)?)),
-        Some(StickyKey::Cookie(c)) => Some(KeySource::Cookie(cookie_name(&format!("{path}.sticky.cookie"), c)?)),
+        Some(StickyKey::Header(h)) => Some(KeySource::Header(header_name(
+            &format!("{path}.sticky.header"),
+            h,
+        )?)),
+        Some(StickyKey::Cookie(c)) => Some(KeySource::Cookie(cookie_name(
+            &format!("{path}.sticky.cookie"),
+            c,
+        )?)),
     };
     Ok(CompiledService {
         name: svc.name.clone(),
@@ -235,12 +267,18 @@ fn compile_route(path: &str, route: &HeaderRoute) -> Result<CompiledRoute, Confi
     non_empty(&format!("{path}.name"), &route.name)?;
     if route.matches.is_empty() {
         // An empty AND would match every request and silently send all traffic to canary.
-        return Err(ConfigError::new(format!("{path}.match"), "must have at least one match"));
+        return Err(ConfigError::new(
+            format!("{path}.match"),
+            "must have at least one match",
+        ));
     }
     if route.matches.len() > MAX_MATCHES_PER_ROUTE {
         return Err(ConfigError::new(
             format!("{path}.match"),
-            format!("{} matches, more than the limit of {MAX_MATCHES_PER_ROUTE}", route.matches.len()),
+            format!(
+                "{} matches, more than the limit of {MAX_MATCHES_PER_ROUTE}",
+                route.matches.len()
+            ),
         ));
     }
     let matches = route
@@ -249,7 +287,10 @@ fn compile_route(path: &str, route: &HeaderRoute) -> Result<CompiledRoute, Confi
         .enumerate()
         .map(|(i, m)| compile_match(&format!("{path}.match[{i}]"), m))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(CompiledRoute { name: route.name.clone(), matches })
+    Ok(CompiledRoute {
+        name: route.name.clone(),
+        matches,
+    })
 }
 
 fn compile_match(path: &str, m: &RequestMatch) -> Result<CompiledMatch, ConfigError> {
@@ -257,16 +298,23 @@ fn compile_match(path: &str, m: &RequestMatch) -> Result<CompiledMatch, ConfigEr
         (Some(h), None) => KeySource::Header(header_name(&format!("{path}.header"), h)?),
         (None, Some(c)) => KeySource::Cookie(cookie_name(&format!("{path}.cookie"), c)?),
         (Some(_), Some(_)) => {
-            return Err(ConfigError::new(path, "set either \"header\" or \"cookie\", not both"))
+            return Err(ConfigError::new(
+                path,
+                "set either \"header\" or \"cookie\", not both",
+            ))
         }
         (None, None) => return Err(ConfigError::new(path, "needs \"header\" or \"cookie\"")),
     };
     let matcher = match &m.value {
-        StringMatch::Exact(s) => ValueMatcher::Exact(bounded(&format!("{path}.value.exact"), s)?.to_owned()),
+        StringMatch::Exact(s) => {
+            ValueMatcher::Exact(bounded(&format!("{path}.value.exact"), s)?.to_owned())
+        }
         StringMatch::Prefix(s) => {
             ValueMatcher::Prefix(bounded(&format!("{path}.value.prefix"), s)?.to_owned())
         }
-        StringMatch::Regex(s) => ValueMatcher::Regex(compile_regex(&format!("{path}.value.regex"), s)?),
+        StringMatch::Regex(s) => {
+            ValueMatcher::Regex(compile_regex(&format!("{path}.value.regex"), s)?)
+        }
     };
     Ok(CompiledMatch { source, matcher })
 }
@@ -275,18 +323,15 @@ fn compile_regex(path: &str, pattern: &str) -> Result<Regex, ConfigError> {
     if pattern.len() > MAX_REGEX_LEN {
         return Err(ConfigError::new(
             path,
-            format!("regex is {} bytes, longer than the limit of {MAX_REGEX_LEN}", pattern.len()),
+            format!(
+                "regex is {} bytes, longer than the limit of {MAX_REGEX_LEN}",
+                pattern.len()
+            ),
         ));
     }
     // Istio's VirtualService regex is a full match (RE2 via Envoy's safe_regex); do the same.
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| ConfigError::new(path, format!("invalid regex: {}", one_line(&e.to_string()))))
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    // Regex::is_match is a full match already.
+    Regex::new(pattern).map_err(|e| ConfigError::new(path, format!("invalid regex: {e}")))
 }
 
 fn non_empty<'a>(path: &str, s: &'a str) -> Result<&'a str, ConfigError> {
@@ -300,7 +345,10 @@ fn bounded<'a>(path: &str, s: &'a str) -> Result<&'a str, ConfigError> {
     if s.len() > MAX_STRING_LEN {
         return Err(ConfigError::new(
             path,
-            format!("{} bytes, longer than the limit of {MAX_STRING_LEN}", s.len()),
+            format!(
+                "{} bytes, longer than the limit of {MAX_STRING_LEN}",
+                s.len()
+            ),
         ));
     }
     Ok(s)
@@ -340,7 +388,11 @@ fn optional_label_value(path: &str, value: Option<&str>) -> Result<Option<String
     if v.is_empty() {
         return Ok(None);
     }
-    if v.len() > 63 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if v.len() > 63
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         return Err(ConfigError::new(
             path,
             format!("\"{v}\" is not a Kubernetes label value (at most 63 of [A-Za-z0-9._-])"),
@@ -379,7 +431,9 @@ pub fn authority_host(authority: &str) -> &str {
     } else {
         match authority.rfind(':') {
             Some(colon)
-                if authority.get(colon + 1..).is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+                if authority
+                    .get(colon + 1..)
+                    .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
             {
                 authority.get(..colon).unwrap_or(authority)
             }

@@ -6,7 +6,7 @@
 //! [`crate::CompiledConfig::compile`]. JSON field names are camelCase; unknown fields are refused so
 //! that a typo (`canaryWieght`) is an error, not a silently ignored setting.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::ConfigError;
 
@@ -34,33 +34,29 @@ pub const CANARY_SUBSET: &str = "canary";
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
 /// The whole configuration of one filter instance (one WasmPlugin's `pluginConfig`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PluginConfig {
     /// Which side of the connection this instance serves. `client` (default) decides stable or
     /// canary for outbound requests; `server` tags requests and responses with the serving pod's
     /// `rollouts-pod-template-hash`.
-    #[serde(default)]
     pub mode: FilterMode,
 
     /// Request header the decision is written into (`stable` or `canary`). The VirtualService
     /// matches on it. Any value a client sent is overwritten (covered hosts) or removed (others).
-    #[serde(default = "default_decision_header")]
     pub decision_header: String,
 
     /// Optional request header that receives the chosen version's pod-template hash, for
     /// upstream logs. Not written when unset or when the chosen subset has no hash configured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_header: Option<String>,
 
     /// Server mode: the header added to requests and responses with the serving pod's
     /// `rollouts-pod-template-hash` label.
-    #[serde(default = "default_version_header")]
     pub version_header: String,
 
     /// Services under canary (client mode). A request whose `:authority` matches none of their
     /// hosts passes untouched, except that a client-sent decision header is removed.
-    #[serde(default)]
     pub services: Vec<CanaryService>,
 }
 
@@ -77,7 +73,7 @@ impl Default for PluginConfig {
 }
 
 /// Which side of a connection a filter instance serves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FilterMode {
     /// Outbound: choose stable or canary (WasmPlugin `match.mode: CLIENT`, or a gateway).
@@ -88,8 +84,8 @@ pub enum FilterMode {
 }
 
 /// One service under canary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CanaryService {
     /// A unique name, conventionally `<namespace>/<service>` (e.g. `bookinfo/reviews`). It seeds
     /// the sticky hash and names the metrics.
@@ -102,32 +98,31 @@ pub struct CanaryService {
 
     /// Share of requests sent to canary, in basis points (0..=10000; 1 = 0.01%). 0 sends no one
     /// except header routes; 10000 sends everyone.
-    #[serde(default)]
     pub canary_weight: u32,
 
     /// `rollouts-pod-template-hash` of the stable ReplicaSet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stable_hash: Option<String>,
 
     /// `rollouts-pod-template-hash` of the canary ReplicaSet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub canary_hash: Option<String>,
 
     /// Routes that force canary whatever the weight (Argo Rollouts' `setHeaderRoute`). A request
     /// matching ALL matches of ANY route goes to canary.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub header_routes: Vec<HeaderRoute>,
 
     /// Where the sticky key is read from. When present on a request, the decision is a pure
     /// function of (key, service name, weight), and monotone in the weight: a user on canary at
     /// 10% is still on canary at 30%. Requests without the key get a per-request draw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyKey>,
 }
 
 /// A named set of request matches that forces canary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderRoute {
     /// The route's name (Argo's `setHeaderRoute.name`), for logs and metrics.
     pub name: String,
@@ -137,14 +132,14 @@ pub struct HeaderRoute {
 }
 
 /// One condition on a request header or a cookie. Exactly one of `header` and `cookie` is set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RequestMatch {
     /// Request header name (case-insensitive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// Cookie name (case-sensitive, as cookies are).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// How the value must match.
     pub value: StringMatch,
@@ -153,18 +148,26 @@ pub struct RequestMatch {
 impl RequestMatch {
     /// A match on a request header.
     pub fn header(name: impl Into<String>, value: StringMatch) -> Self {
-        Self { header: Some(name.into()), cookie: None, value }
+        Self {
+            header: Some(name.into()),
+            cookie: None,
+            value,
+        }
     }
     /// A match on a cookie.
     pub fn cookie(name: impl Into<String>, value: StringMatch) -> Self {
-        Self { header: None, cookie: Some(name.into()), value }
+        Self {
+            header: None,
+            cookie: Some(name.into()),
+            value,
+        }
     }
 }
 
 /// How a value is matched. Serialized as `{"exact": "..."}`, `{"prefix": "..."}` or
 /// `{"regex": "..."}`, as in Istio's `StringMatch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum StringMatch {
     /// The whole value equals this string.
     Exact(String),
@@ -176,8 +179,8 @@ pub enum StringMatch {
 }
 
 /// Where a sticky key comes from: `{"header": "x-user-id"}` or `{"cookie": "session"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum StickyKey {
     /// A request header (case-insensitive name).
     Header(String),
@@ -201,23 +204,35 @@ impl PluginConfig {
         if bytes.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::new(
                 "(root)",
-                format!("config is {} bytes, larger than the {MAX_CONFIG_BYTES}-byte limit", bytes.len()),
+                format!(
+                    "config is {} bytes, larger than the {MAX_CONFIG_BYTES}-byte limit",
+                    bytes.len()
+                ),
             ));
         }
-        let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace()).and_then(|i| bytes.get(i));
+        let trimmed = bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .and_then(|i| bytes.get(i));
         match trimmed {
-            None => return Err(ConfigError::new("(root)", "config is empty; expected a JSON object")),
+            None => {
+                return Err(ConfigError::new(
+                    "(root)",
+                    "config is empty; expected a JSON object",
+                ))
+            }
             Some(b'{') => {}
             Some(_) => return Err(ConfigError::new("(root)", "config must be a JSON object")),
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let parsed: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path.is_empty() || path == "." { "(root)".to_owned() } else { path };
-            ConfigError::new(field, strip_serde_position(&e.inner().to_string()))
-        })?;
-        de.end().map_err(|e| ConfigError::new("(root)", strip_serde_position(&e.to_string())))?;
-        Ok(parsed)
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new("(root)", strip_serde_position(&e.to_string())))?;
+        Self::from_value(&value)
+    }
+
+    /// Reads a `pluginConfig` already parsed as JSON (e.g. from a WasmPlugin object). Unknown
+    /// fields are refused; every error names its field.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, ConfigError> {
+        crate::decode::plugin_config(value)
     }
 
     /// Serializes to the JSON object that goes into a WasmPlugin's `pluginConfig`.

@@ -81,7 +81,11 @@ pub fn decide_route(
 ) -> Option<Decision> {
     let (index, service) = config.service_for_authority(authority?)?;
     let (subset, reason) = decide_for_service(service, headers, draw);
-    Some(Decision { service: index, subset, reason })
+    Some(Decision {
+        service: index,
+        subset,
+        reason,
+    })
 }
 
 /// The decision for a request already known to address `service`.
@@ -90,10 +94,16 @@ pub fn decide_for_service(
     headers: &mut impl RequestHeaders,
     draw: u32,
 ) -> (Subset, Reason) {
-    let mut view = CookieCache { headers, cookie: None };
+    let mut view = CookieCache {
+        headers,
+        cookie: None,
+    };
     if !service.header_routes.is_empty() {
         let forced = service.header_routes.iter().any(|route| {
-            route.matches.iter().all(|m| view.value(&m.source).is_some_and(|v| m.matcher.matches(&v)))
+            route
+                .matches
+                .iter()
+                .all(|m| view.value(&m.source).is_some_and(|v| m.matcher.matches(&v)))
         });
         if forced {
             return (Subset::Canary, Reason::HeaderRoute);
@@ -101,7 +111,10 @@ pub fn decide_for_service(
     }
     if let Some(source) = &service.sticky {
         if let Some(key) = view.value(source).filter(|k| !k.is_empty()) {
-            return (by_weight(sticky_bucket(&service.name, &key), service.canary_weight), Reason::Sticky);
+            return (
+                by_weight(sticky_bucket(&service.name, &key), service.canary_weight),
+                Reason::Sticky,
+            );
         }
     }
     (by_weight(draw, service.canary_weight), Reason::Weight)
@@ -123,7 +136,11 @@ pub fn sticky_bucket(service: &str, key: &str) -> u32 {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = FNV_OFFSET;
-    for b in service.bytes().chain(std::iter::once(0u8)).chain(key.bytes()) {
+    for b in service
+        .bytes()
+        .chain(std::iter::once(0u8))
+        .chain(key.bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(FNV_PRIME);
     }
@@ -165,7 +182,11 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
             return None;
         }
         let v = v.trim();
-        Some(v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v))
+        Some(
+            v.strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(v),
+        )
     })
 }
 

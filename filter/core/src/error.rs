@@ -15,7 +15,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// A rejection of `field` for `reason`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -11,8 +11,10 @@
 pub mod compiled;
 pub mod config;
 pub mod decision;
+mod decode;
 pub mod error;
 pub mod metrics;
+pub mod regex;
 
 pub use compiled::{authority_host, CompiledConfig, CompiledService};
 pub use config::{

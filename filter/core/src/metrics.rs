@@ -16,10 +16,23 @@ pub const CONFIG_ACCEPTED: &str = "wasmcanary.config_accepted";
 /// `wasmcanary.decision.<service>.<subset>.<reason>` with the service name made stat-safe
 /// (`bookinfo/reviews` -> `bookinfo_reviews`).
 pub fn decision_counter(service: &str, subset: Subset, reason: Reason) -> String {
-    format!("{PREFIX}.decision.{}.{}.{}", stat_safe(service), subset.as_str(), reason.as_str())
+    format!(
+        "{PREFIX}.decision.{}.{}.{}",
+        stat_safe(service),
+        subset.as_str(),
+        reason.as_str()
+    )
 }
 
 /// Replaces every character Envoy's stat names or Prometheus would choke on with `_`.
 pub fn stat_safe(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

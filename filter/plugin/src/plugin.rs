@@ -39,7 +39,13 @@ struct Shared {
     draws: RefCell<Draws>,
 }
 
-const LABEL_PATH: [&str; 5] = ["xds", "node", "metadata", "LABELS", canary_core::config::POD_TEMPLATE_HASH_LABEL];
+const LABEL_PATH: [&str; 5] = [
+    "xds",
+    "node",
+    "metadata",
+    "LABELS",
+    canary_core::config::POD_TEMPLATE_HASH_LABEL,
+];
 
 #[derive(Default)]
 struct CanaryRoot {
@@ -51,11 +57,20 @@ impl Context for CanaryRoot {}
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
         let config = match CompiledConfig::from_json(bytes) {
             Ok(config) => config,
             Err(e) => {
-                log(LogLevel::Error, &format!("wasm-canary: rejected pluginConfig: {e}; keeping the previous config"));
+                log(
+                    LogLevel::Error,
+                    &format!(
+                        "wasm-canary: rejected pluginConfig: {e}; keeping the previous config"
+                    ),
+                );
                 count(metrics::CONFIG_REJECTED);
                 return false;
             }
@@ -85,11 +100,19 @@ impl RootContext for CanaryRoot {
                 config.mode,
                 config.services.len(),
                 config.number_of_hosts(),
-                pod_hash.as_deref().map(|h| format!(", pod hash {h}")).unwrap_or_default()
+                pod_hash
+                    .as_deref()
+                    .map(|h| format!(", pod hash {h}"))
+                    .unwrap_or_default()
             ),
         );
         count(metrics::CONFIG_ACCEPTED);
-        self.shared = Some(Rc::new(Shared { config, decision_counters, pod_hash, draws: RefCell::new(Draws::new(seed)) }));
+        self.shared = Some(Rc::new(Shared {
+            config,
+            decision_counters,
+            pod_hash,
+            draws: RefCell::new(Draws::new(seed)),
+        }));
         true
     }
 
@@ -183,7 +206,8 @@ impl CanaryRequest {
         let service = self
             .get_http_request_header(":authority")
             .and_then(|authority| config.service_for_authority(&authority).map(|(i, _)| i));
-        let Some((index, service)) = service.and_then(|i| config.services.get(i).map(|s| (i, s))) else {
+        let Some((index, service)) = service.and_then(|i| config.services.get(i).map(|s| (i, s)))
+        else {
             // Not under canary: a client-sent decision header must not reach the VirtualService.
             self.set_http_request_header(&config.decision_header, None);
             if let Some(h) = &config.hash_header {
@@ -201,7 +225,11 @@ impl CanaryRequest {
             };
             self.set_http_request_header(h, hash);
         }
-        if let Some(Some(id)) = self.shared.decision_counters.get(counter_index(index, subset, reason)) {
+        if let Some(Some(id)) = self
+            .shared
+            .decision_counters
+            .get(counter_index(index, subset, reason))
+        {
             let _ = hostcalls::increment_metric(*id, 1);
         }
     }

@@ -1,0 +1,279 @@
+//! The pluginConfig contract: what parses, what defaults apply, what is refused and how the
+//! refusal names the field.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use canary_core::config::{DEFAULT_DECISION_HEADER, DEFAULT_VERSION_HEADER, MAX_CONFIG_BYTES};
+use canary_core::{
+    CanaryService, CompiledConfig, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey,
+    StringMatch,
+};
+
+fn reviews() -> CanaryService {
+    CanaryService {
+        name: "bookinfo/reviews".into(),
+        hosts: vec![
+            "reviews".into(),
+            "reviews.bookinfo".into(),
+            "reviews.bookinfo.svc".into(),
+            "reviews.bookinfo.svc.cluster.local".into(),
+        ],
+        canary_weight: 50,
+        stable_hash: Some("6d5f7c9b8".into()),
+        canary_hash: Some("7b9c4d5f6".into()),
+        header_routes: vec![HeaderRoute {
+            name: "testers".into(),
+            matches: vec![RequestMatch::header(
+                "x-canary",
+                StringMatch::Exact("always".into()),
+            )],
+        }],
+        sticky: Some(StickyKey::Header("x-user-id".into())),
+    }
+}
+
+#[test]
+fn an_empty_object_is_a_client_config_with_default_headers_and_no_services() {
+    let config = PluginConfig::from_json(b"{}").unwrap();
+    assert_eq!(config.mode, FilterMode::Client);
+    assert_eq!(config.decision_header, DEFAULT_DECISION_HEADER);
+    assert_eq!(config.version_header, DEFAULT_VERSION_HEADER);
+    assert_eq!(config.hash_header, None);
+    assert!(config.services.is_empty());
+    assert!(CompiledConfig::compile(&config).is_ok());
+}
+
+#[test]
+fn what_the_controller_writes_is_exactly_what_the_filter_parses() {
+    let written = PluginConfig {
+        hash_header: Some("x-canary-hash".into()),
+        services: vec![reviews()],
+        ..PluginConfig::default()
+    };
+    let json = serde_json::to_vec(&written.to_json_value()).unwrap();
+    let parsed = PluginConfig::from_json(&json).unwrap();
+    assert_eq!(parsed, written);
+    CompiledConfig::compile(&parsed).unwrap();
+}
+
+#[test]
+fn a_documented_example_parses_with_camel_case_fields() {
+    let json = br#"{
+        "decisionHeader": "X-Canary-Subset",
+        "services": [{
+            "name": "bookinfo/reviews",
+            "hosts": ["reviews", "reviews.bookinfo.svc.cluster.local"],
+            "canaryWeight": 5,
+            "stableHash": "abc123",
+            "canaryHash": "def456",
+            "headerRoutes": [
+                {"name": "qa", "match": [
+                    {"header": "x-qa", "value": {"prefix": "team-"}},
+                    {"cookie": "beta", "value": {"regex": "yes|true"}}
+                ]}
+            ],
+            "sticky": {"cookie": "session"}
+        }]
+    }"#;
+    let compiled = CompiledConfig::from_json(json).unwrap();
+    assert_eq!(
+        compiled.decision_header, "x-canary-subset",
+        "header names are lower-cased"
+    );
+    assert_eq!(compiled.services[0].canary_weight, 5);
+    assert_eq!(compiled.number_of_hosts(), 2);
+}
+
+#[test]
+fn server_mode_needs_no_services() {
+    let compiled = CompiledConfig::from_json(br#"{"mode": "server"}"#).unwrap();
+    assert_eq!(compiled.mode, FilterMode::Server);
+    assert_eq!(compiled.version_header, "x-rollouts-pod-template-hash");
+}
+
+/// Each bad config, the field its rejection must name, and a word the reason must contain.
+#[test]
+fn invalid_configs_are_rejected_naming_the_field() {
+    let svc = r#""name":"a/b","hosts":["b"]"#;
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("[]".into(), "(root)", "JSON object"),
+        ("\"text\"".into(), "(root)", "JSON object"),
+        ("".into(), "(root)", "empty"),
+        ("{".into(), "(root)", "EOF"),
+        ("{} {}".into(), "(root)", "trailing"),
+        (r#"{"mode":"sideways"}"#.into(), "mode", "unknown variant"),
+        (
+            r#"{"canaryWieght": 5}"#.into(),
+            "canaryWieght",
+            "unknown field",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"canaryWeight":10001}}]}}"#),
+            "services[0].canaryWeight",
+            "out of range",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"canaryWeight":-1}}]}}"#),
+            "services[0].canaryWeight",
+            "invalid value",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"canaryWeight":12.5}}]}}"#),
+            "services[0].canaryWeight",
+            "invalid type",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"canaryWeight":"10"}}]}}"#),
+            "services[0].canaryWeight",
+            "invalid type",
+        ),
+        (
+            r#"{"services":[{"name":"a/b","hosts":[]}]}"#.into(),
+            "services[0].hosts",
+            "at least one",
+        ),
+        (
+            r#"{"services":[{"name":"a/b"}]}"#.into(),
+            "services[0]",
+            "missing field `hosts`",
+        ),
+        (
+            r#"{"services":[{"name":"","hosts":["b"]}]}"#.into(),
+            "services[0].name",
+            "empty",
+        ),
+        (
+            r#"{"services":[{"name":"a/b","hosts":["b:9080"]}]}"#.into(),
+            "services[0].hosts[0]",
+            "port",
+        ),
+        (
+            r#"{"services":[{"name":"a/b","hosts":["http://b"]}]}"#.into(),
+            "services[0].hosts[0]",
+            "not a hostname",
+        ),
+        (
+            r#"{"services":[{"name":"a/b","hosts":["b"]},{"name":"a/c","hosts":["c","B"]}]}"#
+                .into(),
+            "services[1].hosts[1]",
+            "already claimed by services[0]",
+        ),
+        (
+            r#"{"services":[{"name":"a/b","hosts":["b","b"]}]}"#.into(),
+            "services[0].hosts[1]",
+            "listed twice",
+        ),
+        (
+            r#"{"services":[{"name":"a/b","hosts":["b"]},{"name":"a/b","hosts":["c"]}]}"#.into(),
+            "services[1].name",
+            "already the name",
+        ),
+        (
+            format!(
+                r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"x","value":{{"contains":"y"}}}}]}}]}}]}}"#
+            ),
+            "services[0].headerRoutes[0].match[0].value",
+            "unknown variant `contains`",
+        ),
+        (
+            format!(
+                r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"x","value":{{"regex":"(unclosed"}}}}]}}]}}]}}"#
+            ),
+            "services[0].headerRoutes[0].match[0].value.regex",
+            "invalid regex",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[]}}]}}]}}"#),
+            "services[0].headerRoutes[0].match",
+            "at least one",
+        ),
+        (
+            format!(
+                r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"value":{{"exact":"y"}}}}]}}]}}]}}"#
+            ),
+            "services[0].headerRoutes[0].match[0]",
+            "needs",
+        ),
+        (
+            format!(
+                r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"x","cookie":"c","value":{{"exact":"y"}}}}]}}]}}]}}"#
+            ),
+            "services[0].headerRoutes[0].match[0]",
+            "not both",
+        ),
+        (
+            format!(
+                r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"bad header","value":{{"exact":"y"}}}}]}}]}}]}}"#
+            ),
+            "services[0].headerRoutes[0].match[0].header",
+            "not a valid header name",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"sticky":{{"query":"u"}}}}]}}"#),
+            "services[0].sticky",
+            "unknown variant",
+        ),
+        (
+            format!(r#"{{"services":[{{{svc},"stableHash":"not a hash!"}}]}}"#),
+            "services[0].stableHash",
+            "label value",
+        ),
+        (
+            r#"{"decisionHeader":":authority"}"#.into(),
+            "decisionHeader",
+            "not a valid header name",
+        ),
+        (
+            r#"{"hashHeader":"x-canary-subset"}"#.into(),
+            "hashHeader",
+            "differ",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let err = CompiledConfig::from_json(json.as_bytes())
+            .expect_err(&format!("config should be rejected: {json}"));
+        assert_eq!(err.field, field, "wrong field for {json}: {err}");
+        assert!(
+            err.reason.contains(reason),
+            "reason for {json} should mention {reason:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn absurdly_large_input_is_rejected_before_parsing() {
+    let mut json = String::from(r#"{"services":[],"pad":""#);
+    json.push_str(&"x".repeat(MAX_CONFIG_BYTES));
+    json.push_str("\"}");
+    let err = CompiledConfig::from_json(json.as_bytes()).unwrap_err();
+    assert_eq!(err.field, "(root)");
+    assert!(err.reason.contains("limit"), "{err}");
+}
+
+#[test]
+fn regex_that_would_compile_huge_is_rejected() {
+    let json = r#"{"services":[{"name":"a/b","hosts":["b"],"headerRoutes":[{"name":"r","match":[{"header":"x","value":{"regex":"((a{100}){100}){100}"}}]}]}]}"#;
+    let err = CompiledConfig::from_json(json.as_bytes()).unwrap_err();
+    assert_eq!(
+        err.field,
+        "services[0].headerRoutes[0].match[0].value.regex"
+    );
+}
+
+#[test]
+fn the_error_message_is_one_line_with_field_first() {
+    let err = CompiledConfig::from_json(
+        br#"{"services":[{"name":"a","hosts":["a"],"canaryWeight":20000}]}"#,
+    )
+    .unwrap_err();
+    let line = err.to_string();
+    assert!(line.starts_with("services[0].canaryWeight: "), "{line}");
+    assert!(!line.contains('\n'));
+}

@@ -1,0 +1,402 @@
+//! The routing decision as a user sees it: which version a request reaches, and why.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+mod support;
+
+use canary_core::decision::{cookie_value, decide_for_service};
+use canary_core::{
+    authority_host, decide_route, sticky_bucket, CompiledConfig, Draws, Reason, Subset,
+};
+use support::{assert_binomial, MapHeaders};
+
+fn config(weight: u32) -> CompiledConfig {
+    let json = format!(
+        r#"{{"services":[
+            {{"name":"bookinfo/reviews",
+              "hosts":["reviews","reviews.bookinfo","reviews.bookinfo.svc","reviews.bookinfo.svc.cluster.local"],
+              "canaryWeight":{weight},
+              "headerRoutes":[
+                {{"name":"exact","match":[{{"header":"x-canary","value":{{"exact":"always"}}}}]}},
+                {{"name":"prefix","match":[{{"header":"x-team","value":{{"prefix":"qa-"}}}}]}},
+                {{"name":"regex","match":[{{"header":"user-agent","value":{{"regex":"Mozilla/5\\.0 .*CanaryBot.*"}}}}]}},
+                {{"name":"cookie","match":[{{"cookie":"canary","value":{{"exact":"yes"}}}}]}},
+                {{"name":"both","match":[{{"header":"x-a","value":{{"exact":"1"}}}},{{"header":"x-b","value":{{"exact":"2"}}}}]}}
+              ],
+              "sticky":{{"header":"x-user-id"}}}},
+            {{"name":"bookinfo/ratings","hosts":["ratings"],"canaryWeight":{weight},"sticky":{{"cookie":"session"}}}}
+        ]}}"#
+    );
+    CompiledConfig::from_json(json.as_bytes()).unwrap()
+}
+
+fn decide(
+    config: &CompiledConfig,
+    authority: &str,
+    headers: &[(&str, &str)],
+    draw: u32,
+) -> Option<(Subset, Reason)> {
+    decide_route(config, Some(authority), &mut MapHeaders::new(headers), draw)
+        .map(|d| (d.subset, d.reason))
+}
+
+#[test]
+fn every_form_of_the_service_host_is_covered() {
+    let c = config(10_000);
+    for authority in [
+        "reviews",
+        "reviews:9080",
+        "reviews.bookinfo",
+        "reviews.bookinfo.svc",
+        "reviews.bookinfo.svc.cluster.local",
+        "reviews.bookinfo.svc.cluster.local:9080",
+        "REVIEWS.Bookinfo:9080",
+        "reviews.bookinfo.svc.cluster.local.",
+    ] {
+        assert_eq!(
+            decide(&c, authority, &[], 0),
+            Some((Subset::Canary, Reason::Weight)),
+            "{authority}"
+        );
+    }
+}
+
+#[test]
+fn other_hosts_and_missing_authority_are_not_under_canary() {
+    let c = config(10_000);
+    for authority in [
+        "details",
+        "details:9080",
+        "reviews.other",
+        "reviewsx",
+        "",
+        "[::1]:9080",
+    ] {
+        assert_eq!(decide(&c, authority, &[], 0), None, "{authority}");
+    }
+    assert_eq!(decide_route(&c, None, &mut MapHeaders::default(), 0), None);
+}
+
+#[test]
+fn authority_host_strips_ports_and_keeps_ipv6_brackets() {
+    for (authority, host) in [
+        ("reviews:9080", "reviews"),
+        ("reviews", "reviews"),
+        ("[::1]:80", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("host.:443", "host"),
+        ("odd:port", "odd:port"),
+    ] {
+        assert_eq!(authority_host(authority), host);
+    }
+}
+
+/// (headers, weight, draw) -> expected (subset, reason)
+#[test]
+fn decision_table() {
+    use Reason::*;
+    use Subset::*;
+    let cases: &[(&[(&str, &str)], u32, u32, (Subset, Reason))] = &[
+        // weight alone
+        (&[], 0, 0, (Stable, Weight)),
+        (&[], 1, 0, (Canary, Weight)),
+        (&[], 1, 1, (Stable, Weight)),
+        (&[], 50, 49, (Canary, Weight)),
+        (&[], 50, 50, (Stable, Weight)),
+        (&[], 10_000, 9_999, (Canary, Weight)),
+        // header routes win at weight 0
+        (&[("x-canary", "always")], 0, 9_999, (Canary, HeaderRoute)),
+        (&[("x-canary", "always!")], 0, 9_999, (Stable, Weight)),
+        (&[("x-canary", "Always")], 0, 9_999, (Stable, Weight)),
+        (
+            &[("x-team", "qa-payments")],
+            0,
+            9_999,
+            (Canary, HeaderRoute),
+        ),
+        (&[("x-team", "dev-qa-")], 0, 9_999, (Stable, Weight)),
+        (
+            &[("user-agent", "Mozilla/5.0 (X11) CanaryBot/1")],
+            0,
+            9_999,
+            (Canary, HeaderRoute),
+        ),
+        (
+            &[("user-agent", "curl Mozilla/5.0 CanaryBot")],
+            0,
+            9_999,
+            (Stable, Weight),
+        ),
+        (
+            &[("cookie", "a=1; canary=yes; b=2")],
+            0,
+            9_999,
+            (Canary, HeaderRoute),
+        ),
+        (
+            &[("cookie", "canary=\"yes\"")],
+            0,
+            9_999,
+            (Canary, HeaderRoute),
+        ),
+        (&[("cookie", "notcanary=yes")], 0, 9_999, (Stable, Weight)),
+        // all matches of a route must hold
+        (
+            &[("x-a", "1"), ("x-b", "2")],
+            0,
+            9_999,
+            (Canary, HeaderRoute),
+        ),
+        (&[("x-a", "1")], 0, 9_999, (Stable, Weight)),
+        // a client-sent decision header is not a header route
+        (&[("x-canary-subset", "canary")], 0, 9_999, (Stable, Weight)),
+        // header route beats the sticky key and the weight
+        (
+            &[("x-canary", "always"), ("x-user-id", "u1")],
+            0,
+            0,
+            (Canary, HeaderRoute),
+        ),
+        // an empty sticky key is no key
+        (&[("x-user-id", "")], 10_000, 0, (Canary, Weight)),
+    ];
+    for (headers, weight, draw, expected) in cases {
+        let c = config(*weight);
+        let got = decide(&c, "reviews", headers, *draw);
+        assert_eq!(
+            got,
+            Some(*expected),
+            "headers={headers:?} weight={weight} draw={draw}"
+        );
+    }
+}
+
+#[test]
+fn a_sticky_key_decides_by_its_bucket_not_the_draw() {
+    let c = config(3_000);
+    for user in ["alice", "bob", "carol", "dave"] {
+        let expected = if sticky_bucket("bookinfo/reviews", user) < 3_000 {
+            Subset::Canary
+        } else {
+            Subset::Stable
+        };
+        for draw in [0, 5_000, 9_999] {
+            assert_eq!(
+                decide(&c, "reviews", &[("x-user-id", user)], draw),
+                Some((expected, Reason::Sticky))
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sticky_cookie_works_like_a_sticky_header() {
+    let c = config(5_000);
+    let bucket = sticky_bucket("bookinfo/ratings", "s-42");
+    let expected = if bucket < 5_000 {
+        Subset::Canary
+    } else {
+        Subset::Stable
+    };
+    let got = decide(&c, "ratings", &[("cookie", "theme=dark; session=s-42")], 0);
+    assert_eq!(got, Some((expected, Reason::Sticky)));
+}
+
+/// The values were computed independently with this Python, which a user can run to predict
+/// which users a weight sends to canary:
+/// `h = FNV-1a-64(service + "\0" + key); z = splitmix64_finalizer(h); bucket = z % 10000`.
+#[test]
+fn sticky_buckets_match_an_independent_implementation_of_the_documented_hash() {
+    let buckets: Vec<u32> = ["", "alice", "bob", "user-12345"]
+        .iter()
+        .map(|k| sticky_bucket("bookinfo/reviews", k))
+        .collect();
+    assert_eq!(buckets, vec![8943, 4591, 9129, 4102]);
+}
+
+#[test]
+fn the_same_user_always_gets_the_same_version_at_a_given_weight() {
+    let c = config(2_500);
+    for i in 0..2_000 {
+        let user = format!("user-{i}");
+        let first = decide(&c, "reviews", &[("x-user-id", &user)], i % 10_000);
+        for draw in [1, 7_777, 9_998] {
+            assert_eq!(
+                decide(&c, "reviews", &[("x-user-id", &user)], draw),
+                first,
+                "{user}"
+            );
+        }
+    }
+}
+
+#[test]
+fn users_on_canary_stay_on_canary_as_the_weight_grows() {
+    let weights = [0, 1, 50, 100, 1_000, 2_000, 3_000, 5_000, 9_999, 10_000];
+    let configs: Vec<CompiledConfig> = weights.iter().map(|w| config(*w)).collect();
+    for i in 0..5_000 {
+        let user = format!("user-{i}");
+        let subsets: Vec<Subset> = configs
+            .iter()
+            .map(|c| decide(c, "reviews", &[("x-user-id", &user)], 0).unwrap().0)
+            .collect();
+        // Once canary, canary at every higher weight: the sequence is stable* canary*.
+        let first_canary = subsets
+            .iter()
+            .position(|s| *s == Subset::Canary)
+            .unwrap_or(subsets.len());
+        assert!(
+            subsets[first_canary..].iter().all(|s| *s == Subset::Canary),
+            "{user} left canary as the weight grew: {subsets:?} at {weights:?}"
+        );
+        assert_eq!(
+            subsets[0],
+            Subset::Stable,
+            "weight 0 sends no sticky user to canary"
+        );
+        assert_eq!(
+            subsets[weights.len() - 1],
+            Subset::Canary,
+            "weight 10000 sends everyone"
+        );
+    }
+}
+
+#[test]
+fn sticky_users_split_in_the_configured_proportion() {
+    let n = 20_000u64;
+    for weight in [50u32, 1_000, 5_000] {
+        let c = config(weight);
+        let canary = (0..n)
+            .filter(|i| {
+                decide(&c, "reviews", &[("x-user-id", &format!("u{i}"))], 0)
+                    .unwrap()
+                    .0
+                    == Subset::Canary
+            })
+            .count() as u64;
+        assert_binomial(
+            canary,
+            n,
+            f64::from(weight) / 10_000.0,
+            &format!("sticky users at {weight} bp"),
+        );
+    }
+}
+
+#[test]
+fn the_same_user_is_bucketed_independently_per_service() {
+    let n = 20_000u32;
+    let same = (0..n)
+        .filter(|i| {
+            let key = format!("u{i}");
+            (sticky_bucket("bookinfo/reviews", &key) < 5_000)
+                == (sticky_bucket("bookinfo/ratings", &key) < 5_000)
+        })
+        .count() as u64;
+    assert_binomial(
+        same,
+        u64::from(n),
+        0.5,
+        "agreement between two services at 50%",
+    );
+}
+
+#[test]
+fn weighted_draws_split_within_binomial_bounds() {
+    let n = 200_000u64;
+    let mut draws = Draws::new(0x5eed);
+    for weight in [0u32, 1, 50, 2_000, 10_000] {
+        let c = config(weight);
+        let canary = (0..n)
+            .filter(|_| decide(&c, "reviews", &[], draws.next_point()).unwrap().0 == Subset::Canary)
+            .count() as u64;
+        match weight {
+            0 => assert_eq!(canary, 0, "weight 0 sends no one"),
+            10_000 => assert_eq!(canary, n, "weight 10000 sends everyone"),
+            w => assert_binomial(
+                canary,
+                n,
+                f64::from(w) / 10_000.0,
+                &format!("draws at {w} bp"),
+            ),
+        }
+    }
+}
+
+#[test]
+fn draws_cover_every_point_uniformly() {
+    let n = 1_000_000u64;
+    let mut draws = Draws::new(42);
+    let mut below = [0u64; 4];
+    let thresholds = [1u32, 100, 5_000, 9_999];
+    for _ in 0..n {
+        let p = draws.next_point();
+        assert!(p < 10_000);
+        for (k, t) in thresholds.iter().enumerate() {
+            if p < *t {
+                below[k] += 1;
+            }
+        }
+    }
+    for (k, t) in thresholds.iter().enumerate() {
+        assert_binomial(
+            below[k],
+            n,
+            f64::from(*t) / 10_000.0,
+            &format!("P(draw < {t})"),
+        );
+    }
+}
+
+#[test]
+fn headers_not_needed_for_the_decision_are_not_read() {
+    let c = CompiledConfig::from_json(
+        br#"{"services":[{"name":"a/b","hosts":["b"],"canaryWeight":10}]}"#,
+    )
+    .unwrap();
+    let mut headers = MapHeaders::new(&[("x-user-id", "u")]);
+    decide_for_service(&c.services[0], &mut headers, 0);
+    assert!(headers.asked.is_empty(), "asked for {:?}", headers.asked);
+
+    let c = config(10);
+    let mut headers = MapHeaders::new(&[("x-canary", "always")]);
+    decide_for_service(&c.services[0], &mut headers, 0);
+    assert_eq!(
+        headers.asked,
+        vec!["x-canary"],
+        "the first matching route ends the search"
+    );
+}
+
+#[test]
+fn the_cookie_header_is_read_once_per_request() {
+    let c = CompiledConfig::from_json(
+        br#"{"services":[{"name":"a/b","hosts":["b"],
+            "headerRoutes":[{"name":"r1","match":[{"cookie":"x","value":{"exact":"1"}}]},
+                            {"name":"r2","match":[{"cookie":"y","value":{"exact":"1"}}]}],
+            "sticky":{"cookie":"session"}}]}"#,
+    )
+    .unwrap();
+    let mut headers = MapHeaders::new(&[("cookie", "session=abc")]);
+    let (_, reason) = decide_for_service(&c.services[0], &mut headers, 0);
+    assert_eq!(reason, Reason::Sticky);
+    assert_eq!(headers.asked, vec!["cookie"]);
+}
+
+#[test]
+fn cookie_values_are_found_among_many() {
+    assert_eq!(cookie_value("a=1; b=2;c=3", "c"), Some("3"));
+    assert_eq!(cookie_value("a=1; b=2", "b"), Some("2"));
+    assert_eq!(cookie_value("ab=1", "a"), None);
+    assert_eq!(cookie_value("a", "a"), None);
+    assert_eq!(cookie_value("a=", "a"), Some(""));
+    assert_eq!(cookie_value("a=x=y", "a"), Some("x=y"));
+}
