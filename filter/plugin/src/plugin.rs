@@ -24,7 +24,7 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         // With panic=abort the VM dies after this; Envoy then fails the filter open or closed per
         // its fail_open setting. This line is the only trace, so make it count.
-        let _ = hostcalls::log(LogLevel::Critical, &format!("wasm-canary: panic: {info}"));
+        let _ = hostcalls::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
 }}
@@ -67,9 +67,7 @@ impl RootContext for CanaryRoot {
             Err(e) => {
                 log(
                     LogLevel::Error,
-                    &format!(
-                        "wasm-canary: rejected pluginConfig: {e}; keeping the previous config"
-                    ),
+                    &format!("rejected pluginConfig: {e}; keeping the previous config"),
                 );
                 count(metrics::CONFIG_REJECTED);
                 return false;
@@ -84,7 +82,7 @@ impl RootContext for CanaryRoot {
                 if hash.is_none() {
                     log(
                         LogLevel::Warn,
-                        "wasm-canary: no rollouts-pod-template-hash label in node metadata LABELS; responses will not be tagged",
+                        "no rollouts-pod-template-hash label in node metadata LABELS; responses will not be tagged",
                     );
                 }
                 hash
@@ -96,7 +94,7 @@ impl RootContext for CanaryRoot {
         log(
             LogLevel::Info,
             &format!(
-                "wasm-canary: config accepted: mode={:?}, {} services, {} hosts{}",
+                "config accepted: mode={:?}, {} services, {} hosts{}",
                 config.mode,
                 config.services.len(),
                 config.number_of_hosts(),

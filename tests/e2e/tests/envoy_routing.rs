@@ -1,0 +1,225 @@
+//! What a user of the mesh sees when the filter routes: the split, header routes, stickiness,
+//! untrusted client headers, and the version tag on every response. Real Envoys, real filter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use wasm_canary_e2e::assert_binomial;
+use wasm_canary_e2e::http::run_load;
+use wasm_canary_e2e::mesh::{reviews_config, Mesh, Push, CANARY_HASH, STABLE_HASH};
+
+const LOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+fn no_headers(_: u64) -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn weighted_split_matches_the_configured_weight_at_0_half_percent_20_and_100() {
+    let mesh = Mesh::start(&reviews_config(0)).unwrap();
+    // (weight in basis points, requests): n is chosen so each check has real power; at 0.5%
+    // 20,000 requests give a mean of 100 canary responses, 5 sigma = +-50.
+    for (weight, n) in [
+        (0u32, 2_000u64),
+        (50, 20_000),
+        (2_000, 5_000),
+        (10_000, 2_000),
+    ] {
+        assert_eq!(
+            mesh.push_config(&reviews_config(weight)).unwrap(),
+            Push::Accepted
+        );
+        let report = run_load(
+            mesh.client_addr,
+            "reviews:9080",
+            n,
+            8,
+            LOAD_DEADLINE,
+            no_headers,
+        );
+        assert_eq!(report.sent, n, "load finished within its deadline");
+        assert_eq!(report.non_2xx(), 0, "at {weight} bp: {report:?}");
+        let canary = report.version("canary");
+        assert_eq!(canary + report.version("stable"), n);
+        match weight {
+            0 => assert_eq!(canary, 0, "weight 0 sends no one to canary"),
+            10_000 => assert_eq!(canary, n, "weight 100% sends everyone to canary"),
+            w => assert_binomial(
+                canary,
+                n,
+                f64::from(w) / 10_000.0,
+                &format!("canary share at {w} bp"),
+            ),
+        }
+    }
+}
+
+#[test]
+fn header_routes_reach_canary_at_weight_zero_and_near_misses_do_not() {
+    let mesh = Mesh::start(&reviews_config(0)).unwrap();
+    let mut http = mesh.http();
+    let forced: [&[(&str, &str)]; 5] = [
+        &[("x-canary", "always")],
+        &[("x-team", "qa-payments")],
+        &[("user-agent", "Mozilla/5.0 CanaryTester/7 (X11)")],
+        &[("cookie", "theme=dark; canary=yes")],
+        &[("x-canary", "always"), ("x-user-id", "u-1")],
+    ];
+    for headers in forced {
+        for _ in 0..20 {
+            let r = http
+                .get("reviews.bookinfo.svc.cluster.local:9080", "/", headers)
+                .unwrap();
+            assert_eq!(r.header("x-app-version"), Some("canary"), "{headers:?}");
+        }
+    }
+    let near_misses: [&[(&str, &str)]; 5] = [
+        &[("x-canary", "Always")],
+        &[("x-team", "dev-qa-")],
+        &[("user-agent", "CanaryTester/x")],
+        &[("cookie", "canary=no; notcanary=yes")],
+        &[],
+    ];
+    for headers in near_misses {
+        for _ in 0..20 {
+            let r = http.get("reviews:9080", "/", headers).unwrap();
+            assert_eq!(r.header("x-app-version"), Some("stable"), "{headers:?}");
+        }
+    }
+    let counted = mesh
+        .client
+        .stat("wasmcustom.wasmcanary.decision.bookinfo_reviews.canary.header_route");
+    assert_eq!(
+        counted, 100,
+        "every header-routed request is counted by reason"
+    );
+}
+
+#[test]
+fn a_user_keeps_their_version_and_canary_users_stay_canary_as_the_weight_grows() {
+    let mesh = Mesh::start(&reviews_config(1_000)).unwrap();
+    let users: Vec<String> = (0..1_000).map(|i| format!("user-{i}")).collect();
+    let versions_at = |mesh: &Mesh| -> Vec<String> {
+        let mut http = mesh.http();
+        users
+            .iter()
+            .map(|u| {
+                let first = http.get("reviews", "/", &[("x-user-id", u)]).unwrap();
+                let v = first.header("x-app-version").unwrap().to_owned();
+                for _ in 0..2 {
+                    let again = http.get("reviews", "/", &[("x-user-id", u)]).unwrap();
+                    assert_eq!(
+                        again.header("x-app-version"),
+                        Some(v.as_str()),
+                        "{u} changed version at a fixed weight"
+                    );
+                }
+                v
+            })
+            .collect()
+    };
+    let at_10: Vec<String> = versions_at(&mesh);
+    let canary_at_10: HashSet<&String> = users
+        .iter()
+        .zip(&at_10)
+        .filter(|(_, v)| *v == "canary")
+        .map(|(u, _)| u)
+        .collect();
+    assert_binomial(
+        canary_at_10.len() as u64,
+        users.len() as u64,
+        0.10,
+        "sticky users on canary at 10%",
+    );
+
+    assert_eq!(
+        mesh.push_config(&reviews_config(3_000)).unwrap(),
+        Push::Accepted
+    );
+    let at_30 = versions_at(&mesh);
+    let canary_at_30: HashSet<&String> = users
+        .iter()
+        .zip(&at_30)
+        .filter(|(_, v)| *v == "canary")
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        canary_at_10.is_subset(&canary_at_30),
+        "every user on canary at 10% is still on canary at 30%"
+    );
+    assert_binomial(
+        canary_at_30.len() as u64,
+        users.len() as u64,
+        0.30,
+        "sticky users on canary at 30%",
+    );
+}
+
+#[test]
+fn a_client_sent_decision_header_does_not_choose_the_version() {
+    let mesh = Mesh::start(&reviews_config(0)).unwrap();
+    let mut http = mesh.http();
+    for _ in 0..50 {
+        let r = http
+            .get(
+                "reviews:9080",
+                "/",
+                &[
+                    ("x-canary-subset", "canary"),
+                    ("x-canary-pod-template-hash", CANARY_HASH),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r.header("x-app-version"), Some("stable"));
+        assert_eq!(
+            r.header("x-seen-x-canary-subset"),
+            Some("stable"),
+            "overwritten, not appended"
+        );
+        assert_eq!(
+            r.header("x-seen-x-canary-pod-template-hash"),
+            Some(STABLE_HASH)
+        );
+    }
+    // A host not under canary: the header is removed before routing and never reaches upstream.
+    let r = http
+        .get("details:9080", "/", &[("x-canary-subset", "canary")])
+        .unwrap();
+    assert_eq!(r.header("x-app-version"), Some("details"));
+    assert_eq!(r.header("x-seen-x-canary-subset"), None);
+}
+
+#[test]
+fn every_response_carries_the_serving_versions_pod_template_hash() {
+    let mesh = Mesh::start(&reviews_config(5_000)).unwrap();
+    let mut http = mesh.http();
+    let mut seen = HashSet::new();
+    for i in 0..200 {
+        // A client cannot fake it either: the serving sidecar overwrites it.
+        let r = http
+            .get(
+                "reviews",
+                "/",
+                &[("x-rollouts-pod-template-hash", &format!("fake-{i}"))],
+            )
+            .unwrap();
+        let expected = match r.header("x-app-version") {
+            Some("stable") => STABLE_HASH,
+            Some("canary") => CANARY_HASH,
+            other => panic!("unexpected version {other:?}"),
+        };
+        assert_eq!(
+            r.header("x-rollouts-pod-template-hash"),
+            Some(expected),
+            "response tag"
+        );
+        assert_eq!(
+            r.header("x-seen-x-rollouts-pod-template-hash"),
+            Some(expected),
+            "request tag the app saw"
+        );
+        seen.insert(expected);
+    }
+    assert_eq!(seen.len(), 2, "both versions answered at 50%");
+}
