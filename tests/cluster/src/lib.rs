@@ -4,7 +4,7 @@
 //! processes on free loopback ports, with certificates made by `openssl` in a temporary
 //! folder, RBAC authorization and Istio's CRDs installed. Dropping it kills every process,
 //! also when a test panics. There is no kubelet: Pods stay `Pending` until a test writes
-//! their status itself (see `tests/cluster/README.md`).
+//! their status itself ([`kubelet::run_pod`], `tests/cluster/README.md`).
 //!
 //! The binaries come from `make cluster-build`; [`binaries`] says where they are looked for.
 
@@ -13,6 +13,7 @@ pub mod control_plane;
 pub mod crds;
 pub mod error;
 mod kubeconfig;
+pub mod kubelet;
 mod pki;
 mod ports;
 mod process;
