@@ -57,7 +57,9 @@ e2e: setup wasm oci ## The filter in a real Envoy: routing, stickiness, live rel
 	cargo test -p wasm-canary-e2e -- --test-threads=1
 
 bench: setup wasm ## Measure throughput, latency and CPU with/without the filter; writes bench/RESULTS.md
-	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md
+	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-noop-filter
+	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md \
+	  --noop target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_noop_filter.wasm $(BENCH_ARGS)
 
 demo: setup wasm ## Run a canary locally on a real Envoy: 0 -> 10 -> 50 -> 100%, live
 	cargo run --release -q -p wasm-canary-e2e --bin demo

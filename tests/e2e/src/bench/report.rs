@@ -1,0 +1,280 @@
+//! Medians, spreads, ratios and the markdown of `bench/RESULTS.md`.
+
+use std::fmt::Write as _;
+
+use super::topology::{Mode, Variant};
+
+/// One measured run of one variant.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Envoy-under-test CPU (user + system) per request, microseconds.
+    pub cpu_us_per_request: f64,
+}
+
+/// Everything measured in one mode.
+#[derive(Debug, Clone)]
+pub struct ModeResult {
+    pub mode: Mode,
+    /// `samples[variant][rep]`, variants in [`Variant::ALL`] order.
+    pub samples: Vec<Vec<Sample>>,
+    /// Resident memory of each Envoy under test after the runs, bytes.
+    pub rss_bytes: Vec<u64>,
+    /// The filter's decision counters for the target service: (stable, canary).
+    pub decisions: (u64, u64),
+    /// 1-minute load average before and after the mode's runs.
+    pub load_before: f64,
+    pub load_after: f64,
+}
+
+/// The machine and build the numbers come from.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub date: String,
+    pub host_cpu: String,
+    pub nproc: usize,
+    pub kernel: String,
+    pub envoy_version: String,
+    pub rustc_version: String,
+    pub git: String,
+    pub filter: FileInfo,
+    pub noop: FileInfo,
+    pub load_command: String,
+    pub reps: usize,
+    pub warmup_secs: u64,
+    pub envoy_cpu: u32,
+    pub load_cpu: u32,
+    pub target_host: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+        (lo.min(x), hi.max(x))
+    })
+}
+
+impl ModeResult {
+    fn of(&self, v: Variant) -> &[Sample] {
+        let i = Variant::ALL.iter().position(|x| *x == v).unwrap_or(0);
+        &self.samples[i]
+    }
+
+    fn values(&self, v: Variant, f: impl Fn(&Sample) -> f64) -> Vec<f64> {
+        self.of(v).iter().map(f).collect()
+    }
+
+    pub fn median_rps(&self, v: Variant) -> f64 {
+        median(&self.values(v, |s| s.requests_per_second))
+    }
+
+    pub fn median_cpu(&self, v: Variant) -> f64 {
+        median(&self.values(v, |s| s.cpu_us_per_request))
+    }
+
+    /// Throughput ratio of medians, and the range of the same ratio within each rep (the two
+    /// runs of a rep are neighbours in time, so this range shows how steady the ratio is).
+    pub fn rps_ratio(&self, num: Variant, den: Variant) -> (f64, f64, f64) {
+        let per_rep: Vec<f64> = self
+            .of(num)
+            .iter()
+            .zip(self.of(den))
+            .map(|(n, d)| n.requests_per_second / d.requests_per_second)
+            .collect();
+        let (lo, hi) = min_max(&per_rep);
+        (self.median_rps(num) / self.median_rps(den), lo, hi)
+    }
+
+    /// CPU us/request difference of medians, and its per-rep range.
+    pub fn cpu_delta(&self, num: Variant, den: Variant) -> (f64, f64, f64) {
+        let per_rep: Vec<f64> = self
+            .of(num)
+            .iter()
+            .zip(self.of(den))
+            .map(|(n, d)| n.cpu_us_per_request - d.cpu_us_per_request)
+            .collect();
+        let (lo, hi) = min_max(&per_rep);
+        (self.median_cpu(num) - self.median_cpu(den), lo, hi)
+    }
+}
+
+fn spread(values: &[f64], decimals: usize) -> String {
+    let (lo, hi) = min_max(values);
+    format!(
+        "{:.d$} ({:.d$}–{:.d$})",
+        median(values),
+        lo,
+        hi,
+        d = decimals
+    )
+}
+
+/// The generated part of `bench/RESULTS.md`.
+pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmark results\n");
+    let _ = writeln!(
+        s,
+        "Written by `make bench` (`tests/e2e/src/bin/bench.rs`); how to read it: `bench/README.md`.\n"
+    );
+    let _ = writeln!(s, "## Headline\n");
+    let _ = writeln!(
+        s,
+        "| mode | c/a req/s | c/b req/s | c/d req/s | filter CPU us/req, c − a | c − b | no-op wasm, b − a |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for m in modes {
+        let ca = m.rps_ratio(Variant::Canary, Variant::NoFilter);
+        let cb = m.rps_ratio(Variant::Canary, Variant::NoopWasm);
+        let cd = m.rps_ratio(Variant::Canary, Variant::NativeWeighted);
+        let dca = m.cpu_delta(Variant::Canary, Variant::NoFilter);
+        let dcb = m.cpu_delta(Variant::Canary, Variant::NoopWasm);
+        let dba = m.cpu_delta(Variant::NoopWasm, Variant::NoFilter);
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} | **{:.3}** | {:.3} | {:+.2} | **{:+.2}** | {:+.2} |",
+            m.mode.as_str(),
+            ca.0,
+            cb.0,
+            cd.0,
+            dca.0,
+            dcb.0,
+            dba.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nRatios are of median throughput; CPU differences are of median Envoy CPU per request.\n"
+    );
+
+    let _ = writeln!(s, "## Setup\n");
+    let _ = writeln!(s, "- Date: {}", ctx.date);
+    let _ = writeln!(
+        s,
+        "- Machine: {} CPUs (nproc), `{}`, Linux {}",
+        ctx.nproc, ctx.host_cpu, ctx.kernel
+    );
+    let _ = writeln!(s, "- Envoy: `{}`, runtime `envoy.wasm.runtime.v8`", ctx.envoy_version);
+    let _ = writeln!(s, "- rustc: `{}`; commit `{}`", ctx.rustc_version, ctx.git);
+    for (what, f) in [("Filter (c)", &ctx.filter), ("No-op filter (b)", &ctx.noop)] {
+        let _ = writeln!(
+            s,
+            "- {what}: `{}`, {} bytes ({:.1} KiB), sha256 `{}`",
+            f.path,
+            f.bytes,
+            f.bytes as f64 / 1024.0,
+            f.sha256
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- Envoy under test: `--concurrency 1`, pinned to CPU {}; load generator (and, in upstream mode, the upstream Envoy) on CPU {}",
+        ctx.envoy_cpu, ctx.load_cpu
+    );
+    let _ = writeln!(s, "- Load, per run: `{} http://127.0.0.1:<port>/`", ctx.load_command);
+    let _ = writeln!(
+        s,
+        "- {} reps per variant and mode, interleaved a b c d a b c d …, after one {} s warm-up run per variant (not counted); median across reps, (min–max) in brackets",
+        ctx.reps, ctx.warmup_secs
+    );
+    let _ = writeln!(
+        s,
+        "- Request: `Host: {}` (service 7 of 20), with a user-agent and a cookie header. No header route matches (all 3 of the service's routes, exact + regex + cookie, are evaluated: the worst case) and there is no sticky key (`x-user-id`), so the weight draw decides (canary weight 10%).",
+        ctx.target_host
+    );
+    let _ = writeln!(
+        s,
+        "- CPU per request: the Envoy-under-test process's utime + stime (`/proc/<pid>/stat`) over the run, divided by the requests wrk completed."
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Variants:\n");
+    let _ = writeln!(s, "- (a) no filter; routes: `x-canary-subset: canary` → canary, default → stable");
+    let _ = writeln!(s, "- (b) a no-op proxy-wasm filter (`tests/e2e/noop-filter`), same routes");
+    let _ = writeln!(
+        s,
+        "- (c) wasm-canary, client mode, 20 services × 4 hosts, 2–3 header routes each, sticky header, hash header; same routes"
+    );
+    let _ = writeln!(
+        s,
+        "- (d) no filter, Envoy's own weighted draw: `weighted_clusters` 90/10 in upstream mode; in direct mode (no clusters to weigh) a `runtime_fraction` 10% route match"
+    );
+    let _ = writeln!(s);
+
+    for m in modes {
+        let _ = writeln!(s, "## Mode: {}\n", m.mode.as_str());
+        let what = match m.mode {
+            Mode::Direct => "Routes answer with `direct_response`: the request never leaves the Envoy under test, so its CPU is all that is measured.",
+            Mode::Upstream => "Routes proxy to a second Envoy (`direct_response`, one worker, on the load CPU), as a sidecar proxies to its pod.",
+        };
+        let _ = writeln!(s, "{what} Load average (1 min): {:.2} before, {:.2} after.\n", m.load_before, m.load_after);
+        let _ = writeln!(
+            s,
+            "| variant | req/s | p50 ms | p99 ms | Envoy CPU us/request | Envoy RSS MiB |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for (i, v) in Variant::ALL.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| ({}) {} | {} | {} | {} | {} | {:.1} |",
+                v.letter(),
+                v.label(),
+                spread(&m.values(*v, |x| x.requests_per_second), 0),
+                spread(&m.values(*v, |x| x.p50_ms), 3),
+                spread(&m.values(*v, |x| x.p99_ms), 3),
+                spread(&m.values(*v, |x| x.cpu_us_per_request), 2),
+                m.rss_bytes.get(i).copied().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| comparison | req/s ratio (per-rep range) | CPU us/request difference (per-rep range) |");
+        let _ = writeln!(s, "|---|---|---|");
+        for (num, den) in [
+            (Variant::Canary, Variant::NoFilter),
+            (Variant::Canary, Variant::NoopWasm),
+            (Variant::Canary, Variant::NativeWeighted),
+            (Variant::NoopWasm, Variant::NoFilter),
+            (Variant::NativeWeighted, Variant::NoFilter),
+        ] {
+            let r = m.rps_ratio(num, den);
+            let d = m.cpu_delta(num, den);
+            let _ = writeln!(
+                s,
+                "| {}/{} | {:.3} ({:.3}–{:.3}) | {:+.2} ({:+.2}–{:+.2}) |",
+                num.letter(),
+                den.letter(),
+                r.0,
+                r.1,
+                r.2,
+                d.0,
+                d.1,
+                d.2
+            );
+        }
+        let (stable, canary) = m.decisions;
+        let total = stable + canary;
+        let _ = writeln!(
+            s,
+            "\nThe filter decided {total} requests of the target service in this mode (warm-up included): {stable} stable, {canary} canary ({:.2}% canary; configured 10%), all by weight draw.\n",
+            if total > 0 { 100.0 * canary as f64 / total as f64 } else { 0.0 }
+        );
+    }
+    s
+}
