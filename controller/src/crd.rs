@@ -1,0 +1,343 @@
+//! The `CanaryRollout` resource (`wasmcanary.io/v1alpha1`).
+//!
+//! Its spec follows Argo Rollouts' canary strategy, so an Argo `Rollout` carries over by changing
+//! `apiVersion`/`kind` and replacing `trafficRouting.istio` with `trafficRouting.wasm`. Doc
+//! comments here become the CRD's descriptions (`kubectl explain canaryrollout.spec`).
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A canary rollout: runs a new pod template next to the current one and moves traffic to it
+/// step by step through the wasm-canary filter, then promotes it or rolls back.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "wasmcanary.io",
+    version = "v1alpha1",
+    kind = "CanaryRollout",
+    namespaced,
+    status = "CanaryRolloutStatus",
+    shortname = "cro",
+    category = "all",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.currentStep"}"#,
+    printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
+    printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stableHash"}"#,
+    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canaryHash"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryRolloutSpec {
+    /// Number of pods when fully rolled out. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Selects the pods of this rollout; must match the template's labels.
+    pub selector: LabelSelector,
+    /// The pod template. Exactly one of `template` and `workloadRef` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplateSpec>,
+    /// Take the pod template from an existing Deployment (Argo's `workloadRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_ref: Option<WorkloadRef>,
+    /// How to roll out.
+    pub strategy: RolloutStrategy,
+    /// Hold the rollout where it is (no step advances) while true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Abort: all traffic back to stable at once, header routes removed, then the canary scaled
+    /// down after `abortScaleDownDelaySeconds`. Setting it back to false retries from step 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+}
+
+/// Reference to the workload whose pod template is rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `apps/v1`.
+    pub api_version: String,
+    /// `Deployment`.
+    pub kind: String,
+    /// Name of the Deployment in the rollout's namespace.
+    pub name: String,
+}
+
+/// The rollout strategy. Only `canary` exists.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// Canary strategy, as Argo Rollouts' `strategy.canary`.
+    pub canary: CanaryStrategy,
+}
+
+/// Canary strategy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStrategy {
+    /// The steps, in order. After the last one the canary is promoted.
+    #[serde(default)]
+    pub steps: Vec<CanaryStep>,
+    /// Labels and annotations added to canary pods only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_metadata: Option<PodMetadata>,
+    /// Labels and annotations added to stable pods only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_metadata: Option<PodMetadata>,
+    /// Seconds to keep the previous stable ReplicaSet up after a promotion. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds to keep the canary ReplicaSet up after an abort (traffic is already back on
+    /// stable). Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Background analysis (Argo's `strategy.canary.analysis`). Not supported yet: a rollout
+    /// that sets it is refused with a status message, never run without its analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub analysis: Option<serde_json::Value>,
+    /// How traffic is split.
+    pub traffic_routing: TrafficRouting,
+}
+
+/// Extra pod metadata for one side of the rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetadata {
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One step. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// Percentage of traffic to the canary, 0..=100; fractions allowed down to 0.01 (e.g. 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<f64>,
+    /// Wait: for `duration` (e.g. `30s`, `10m`, `1h`, or seconds as an integer), or until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+    /// Send requests matching headers to the canary whatever the weight (Argo's setHeaderRoute).
+    /// A route with no `match` removes the route of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_header_route: Option<SetHeaderRoute>,
+    /// Inline analysis (Argo's analysis step). Not supported yet: the rollout stops at this step
+    /// with a status message; it is never skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub analysis: Option<serde_json::Value>,
+}
+
+/// A pause step.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long; absent means until promoted (`kubectl annotate cro NAME wasmcanary.io/promote=step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
+    pub duration: Option<serde_json::Value>,
+}
+
+/// A header route step.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetHeaderRoute {
+    /// Route name.
+    pub name: String,
+    /// All must match.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HeaderRouteMatch>,
+}
+
+/// One header condition of a header route.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRouteMatch {
+    /// Header name.
+    pub header_name: String,
+    /// How its value must match.
+    pub header_value: StringMatchSpec,
+}
+
+/// Exactly one of `exact`, `prefix`, `regex` (full match).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StringMatchSpec {
+    /// Equal to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Whole value matches (RE2 syntax subset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// Traffic routing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    /// Split traffic with the wasm-canary filter.
+    pub wasm: WasmTrafficRouting,
+}
+
+/// Where the filter's decision takes effect.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmTrafficRouting {
+    /// The Kubernetes Service under canary (its name in this namespace). The filter covers
+    /// `<service>`, `<service>.<ns>`, `<service>.<ns>.svc`, `<service>.<ns>.svc.cluster.local`
+    /// plus `hosts`.
+    pub service: String,
+    /// Extra hostnames that reach the service (e.g. a gateway host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// The WasmPlugin the controller creates and owns.
+    pub wasm_plugin: WasmPluginRef,
+    /// The DestinationRule whose subsets select stable and canary pods (by
+    /// `rollouts-pod-template-hash`). It must exist; the controller edits only the two subsets'
+    /// hash labels.
+    pub destination_rule: DestinationRuleRef,
+    /// Request header the filter writes (`stable`/`canary`) and the VirtualService routes on.
+    /// Default `x-canary-subset`. Rollouts whose clients overlap need distinct headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_header: Option<String>,
+    /// Where the sticky key is read: `{header: x-user-id}` or `{cookie: session}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyKeySpec>,
+}
+
+/// Sticky key source; exactly one field.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StickyKeySpec {
+    /// Request header name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Cookie name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// The WasmPlugin to create.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmPluginRef {
+    /// Its name. Default `<rollout>-canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where Istio fetches the filter: `oci://...`, `https://...` or `file://...`.
+    pub url: String,
+    /// sha256 of the module (required by Istio for https/file URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Labels of the CLIENT workloads (the callers of the service). Absent: every workload in
+    /// the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+/// The DestinationRule to update.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleRef {
+    /// Its name.
+    pub name: String,
+    /// Subset of the stable pods. Default `stable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_subset_name: Option<String>,
+    /// Subset of the canary pods. Default `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_subset_name: Option<String>,
+}
+
+/// Where a rollout is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Moving through the steps, or waiting for pods.
+    #[default]
+    Progressing,
+    /// Waiting at a pause step, or `spec.paused`.
+    Paused,
+    /// Fully on one version, nothing in progress.
+    Healthy,
+    /// Aborted: traffic on stable; waiting for retry (`spec.abort: false`) or a new template.
+    Aborted,
+    /// Cannot proceed until the spec is fixed (the message says why).
+    Degraded,
+}
+
+/// Observed state, written only by the controller. A restarted controller resumes from here.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryRolloutStatus {
+    /// Where the rollout is.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Human-readable detail of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Index of the step being executed (== number of steps when all are done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<i32>,
+    /// `current/total`, for printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<String>,
+    /// Canary weight in force, in basis points (10000 = 100%).
+    #[serde(default)]
+    pub canary_weight: u32,
+    /// Canary weight as a percentage, for printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
+    /// Pod-template hash of the stable version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_hash: Option<String>,
+    /// Pod-template hash of the canary version, while a canary runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_hash: Option<String>,
+    /// Header routes in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_routes: Vec<SetHeaderRoute>,
+    /// When the current step began (RFC 3339); pause durations count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    /// ReplicaSets (by hash) to scale to zero at a time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scale_downs: Vec<ScheduledScaleDown>,
+    /// Whether the rollout is aborted (traffic on stable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aborted: bool,
+    /// The spec generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions: `Progressing`, `Paused`, `Healthy`, `Aborted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A scale-down waiting for its delay.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledScaleDown {
+    /// Pod-template hash of the ReplicaSet.
+    pub hash: String,
+    /// When to scale it to zero (RFC 3339).
+    pub at: String,
+}
+
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-int-or-string": true})
+}

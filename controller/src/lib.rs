@@ -1,0 +1,60 @@
+//! The wasm-canary controller: runs `CanaryRollout`s by moving traffic through the filter.
+//!
+//! - [`crd`]: the resource; [`hash`]: the pod-template hash;
+//! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
+//! - [`reconcile`]: the Kubernetes I/O around them.
+
+pub mod crd;
+pub mod hash;
+pub mod reconcile;
+pub mod steps;
+pub mod traffic;
+
+/// The one field manager every write of the controller uses.
+pub const FIELD_MANAGER: &str = "wasm-canary-controller";
+
+/// Everything that can fail in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object is missing something the controller needs.
+    #[error("{0}")]
+    Invalid(String),
+    /// A JSON (de)serialization failed.
+    #[error("{context}: {source}")]
+    Json {
+        /// Of what.
+        context: String,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube",
+            Self::Invalid(_) => "invalid",
+            Self::Json { .. } => "json",
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps a kube error with what was being done.
+pub fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}

@@ -1,0 +1,300 @@
+//! The Kubernetes I/O around [`crate::steps::plan`]: read the rollout's world, plan, write the
+//! plan back in a safe order, record Events. Every write uses [`crate::FIELD_MANAGER`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use canary_core::config::POD_TEMPLATE_HASH_LABEL;
+use canary_core::PluginConfig;
+
+use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
+use crate::hash::pod_template_hash;
+use crate::steps::{self, ObservedReplicaSet, Observed, Plan, Promote, Traffic};
+use crate::traffic;
+use crate::{kube_err, Error, Result, FIELD_MANAGER};
+
+/// Label on every ReplicaSet a rollout owns: the rollout's name.
+pub const ROLLOUT_LABEL: &str = "wasmcanary.io/rollout";
+/// Annotation a user (or `kubectl canary promote`) sets to move past pauses: `step` or `full`.
+pub const PROMOTE_ANNOTATION: &str = "wasmcanary.io/promote";
+/// How often a rollout is looked at even when nothing changed.
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// Istio's WasmPlugin.
+pub fn wasm_plugin_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("extensions.istio.io", "v1alpha1", "WasmPlugin"))
+}
+
+/// Istio's DestinationRule.
+pub fn destination_rule_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule"))
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client }
+    }
+}
+
+/// Runs the controller until the stream ends (watching `namespace`, or all when `None`).
+pub async fn run(client: Client, namespace: Option<String>) {
+    let (rollouts, replica_sets): (Api<CanaryRollout>, Api<ReplicaSet>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let ctx = Arc::new(Context::new(client));
+    Controller::new(rollouts, watcher::Config::default())
+        .owns(replica_sets, watcher::Config::default().labels(ROLLOUT_LABEL))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile stream");
+            }
+        })
+        .await;
+}
+
+fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(rollout = %rollout.name_any(), namespace = rollout.namespace().unwrap_or_default(), kind = error.metric_label(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// One reconcile of one rollout.
+pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = rollout.namespace().ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
+    let name = rollout.name_any();
+    let span = tracing::info_span!("reconcile", namespace = %ns, rollout = %name);
+    let _enter = span.enter();
+    let client = &ctx.client;
+
+    let template = pod_template(client, &ns, &rollout).await?;
+    let template_hash = pod_template_hash(&template);
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let owned = rs_api
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+        .await
+        .map_err(kube_err("listing ReplicaSets"))?;
+    let replica_sets: Vec<ObservedReplicaSet> = owned
+        .items
+        .iter()
+        .filter_map(|rs| {
+            let hash = rs.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone();
+            Some(ObservedReplicaSet {
+                hash,
+                replicas: rs.spec.replicas.unwrap_or(0),
+                available: rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0),
+            })
+        })
+        .collect();
+    let promote = match rollout.annotations().get(PROMOTE_ANNOTATION).map(String::as_str) {
+        Some("full") => Some(Promote::Full),
+        Some(_) => Some(Promote::Step),
+        None => None,
+    };
+    let observed = Observed { template_hash: template_hash.clone(), replica_sets, promote, generation: rollout.metadata.generation, now: Utc::now() };
+    let status = rollout.status.clone().unwrap_or_default();
+    let mut plan = steps::plan(&rollout.spec, &status, &observed);
+
+    if let Some(traffic) = &plan.traffic {
+        if let Err(message) = apply_traffic(client, &ns, &rollout, traffic).await? {
+            plan.status.phase = Phase::Degraded;
+            plan.status.message = Some(message);
+            plan.replicas.clear();
+            plan.transitions.clear();
+        }
+    }
+    apply_replica_sets(&rs_api, &rollout, &template, &template_hash, &plan).await?;
+    patch_status(client, &ns, &name, &plan.status).await?;
+    if plan.promote_consumed {
+        let api: Api<CanaryRollout> = Api::namespaced(client.clone(), &ns);
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: null}}})))
+            .await
+            .map_err(kube_err("clearing the promote annotation"))?;
+    }
+    for t in &plan.transitions {
+        info!(reason = t.reason, message = %t.message, "transition");
+        let event = Event {
+            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled") { EventType::Warning } else { EventType::Normal },
+            reason: t.reason.into(),
+            note: Some(t.message.clone()),
+            action: t.reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
+            warn!(error = %e, "recording event");
+        }
+    }
+    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC) + Duration::from_millis(200))))
+}
+
+async fn pod_template(client: &Client, ns: &str, rollout: &CanaryRollout) -> Result<Value> {
+    if let Some(t) = &rollout.spec.template {
+        return serde_json::to_value(t).map_err(|source| Error::Json { context: "pod template".into(), source });
+    }
+    let Some(w) = &rollout.spec.workload_ref else {
+        return Err(Error::Invalid("spec.template or spec.workloadRef is required".into()));
+    };
+    let d = Api::<Deployment>::namespaced(client.clone(), ns).get(&w.name).await.map_err(kube_err(format!("reading Deployment {}", w.name)))?;
+    serde_json::to_value(d.spec.template).map_err(|source| Error::Json { context: "pod template".into(), source })
+}
+
+/// Canary exposure of a filter config: (weight, header routes).
+fn exposure(config: Option<&PluginConfig>) -> (u32, usize) {
+    config.and_then(|c| c.services.first()).map_or((0, 0), |s| (s.canary_weight, s.header_routes.len()))
+}
+
+/// Writes the DestinationRule subsets and the WasmPlugin. When the plan lowers canary exposure,
+/// the WasmPlugin goes first (traffic leaves the canary before any subset moves); otherwise the
+/// DestinationRule goes first (a subset points at the right pods before traffic arrives).
+/// Returns `Ok(Err(message))` for problems the user must fix (missing DestinationRule/subset).
+async fn apply_traffic(client: &Client, ns: &str, rollout: &CanaryRollout, plan: &Traffic) -> Result<std::result::Result<(), String>> {
+    let wp_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasm_plugin_resource());
+    let dr_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
+    let dr_name = &rollout.spec.strategy.canary.traffic_routing.wasm.destination_rule.name;
+    let Some(dr) = dr_api.get_opt(dr_name).await.map_err(kube_err("reading the DestinationRule"))? else {
+        return Ok(Err(format!("DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary")));
+    };
+    let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json { context: "DestinationRule".into(), source })?;
+    let subsets = match traffic::destination_rule_subsets(rollout, &dr_value, plan) {
+        Ok(s) => s,
+        Err(message) => return Ok(Err(message)),
+    };
+    let wp_name = traffic::wasm_plugin_name(rollout);
+    let current = wp_api.get_opt(&wp_name).await.map_err(kube_err("reading the WasmPlugin"))?;
+    let current_config = current.as_ref().and_then(|w| PluginConfig::from_value(&w.data["spec"]["pluginConfig"]).ok());
+    let (old_weight, old_routes) = exposure(current_config.as_ref());
+    let lowering = plan.canary_weight < old_weight || plan.header_routes.len() < old_routes;
+
+    let mut wasm_plugin = traffic::wasm_plugin(rollout, ns, plan);
+    let owner = rollout.controller_owner_ref(&()).ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
+    wasm_plugin["metadata"]["ownerReferences"] = json!([owner]);
+    let dr_changed = dr_value["spec"]["subsets"] != Value::Array(subsets.clone());
+    let dr_patch = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        // The resourceVersion makes the apply fail (409) if someone changed the DestinationRule
+        // since we read it: their edit is never overwritten; we retry from a fresh read.
+        "metadata": {"name": dr_name, "namespace": ns, "resourceVersion": dr.metadata.resource_version},
+        "spec": {"subsets": subsets},
+    });
+    let apply_dr = || async {
+        if dr_changed {
+            // subsets is an atomic list in Istio's schema: force takes it over from whoever
+            // created the DestinationRule; the resourceVersion above keeps that safe.
+            dr_api
+                .patch(dr_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&dr_patch))
+                .await
+                .map_err(kube_err("applying DestinationRule subsets"))?;
+        }
+        Ok::<_, Error>(())
+    };
+    let apply_wp = || async {
+        wp_api
+            .patch(&wp_name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&wasm_plugin))
+            .await
+            .map_err(kube_err("applying the WasmPlugin"))?;
+        Ok::<_, Error>(())
+    };
+    if lowering {
+        apply_wp().await?;
+        apply_dr().await?;
+    } else {
+        apply_dr().await?;
+        apply_wp().await?;
+    }
+    Ok(Ok(()))
+}
+
+async fn apply_replica_sets(api: &Api<ReplicaSet>, rollout: &CanaryRollout, template: &Value, template_hash: &str, plan: &Plan) -> Result<()> {
+    let name = rollout.name_any();
+    for (hash, replicas) in &plan.replicas {
+        let rs_name = format!("{name}-{hash}");
+        if hash == template_hash {
+            let role = if plan.canary.as_deref() == Some(hash) {
+                rollout.spec.strategy.canary.canary_metadata.clone()
+            } else {
+                rollout.spec.strategy.canary.stable_metadata.clone()
+            };
+            let rs = replica_set(rollout, template, hash, *replicas, role.as_ref())?;
+            api.patch(&rs_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&rs))
+                .await
+                .map_err(kube_err(format!("applying ReplicaSet {rs_name}")))?;
+        } else if plan.replicas.contains_key(hash) {
+            // An older template: only its size changes. Its template is not ours to rewrite.
+            match api.get_opt(&rs_name).await.map_err(kube_err(format!("reading ReplicaSet {rs_name}")))? {
+                Some(rs) if rs.spec.replicas != Some(*replicas) => {
+                    api.patch_scale(&rs_name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
+                        .await
+                        .map_err(kube_err(format!("scaling ReplicaSet {rs_name}")))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn replica_set(rollout: &CanaryRollout, template: &Value, hash: &str, replicas: i32, role: Option<&crate::crd::PodMetadata>) -> Result<Value> {
+    let name = rollout.name_any();
+    let mut template = template.clone();
+    let mut labels: BTreeMap<String, String> = serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default();
+    if let Some(m) = role {
+        labels.extend(m.labels.clone());
+        annotations.extend(m.annotations.clone());
+    }
+    labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    template["metadata"]["labels"] = json!(labels);
+    if !annotations.is_empty() {
+        template["metadata"]["annotations"] = json!(annotations);
+    }
+    let mut selector = serde_json::to_value(&rollout.spec.selector).map_err(|source| Error::Json { context: "selector".into(), source })?;
+    selector["matchLabels"][POD_TEMPLATE_HASH_LABEL] = json!(hash);
+    let owner = rollout.controller_owner_ref(&()).ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
+    Ok(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("{name}-{hash}"),
+            "labels": {ROLLOUT_LABEL: name, POD_TEMPLATE_HASH_LABEL: hash},
+            "ownerReferences": [owner],
+        },
+        "spec": {"replicas": replicas, "selector": selector, "template": template},
+    }))
+}
+
+async fn patch_status(client: &Client, ns: &str, name: &str, status: &CanaryRolloutStatus) -> Result<()> {
+    let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
+    let body = json!({
+        "apiVersion": CanaryRollout::api_version(&()),
+        "kind": CanaryRollout::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(kube_err("patching status"))?;
+    Ok(())
+}

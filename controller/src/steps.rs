@@ -1,0 +1,557 @@
+//! The rollout's step logic, pure: (spec, status, observed world, now) -> [`Plan`].
+//!
+//! The Kubernetes layer ([`crate::reconcile`]) reads the world, calls [`plan`], and writes the
+//! plan back in a fixed order: traffic first (DestinationRule subsets, then the WasmPlugin's
+//! pluginConfig), ReplicaSet sizes next, status last. Safety rules enforced here:
+//! - traffic (weight or header routes) reaches the canary only when enough canary pods are
+//!   available for it;
+//! - on abort, weight 0 and no header routes are planned at once, the canary scale-down only
+//!   after `abortScaleDownDelaySeconds`;
+//! - timers live in the status (`stepStartedAt`, `scaleDowns`), so a restarted controller
+//!   resumes exactly where it stopped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::crd::{
+    CanaryRolloutSpec, CanaryRolloutStatus, CanaryStep, Phase, ScheduledScaleDown, SetHeaderRoute,
+};
+use canary_core::config::BASIS_POINTS;
+
+/// Default delay before an old ReplicaSet is scaled down (Argo's default is 30 s too).
+pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
+
+/// A ReplicaSet of this rollout as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedReplicaSet {
+    /// Its `rollouts-pod-template-hash`.
+    pub hash: String,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.availableReplicas`.
+    pub available: i32,
+}
+
+/// A user's request to move past pauses (annotation `wasmcanary.io/promote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promote {
+    /// Finish the current pause step.
+    Step,
+    /// Skip all remaining steps and promote.
+    Full,
+}
+
+/// What the controller sees.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Hash of the pod template in the spec (or the referenced Deployment).
+    pub template_hash: String,
+    /// The rollout's ReplicaSets.
+    pub replica_sets: Vec<ObservedReplicaSet>,
+    /// A pending promote request.
+    pub promote: Option<Promote>,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The current time.
+    pub now: DateTime<Utc>,
+}
+
+impl Observed {
+    fn available(&self, hash: &str) -> i32 {
+        self.replica_sets.iter().find(|r| r.hash == hash).map_or(0, |r| r.available)
+    }
+    fn replicas(&self, hash: &str) -> i32 {
+        self.replica_sets.iter().find(|r| r.hash == hash).map_or(0, |r| r.replicas)
+    }
+}
+
+/// Where traffic should go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    /// The stable subset's hash.
+    pub stable_hash: String,
+    /// The canary subset's hash (the stable hash when no canary runs, so the subset is never
+    /// empty of meaning).
+    pub canary_hash: String,
+    /// Canary weight in basis points.
+    pub canary_weight: u32,
+    /// Header routes forcing canary.
+    pub header_routes: Vec<SetHeaderRoute>,
+}
+
+/// A Kubernetes Event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// CamelCase reason (`CanaryStarted`, `StepCompleted`, `Promoted`, `Aborted`, ...).
+    pub reason: &'static str,
+    /// Sentence for humans.
+    pub message: String,
+}
+
+/// What the controller should make true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The new status.
+    pub status: CanaryRolloutStatus,
+    /// Where traffic goes; `None` leaves traffic as it is (spec invalid).
+    pub traffic: Option<Traffic>,
+    /// Desired `spec.replicas` per ReplicaSet hash (a hash not observed yet is created).
+    pub replicas: BTreeMap<String, i32>,
+    /// Which hash is the canary (for pod metadata), if any.
+    pub canary: Option<String>,
+    /// Transitions to record as Events.
+    pub transitions: Vec<Transition>,
+    /// Reconcile again after this long (pause timers, scale-down delays).
+    pub requeue_after: Option<Duration>,
+    /// The promote request was acted on and should be removed.
+    pub promote_consumed: bool,
+}
+
+/// Canary pods needed for a weight: ceil(replicas x weight), and at least one while header
+/// routes send testers there.
+pub fn canary_replicas(replicas: i32, weight_bp: u32, header_routes: bool) -> i32 {
+    let by_weight = (u64::from(replicas.max(0).unsigned_abs()) * u64::from(weight_bp)).div_ceil(u64::from(BASIS_POINTS));
+    let n = i32::try_from(by_weight).unwrap_or(i32::MAX);
+    if header_routes {
+        n.max(1)
+    } else {
+        n
+    }
+}
+
+/// Parses a pause duration: an integer (seconds) or `<n>s|m|h` (Argo's forms).
+pub fn parse_duration(v: &serde_json::Value) -> Result<Duration, String> {
+    if let Some(n) = v.as_u64() {
+        return Ok(Duration::from_secs(n));
+    }
+    let s = v.as_str().ok_or_else(|| format!("duration {v} is neither a number nor a string"))?;
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} must look like 30s, 10m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("duration {s:?} has unknown unit {unit:?}; use s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Weight of a `setWeight` percentage in basis points.
+pub fn weight_basis_points(percent: f64) -> Result<u32, String> {
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("setWeight {percent} is outside 0..100"));
+    }
+    let bp = (percent * 100.0).round();
+    if (bp - percent * 100.0).abs() > 1e-6 {
+        return Err(format!("setWeight {percent} is finer than 0.01%"));
+    }
+    Ok(bp as u32)
+}
+
+/// Checks what the schema cannot. Returns the message for `status.message`.
+pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
+    match (&spec.template, &spec.workload_ref) {
+        (Some(_), Some(_)) => return Err("set either spec.template or spec.workloadRef, not both".into()),
+        (None, None) => return Err("spec.template or spec.workloadRef is required".into()),
+        _ => {}
+    }
+    if let Some(w) = &spec.workload_ref {
+        if w.kind != "Deployment" || w.api_version != "apps/v1" {
+            return Err(format!("spec.workloadRef must be an apps/v1 Deployment, not {}/{}", w.api_version, w.kind));
+        }
+    }
+    let canary = &spec.strategy.canary;
+    if canary.analysis.is_some() {
+        return Err("spec.strategy.canary.analysis: analysis is not supported by this controller version; \
+                    remove it to run the rollout without metric checks (it is never skipped silently)"
+            .into());
+    }
+    for (i, step) in canary.steps.iter().enumerate() {
+        let set = [step.set_weight.is_some(), step.pause.is_some(), step.set_header_route.is_some(), step.analysis.is_some()];
+        if set.iter().filter(|x| **x).count() != 1 {
+            return Err(format!("steps[{i}] must set exactly one of setWeight, pause, setHeaderRoute, analysis"));
+        }
+        if step.analysis.is_some() {
+            return Err(format!(
+                "steps[{i}].analysis: analysis steps are not supported by this controller version; \
+                 the rollout will not run without them (they are never skipped silently)"
+            ));
+        }
+        if let Some(w) = step.set_weight {
+            weight_basis_points(w).map_err(|e| format!("steps[{i}].{e}"))?;
+        }
+        if let Some(d) = step.pause.as_ref().and_then(|p| p.duration.as_ref()) {
+            parse_duration(d).map_err(|e| format!("steps[{i}].pause: {e}"))?;
+        }
+        if let Some(r) = &step.set_header_route {
+            for (j, m) in r.matches.iter().enumerate() {
+                let v = &m.header_value;
+                let n = [v.exact.is_some(), v.prefix.is_some(), v.regex.is_some()].iter().filter(|x| **x).count();
+                if n != 1 {
+                    return Err(format!("steps[{i}].setHeaderRoute.match[{j}].headerValue needs exactly one of exact, prefix, regex"));
+                }
+                if let Some(re) = &v.regex {
+                    canary_core::regex::Regex::new(re)
+                        .map_err(|e| format!("steps[{i}].setHeaderRoute.match[{j}].headerValue.regex: {e}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn seconds(n: Option<i32>) -> chrono::Duration {
+    chrono::Duration::seconds(i64::from(n.unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS).max(0)))
+}
+
+/// Computes the next desired state.
+pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Observed) -> Plan {
+    let mut p = Planner { spec, obs, status: current.clone(), transitions: Vec::new(), requeue: None, promote_consumed: false };
+    p.status.observed_generation = obs.generation;
+    if let Err(message) = validate(spec) {
+        p.status.phase = Phase::Degraded;
+        p.status.message = Some(message);
+        return p.finish(None, BTreeMap::new(), None);
+    }
+    p.run()
+}
+
+struct Planner<'a> {
+    spec: &'a CanaryRolloutSpec,
+    obs: &'a Observed,
+    status: CanaryRolloutStatus,
+    transitions: Vec<Transition>,
+    requeue: Option<Duration>,
+    promote_consumed: bool,
+}
+
+impl Planner<'_> {
+    fn replicas(&self) -> i32 {
+        self.spec.replicas.unwrap_or(1).max(0)
+    }
+
+    fn note(&mut self, reason: &'static str, message: String) {
+        self.transitions.push(Transition { reason, message });
+    }
+
+    fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    fn run(mut self) -> Plan {
+        let r = self.replicas();
+        let desired = self.obs.template_hash.clone();
+        let now = self.obs.now;
+        let Some(stable) = self.status.stable_hash.clone() else {
+            // First rollout: straight to stable, nothing to compare against.
+            self.status.stable_hash = Some(desired.clone());
+            self.note("Initialized", format!("first version {desired} becomes stable with {r} replicas"));
+            return self.steady(desired);
+        };
+        if desired == stable {
+            if let Some(canary) = self.status.canary_hash.take() {
+                // The template went back to stable mid-canary: drop the canary at once.
+                self.note("CanaryCancelled", format!("template is back to stable {stable}; canary {canary} removed"));
+                self.schedule_scale_down(&canary, now);
+                self.status.aborted = false;
+                self.status.header_routes.clear();
+            }
+            return self.steady(stable);
+        }
+        if self.status.canary_hash.as_deref() != Some(desired.as_str()) {
+            if let Some(old) = self.status.canary_hash.replace(desired.clone()) {
+                self.note("CanaryRestarted", format!("template changed during the canary: {old} replaced by {desired}, back to step 0"));
+                self.schedule_scale_down(&old, now);
+            } else {
+                self.note("CanaryStarted", format!("new template {desired}: canary starts next to stable {stable}"));
+            }
+            self.status.current_step_index = Some(0);
+            self.status.canary_weight = 0;
+            self.status.header_routes.clear();
+            self.status.aborted = false;
+            self.status.step_started_at = Some(rfc3339(now));
+        }
+        let canary = desired;
+        if self.spec.abort {
+            if !self.status.aborted {
+                self.status.aborted = true;
+                let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+                self.schedule_scale_down(&canary, now + delay);
+                self.note("Aborted", format!("all traffic back to stable {stable}; canary {canary} scaled down in {}s", delay.num_seconds()));
+            }
+            self.status.canary_weight = 0;
+            self.status.header_routes.clear();
+            self.status.phase = Phase::Aborted;
+            self.status.message = Some("aborted: traffic on stable; set spec.abort=false to retry".into());
+            return self.canary_plan(stable, canary, 0);
+        }
+        if self.status.aborted {
+            self.status.aborted = false;
+            self.status.scale_downs.retain(|s| s.hash != canary);
+            self.status.current_step_index = Some(0);
+            self.status.canary_weight = 0;
+            self.status.header_routes.clear();
+            self.status.step_started_at = Some(rfc3339(now));
+            self.note("Retried", format!("retrying canary {canary} from step 0"));
+        }
+        if self.spec.paused {
+            self.status.phase = Phase::Paused;
+            self.status.message = Some("paused by spec.paused".into());
+            let keep = self.obs.replicas(&canary);
+            return self.canary_plan(stable, canary, keep);
+        }
+        self.advance(stable, canary)
+    }
+
+    /// Executes steps from the current index as far as they complete now.
+    fn advance(mut self, stable: String, canary: String) -> Plan {
+        let steps = self.spec.strategy.canary.steps.clone();
+        let total = steps.len();
+        let now = self.obs.now;
+        let r = self.replicas();
+        if self.obs.promote == Some(Promote::Full) {
+            self.promote_consumed = true;
+            if self.status.current_step_index.unwrap_or(0) < total as i32 {
+                self.note("PromotedFull", "promote --full: remaining steps skipped".into());
+            }
+            self.status.current_step_index = Some(total as i32);
+        }
+        loop {
+            let index = usize::try_from(self.status.current_step_index.unwrap_or(0)).unwrap_or(0).min(total);
+            self.status.current_step = Some(format!("{index}/{total}"));
+            let Some(step) = steps.get(index) else {
+                return self.promote(stable, canary);
+            };
+            match self.execute(index, step, &canary) {
+                StepOutcome::Done(message) => {
+                    self.note("StepCompleted", format!("step {}/{total}: {message}", index + 1));
+                    self.status.current_step_index = Some(index as i32 + 1);
+                    self.status.step_started_at = Some(rfc3339(now));
+                }
+                StepOutcome::Wait { phase, message } => {
+                    self.status.phase = phase;
+                    self.status.message = Some(message);
+                    let need = canary_replicas(r, self.target_weight(step), !self.status.header_routes.is_empty() || step.set_header_route.is_some());
+                    return self.canary_plan(stable, canary, need);
+                }
+            }
+        }
+    }
+
+    /// The weight the canary must be sized for while at `step`.
+    fn target_weight(&self, step: &CanaryStep) -> u32 {
+        step.set_weight.and_then(|w| weight_basis_points(w).ok()).unwrap_or(self.status.canary_weight).max(self.status.canary_weight)
+    }
+
+    fn execute(&mut self, index: usize, step: &CanaryStep, canary: &str) -> StepOutcome {
+        let r = self.replicas();
+        let available = self.obs.available(canary);
+        if let Some(w) = step.set_weight {
+            let bp = weight_basis_points(w).unwrap_or(0);
+            let need = canary_replicas(r, bp, !self.status.header_routes.is_empty());
+            if available < need {
+                return StepOutcome::Wait {
+                    phase: Phase::Progressing,
+                    message: format!("setWeight {w}%: waiting for canary pods ({available}/{need} available)"),
+                };
+            }
+            self.status.canary_weight = bp;
+            return StepOutcome::Done(format!("weight {w}%"));
+        }
+        if let Some(pause) = &step.pause {
+            if self.obs.promote == Some(Promote::Step) {
+                self.promote_consumed = true;
+                return StepOutcome::Done("pause ended by promote".into());
+            }
+            let Some(d) = pause.duration.as_ref().and_then(|d| parse_duration(d).ok()) else {
+                return StepOutcome::Wait {
+                    phase: Phase::Paused,
+                    message: format!("paused at step {} until promoted (annotation wasmcanary.io/promote=step)", index + 1),
+                };
+            };
+            let started = self.status.step_started_at.as_deref().and_then(parse_time).unwrap_or(self.obs.now);
+            let ends = started + chrono::Duration::from_std(d).unwrap_or_default();
+            if self.obs.now >= ends {
+                return StepOutcome::Done(format!("paused {}s", d.as_secs()));
+            }
+            let left = (ends - self.obs.now).to_std().unwrap_or_default();
+            self.requeue_in(left);
+            return StepOutcome::Wait {
+                phase: Phase::Paused,
+                message: format!("paused at step {} for {}s ({}s left)", index + 1, d.as_secs(), left.as_secs()),
+            };
+        }
+        if let Some(route) = &step.set_header_route {
+            if !route.matches.is_empty() && available < 1 {
+                return StepOutcome::Wait {
+                    phase: Phase::Progressing,
+                    message: format!("setHeaderRoute {}: waiting for a canary pod", route.name),
+                };
+            }
+            self.status.header_routes.retain(|h| h.name != route.name);
+            if route.matches.is_empty() {
+                return StepOutcome::Done(format!("header route {} removed", route.name));
+            }
+            self.status.header_routes.push(route.clone());
+            return StepOutcome::Done(format!("header route {} set", route.name));
+        }
+        // validate() refuses analysis steps before we get here.
+        StepOutcome::Wait { phase: Phase::Degraded, message: format!("steps[{index}] cannot be executed") }
+    }
+
+    fn promote(mut self, stable: String, canary: String) -> Plan {
+        let r = self.replicas();
+        let available = self.obs.available(&canary);
+        if available < r {
+            self.status.phase = Phase::Progressing;
+            self.status.message = Some(format!("promoting: waiting for canary pods ({available}/{r} available)"));
+            return self.canary_plan(stable, canary, r);
+        }
+        let now = self.obs.now;
+        let delay = seconds(self.spec.strategy.canary.scale_down_delay_seconds);
+        self.schedule_scale_down(&stable, now + delay);
+        self.note("Promoted", format!("{canary} is the new stable; previous stable {stable} scaled down in {}s", delay.num_seconds()));
+        self.status.stable_hash = Some(canary.clone());
+        self.status.canary_hash = None;
+        self.status.header_routes.clear();
+        self.status.current_step_index = None;
+        self.status.current_step = None;
+        self.status.step_started_at = None;
+        self.steady(canary)
+    }
+
+    /// Only `stable` serves; every other ReplicaSet goes to zero (after its delay if any).
+    fn steady(mut self, stable: String) -> Plan {
+        let r = self.replicas();
+        self.status.canary_weight = 0;
+        let available = self.obs.available(&stable);
+        if available >= r {
+            self.status.phase = Phase::Healthy;
+            self.status.message = Some(format!("{stable} serves all traffic ({available}/{r} available)"));
+        } else {
+            self.status.phase = Phase::Progressing;
+            self.status.message = Some(format!("waiting for stable pods ({available}/{r} available)"));
+        }
+        let mut replicas = BTreeMap::new();
+        replicas.insert(stable.clone(), r);
+        let traffic = Traffic { stable_hash: stable.clone(), canary_hash: stable, canary_weight: 0, header_routes: Vec::new() };
+        self.finish(Some(traffic), replicas, None)
+    }
+
+    fn canary_plan(self, stable: String, canary: String, canary_replicas: i32) -> Plan {
+        let r = self.replicas();
+        let mut replicas = BTreeMap::new();
+        replicas.insert(stable.clone(), r);
+        replicas.insert(canary.clone(), canary_replicas.max(self.obs.available(&canary).min(canary_replicas.max(0))));
+        let traffic = Traffic {
+            stable_hash: stable,
+            canary_hash: canary.clone(),
+            canary_weight: self.status.canary_weight,
+            header_routes: self.status.header_routes.clone(),
+        };
+        self.finish(Some(traffic), replicas, Some(canary))
+    }
+
+    fn schedule_scale_down(&mut self, hash: &str, at: DateTime<Utc>) {
+        self.status.scale_downs.retain(|s| s.hash != hash);
+        self.status.scale_downs.push(ScheduledScaleDown { hash: hash.to_owned(), at: rfc3339(at) });
+    }
+
+    fn finish(mut self, traffic: Option<Traffic>, mut replicas: BTreeMap<String, i32>, canary: Option<String>) -> Plan {
+        let now = self.obs.now;
+        if traffic.is_some() {
+            // Pending scale-downs keep their pods until due; past due, and for any other
+            // ReplicaSet of this rollout, zero. A scheduled hash that is active again (retry,
+            // template reverted) is not scaled down.
+            let mut pending = Vec::new();
+            for s in std::mem::take(&mut self.status.scale_downs) {
+                let due = parse_time(&s.at).is_none_or(|at| at <= now);
+                let active = replicas.contains_key(&s.hash) && !(self.status.aborted && Some(&s.hash) == canary.as_ref());
+                if active {
+                    continue;
+                }
+                if due {
+                    replicas.insert(s.hash.clone(), 0);
+                } else {
+                    replicas.insert(s.hash.clone(), self.obs.replicas(&s.hash));
+                    if let Some(at) = parse_time(&s.at) {
+                        self.requeue_in((at - now).to_std().unwrap_or_default());
+                    }
+                    pending.push(s);
+                }
+            }
+            self.status.scale_downs = pending;
+            for rs in &self.obs.replica_sets {
+                replicas.entry(rs.hash.clone()).or_insert(0);
+            }
+        } else {
+            replicas.clear();
+        }
+        self.status.weight = Some(format_weight(self.status.canary_weight));
+        set_conditions(&mut self.status, now);
+        Plan {
+            status: self.status,
+            traffic,
+            replicas,
+            canary,
+            transitions: self.transitions,
+            requeue_after: self.requeue,
+            promote_consumed: self.promote_consumed,
+        }
+    }
+}
+
+enum StepOutcome {
+    Done(String),
+    Wait { phase: Phase, message: String },
+}
+
+/// `1050` -> `10.5%`.
+pub fn format_weight(bp: u32) -> String {
+    let whole = bp / 100;
+    let frac = bp % 100;
+    if frac == 0 {
+        format!("{whole}%")
+    } else if frac % 10 == 0 {
+        format!("{whole}.{}%", frac / 10)
+    } else {
+        format!("{whole}.{frac:02}%")
+    }
+}
+
+fn set_conditions(status: &mut CanaryRolloutStatus, now: DateTime<Utc>) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let kinds = [("Progressing", Phase::Progressing), ("Paused", Phase::Paused), ("Healthy", Phase::Healthy), ("Aborted", Phase::Aborted), ("Degraded", Phase::Degraded)];
+    let mut out = Vec::new();
+    for (kind, phase) in kinds {
+        let value = if status.phase == phase { "True" } else { "False" };
+        let previous = status.conditions.iter().find(|c| c.type_ == kind);
+        let since = match previous {
+            Some(c) if c.status == value => c.last_transition_time.clone(),
+            _ => Time(now_k8s(now)),
+        };
+        out.push(Condition {
+            type_: kind.to_owned(),
+            status: value.to_owned(),
+            reason: format!("{:?}", status.phase),
+            message: status.message.clone().unwrap_or_default(),
+            last_transition_time: since,
+            observed_generation: status.observed_generation,
+        });
+    }
+    status.conditions = out;
+}
+
+fn now_k8s(now: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
