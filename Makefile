@@ -15,7 +15,7 @@ OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
 export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
 export WASM_CANARY_FILTER ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm oci test test-unit test-wasm test-manifests e2e bench demo lint fmt clean
+.PHONY: help setup build wasm oci crd test test-unit test-wasm test-manifests e2e bench demo lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ wasm: setup ## Build the filter for wasm32-wasip1, optimise it, check it is <= 2
 
 oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to build/oci
 	python3 filter/oci_image.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
+
+crd: ## Regenerate the CanaryRollout CRD YAML from the Rust types (committed; a test checks it)
+	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
 
 test: setup wasm ## Run every test: unit, wasm-bindgen, manifests, Envoy end-to-end, control plane
 	cargo test --workspace --exclude wasm-canary-e2e --exclude wasm-canary-cluster
