@@ -18,8 +18,7 @@ use crate::error::{Error, Result};
 use crate::kubeconfig;
 use crate::pki::Pki;
 use crate::ports::free_loopback_ports;
-pub use crate::process::Lifetime;
-use crate::process::Process;
+use crate::process::{Lifetime, Process};
 use crate::FIELD_MANAGER;
 
 /// From spawning etcd to a ready API server, a working controller manager and Istio's
@@ -101,6 +100,20 @@ impl ControlPlane {
     /// program with [`ControlPlane::detach`]. For `make cluster-up`.
     pub async fn start_detachable(dir: &Path) -> Result<Self> {
         if dir.exists() {
+            // Only ever empty a folder an earlier `up` made, never one given by mistake.
+            let empty = dir
+                .read_dir()
+                .map(|mut entries| entries.next().is_none())
+                .unwrap_or(false);
+            if !empty && !dir.join("pki/ca.crt").is_file() {
+                return Err(Error::Io {
+                    action: format!(
+                        "{} is not empty and holds no earlier control plane",
+                        dir.display()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                });
+            }
             std::fs::remove_dir_all(dir)
                 .map_err(Error::io(format!("emptying {}", dir.display())))?;
         }

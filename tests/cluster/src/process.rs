@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// How long a [`Process`] lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifetime {
+pub(crate) enum Lifetime {
     /// Killed when the owner drops it. Shares the test's process group, so Ctrl-C on
     /// `cargo test` stops it as well.
     Owned,

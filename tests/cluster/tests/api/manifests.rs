@@ -1,11 +1,9 @@
 //! The WasmPlugin manifests the project ships, against Istio's real CRD schemas and
 //! CEL rules.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
-mod support;
 
 use std::path::PathBuf;
 
+use crate::support::{refusal, wasm_plugin, within};
 use canary_cluster::binaries::workspace_root;
 use canary_cluster::ControlPlane;
 use kube::api::{DynamicObject, Patch, PatchParams};
@@ -13,7 +11,6 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{pinned_kind, Scope};
 use kube::Api;
 use serde_json::{json, Value};
-use support::{refusal, wasm_plugin, within};
 
 /// The namespace the manifests are written for.
 const NAMESPACE: &str = "bookinfo";

@@ -1,12 +1,10 @@
 //! What the control plane itself provides: controllers that turn Deployments into Pods,
 //! EndpointSlices for Pods a test marks ready, and a clean stop.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
-mod support;
 
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 
+use crate::support::{eventually, within};
 use canary_cluster::{kubelet, ControlPlane};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -14,7 +12,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
-use support::{eventually, within};
 
 async fn reviews_deployment(plane: &ControlPlane, client: &Client, namespace: &str, replicas: i32) {
     plane

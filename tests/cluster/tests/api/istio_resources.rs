@@ -1,9 +1,7 @@
 //! Istio resources through kube-rs against a real API server: create, server-side
 //! apply, patch, watch, and the conflicts only a real server produces.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod support;
-
+use crate::support::{destination_rule, refusal, wasm_plugin, within};
 use canary_cluster::ControlPlane;
 use futures::StreamExt;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -11,7 +9,6 @@ use kube::core::ApiResource;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde_json::{json, Value};
-use support::{destination_rule, refusal, wasm_plugin, within};
 
 async fn namespaced_api(
     name: &str,

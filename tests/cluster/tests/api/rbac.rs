@@ -1,15 +1,12 @@
 //! RBAC as the API server enforces it, for a ServiceAccount with a TokenRequest token.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod support;
-
+use crate::support::{destination_rule, eventually, refusal, wasm_plugin, within};
 use canary_cluster::ControlPlane;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use support::{destination_rule, eventually, refusal, wasm_plugin, within};
 
 #[tokio::test]
 async fn a_service_account_can_do_what_its_role_allows_and_is_forbidden_the_rest() {
