@@ -37,7 +37,8 @@ version, and the version tag on each response. Ends with a summary table.
 
 Exit status: 0 if every push was accepted, every user request got a 2xx and every step's
 observed canary share is within 5 standard deviations of its weight; 1 otherwise (with the
-reason); 2 for bad arguments; 130 when interrupted (Ctrl-C stops the load and every Envoy).
+reason); 2 for bad arguments; 130 when interrupted (Ctrl-C or SIGTERM stop the load
+and every Envoy).
 
 usage: demo [--step-seconds N] [--steps P,P,...] [--clients N] [--canary-status CODE]
 
@@ -505,7 +506,12 @@ fn hold_step(
         // the shutdown, not the rollout. Read the flag after the counts, show the last ones
         // taken before it.
         if interrupted.load(Ordering::SeqCst) {
-            line.finish(&row(last_good.0, last_good.1, RowState::Interrupted));
+            let (counts, elapsed) = if counts.failures == 0 {
+                (counts, elapsed)
+            } else {
+                last_good
+            };
+            line.finish(&row(counts, elapsed, RowState::Interrupted));
             return Err(Interrupted.into());
         }
         if counts.failures > 0 {
