@@ -18,7 +18,10 @@ const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// The hash of a pod template (as JSON).
 pub fn pod_template_hash(template: &Value) -> String {
     let mut t = template.clone();
-    if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+    if let Some(labels) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
         labels.remove(POD_TEMPLATE_HASH_LABEL);
     }
     let mut canonical = String::new();
@@ -33,7 +36,11 @@ pub fn pod_template_hash(template: &Value) -> String {
         .map(|_| {
             let digit = (h % base) as usize;
             h /= base;
-            SAFE_ALPHABET.get(digit).copied().map(char::from).unwrap_or('b')
+            SAFE_ALPHABET
+                .get(digit)
+                .copied()
+                .map(char::from)
+                .unwrap_or('b')
         })
         .collect()
 }
@@ -81,7 +88,9 @@ mod tests {
         let b = json!({"spec": {"containers": [{"image": "reviews:v2", "name": "r"}]}, "metadata": {"labels": {"version": "v2", "app": "reviews", "rollouts-pod-template-hash": "old"}}});
         assert_eq!(pod_template_hash(&a), pod_template_hash(&b));
         assert_eq!(pod_template_hash(&a).len(), 10);
-        assert!(pod_template_hash(&a).bytes().all(|c| SAFE_ALPHABET.contains(&c)));
+        assert!(pod_template_hash(&a)
+            .bytes()
+            .all(|c| SAFE_ALPHABET.contains(&c)));
     }
 
     #[test]

@@ -8,9 +8,12 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
@@ -21,7 +24,7 @@ use canary_core::PluginConfig;
 
 use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
 use crate::hash::pod_template_hash;
-use crate::steps::{self, ObservedReplicaSet, Observed, Plan, Promote, Traffic};
+use crate::steps::{self, Observed, ObservedReplicaSet, Plan, Promote, Traffic};
 use crate::traffic;
 use crate::{kube_err, Error, Result, FIELD_MANAGER};
 
@@ -34,12 +37,20 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// Istio's WasmPlugin.
 pub fn wasm_plugin_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("extensions.istio.io", "v1alpha1", "WasmPlugin"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "extensions.istio.io",
+        "v1alpha1",
+        "WasmPlugin",
+    ))
 }
 
 /// Istio's DestinationRule.
 pub fn destination_rule_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+    ))
 }
 
 /// Shared by every reconcile.
@@ -53,20 +64,56 @@ pub struct Context {
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client }
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
     }
 }
 
 /// Runs the controller until the stream ends (watching `namespace`, or all when `None`).
 pub async fn run(client: Client, namespace: Option<String>) {
     let (rollouts, replica_sets): (Api<CanaryRollout>, Api<ReplicaSet>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let deployments: Api<Deployment> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let ctx = Arc::new(Context::new(client));
-    Controller::new(rollouts, watcher::Config::default())
-        .owns(replica_sets, watcher::Config::default().labels(ROLLOUT_LABEL))
+    let controller = Controller::new(rollouts, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(
+            replica_sets,
+            watcher::Config::default().labels(ROLLOUT_LABEL),
+        )
+        // A new template in a referenced Deployment (workloadRef) starts a canary at once.
+        .watches(
+            deployments,
+            watcher::Config::default(),
+            move |d: Deployment| {
+                let ns = d.namespace();
+                let name = d.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        r.namespace() == ns
+                            && r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name)
+                    })
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -84,7 +131,9 @@ fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, _: Arc<Context>) -> 
 
 /// One reconcile of one rollout.
 pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = rollout.namespace().ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
+    let ns = rollout
+        .namespace()
+        .ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
     let name = rollout.name_any();
     let span = tracing::info_span!("reconcile", namespace = %ns, rollout = %name);
     let _enter = span.enter();
@@ -105,16 +154,30 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
             Some(ObservedReplicaSet {
                 hash,
                 replicas: rs.spec.replicas.unwrap_or(0),
-                available: rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0),
+                available: rs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0),
             })
         })
         .collect();
-    let promote = match rollout.annotations().get(PROMOTE_ANNOTATION).map(String::as_str) {
+    let promote = match rollout
+        .annotations()
+        .get(PROMOTE_ANNOTATION)
+        .map(String::as_str)
+    {
         Some("full") => Some(Promote::Full),
         Some(_) => Some(Promote::Step),
         None => None,
     };
-    let observed = Observed { template_hash: template_hash.clone(), replica_sets, promote, generation: rollout.metadata.generation, now: Utc::now() };
+    let observed = Observed {
+        template_hash: template_hash.clone(),
+        replica_sets,
+        promote,
+        generation: rollout.metadata.generation,
+        now: Utc::now(),
+    };
     let status = rollout.status.clone().unwrap_or_default();
     let mut plan = steps::plan(&rollout.spec, &status, &observed);
 
@@ -130,14 +193,22 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
     patch_status(client, &ns, &name, &plan.status).await?;
     if plan.promote_consumed {
         let api: Api<CanaryRollout> = Api::namespaced(client.clone(), &ns);
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: null}}})))
-            .await
-            .map_err(kube_err("clearing the promote annotation"))?;
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: null}}})),
+        )
+        .await
+        .map_err(kube_err("clearing the promote annotation"))?;
     }
     for t in &plan.transitions {
         info!(reason = t.reason, message = %t.message, "transition");
         let event = Event {
-            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled") { EventType::Warning } else { EventType::Normal },
+            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled") {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: t.reason.into(),
             note: Some(t.message.clone()),
             action: t.reason.into(),
@@ -147,49 +218,94 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
             warn!(error = %e, "recording event");
         }
     }
-    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC) + Duration::from_millis(200))))
+    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
+        d.min(RESYNC) + Duration::from_millis(200)
+    })))
 }
 
 async fn pod_template(client: &Client, ns: &str, rollout: &CanaryRollout) -> Result<Value> {
     if let Some(t) = &rollout.spec.template {
-        return serde_json::to_value(t).map_err(|source| Error::Json { context: "pod template".into(), source });
+        return serde_json::to_value(t).map_err(|source| Error::Json {
+            context: "pod template".into(),
+            source,
+        });
     }
     let Some(w) = &rollout.spec.workload_ref else {
-        return Err(Error::Invalid("spec.template or spec.workloadRef is required".into()));
+        return Err(Error::Invalid(
+            "spec.template or spec.workloadRef is required".into(),
+        ));
     };
-    let d = Api::<Deployment>::namespaced(client.clone(), ns).get(&w.name).await.map_err(kube_err(format!("reading Deployment {}", w.name)))?;
-    serde_json::to_value(d.spec.template).map_err(|source| Error::Json { context: "pod template".into(), source })
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(&w.name)
+        .await
+        .map_err(kube_err(format!("reading Deployment {}", w.name)))?;
+    serde_json::to_value(d.spec.template).map_err(|source| Error::Json {
+        context: "pod template".into(),
+        source,
+    })
 }
 
 /// Canary exposure of a filter config: (weight, header routes).
 fn exposure(config: Option<&PluginConfig>) -> (u32, usize) {
-    config.and_then(|c| c.services.first()).map_or((0, 0), |s| (s.canary_weight, s.header_routes.len()))
+    config
+        .and_then(|c| c.services.first())
+        .map_or((0, 0), |s| (s.canary_weight, s.header_routes.len()))
 }
 
 /// Writes the DestinationRule subsets and the WasmPlugin. When the plan lowers canary exposure,
 /// the WasmPlugin goes first (traffic leaves the canary before any subset moves); otherwise the
 /// DestinationRule goes first (a subset points at the right pods before traffic arrives).
 /// Returns `Ok(Err(message))` for problems the user must fix (missing DestinationRule/subset).
-async fn apply_traffic(client: &Client, ns: &str, rollout: &CanaryRollout, plan: &Traffic) -> Result<std::result::Result<(), String>> {
-    let wp_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasm_plugin_resource());
-    let dr_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-    let dr_name = &rollout.spec.strategy.canary.traffic_routing.wasm.destination_rule.name;
-    let Some(dr) = dr_api.get_opt(dr_name).await.map_err(kube_err("reading the DestinationRule"))? else {
-        return Ok(Err(format!("DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary")));
+async fn apply_traffic(
+    client: &Client,
+    ns: &str,
+    rollout: &CanaryRollout,
+    plan: &Traffic,
+) -> Result<std::result::Result<(), String>> {
+    let wp_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &wasm_plugin_resource());
+    let dr_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
+    let dr_name = &rollout
+        .spec
+        .strategy
+        .canary
+        .traffic_routing
+        .wasm
+        .destination_rule
+        .name;
+    let Some(dr) = dr_api
+        .get_opt(dr_name)
+        .await
+        .map_err(kube_err("reading the DestinationRule"))?
+    else {
+        return Ok(Err(format!(
+            "DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary"
+        )));
     };
-    let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json { context: "DestinationRule".into(), source })?;
+    let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json {
+        context: "DestinationRule".into(),
+        source,
+    })?;
     let subsets = match traffic::destination_rule_subsets(rollout, &dr_value, plan) {
         Ok(s) => s,
         Err(message) => return Ok(Err(message)),
     };
     let wp_name = traffic::wasm_plugin_name(rollout);
-    let current = wp_api.get_opt(&wp_name).await.map_err(kube_err("reading the WasmPlugin"))?;
-    let current_config = current.as_ref().and_then(|w| PluginConfig::from_value(&w.data["spec"]["pluginConfig"]).ok());
+    let current = wp_api
+        .get_opt(&wp_name)
+        .await
+        .map_err(kube_err("reading the WasmPlugin"))?;
+    let current_config = current
+        .as_ref()
+        .and_then(|w| PluginConfig::from_value(&w.data["spec"]["pluginConfig"]).ok());
     let (old_weight, old_routes) = exposure(current_config.as_ref());
     let lowering = plan.canary_weight < old_weight || plan.header_routes.len() < old_routes;
 
     let mut wasm_plugin = traffic::wasm_plugin(rollout, ns, plan);
-    let owner = rollout.controller_owner_ref(&()).ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
+    let owner = rollout
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
     wasm_plugin["metadata"]["ownerReferences"] = json!([owner]);
     let dr_changed = dr_value["spec"]["subsets"] != Value::Array(subsets.clone());
     let dr_patch = json!({
@@ -205,7 +321,11 @@ async fn apply_traffic(client: &Client, ns: &str, rollout: &CanaryRollout, plan:
             // subsets is an atomic list in Istio's schema: force takes it over from whoever
             // created the DestinationRule; the resourceVersion above keeps that safe.
             dr_api
-                .patch(dr_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&dr_patch))
+                .patch(
+                    dr_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&dr_patch),
+                )
                 .await
                 .map_err(kube_err("applying DestinationRule subsets"))?;
         }
@@ -213,7 +333,11 @@ async fn apply_traffic(client: &Client, ns: &str, rollout: &CanaryRollout, plan:
     };
     let apply_wp = || async {
         wp_api
-            .patch(&wp_name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&wasm_plugin))
+            .patch(
+                &wp_name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&wasm_plugin),
+            )
             .await
             .map_err(kube_err("applying the WasmPlugin"))?;
         Ok::<_, Error>(())
@@ -228,7 +352,13 @@ async fn apply_traffic(client: &Client, ns: &str, rollout: &CanaryRollout, plan:
     Ok(Ok(()))
 }
 
-async fn apply_replica_sets(api: &Api<ReplicaSet>, rollout: &CanaryRollout, template: &Value, template_hash: &str, plan: &Plan) -> Result<()> {
+async fn apply_replica_sets(
+    api: &Api<ReplicaSet>,
+    rollout: &CanaryRollout,
+    template: &Value,
+    template_hash: &str,
+    plan: &Plan,
+) -> Result<()> {
     let name = rollout.name_any();
     for (hash, replicas) in &plan.replicas {
         let rs_name = format!("{name}-{hash}");
@@ -239,16 +369,28 @@ async fn apply_replica_sets(api: &Api<ReplicaSet>, rollout: &CanaryRollout, temp
                 rollout.spec.strategy.canary.stable_metadata.clone()
             };
             let rs = replica_set(rollout, template, hash, *replicas, role.as_ref())?;
-            api.patch(&rs_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&rs))
-                .await
-                .map_err(kube_err(format!("applying ReplicaSet {rs_name}")))?;
+            api.patch(
+                &rs_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&rs),
+            )
+            .await
+            .map_err(kube_err(format!("applying ReplicaSet {rs_name}")))?;
         } else if plan.replicas.contains_key(hash) {
             // An older template: only its size changes. Its template is not ours to rewrite.
-            match api.get_opt(&rs_name).await.map_err(kube_err(format!("reading ReplicaSet {rs_name}")))? {
+            match api
+                .get_opt(&rs_name)
+                .await
+                .map_err(kube_err(format!("reading ReplicaSet {rs_name}")))?
+            {
                 Some(rs) if rs.spec.replicas != Some(*replicas) => {
-                    api.patch_scale(&rs_name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
-                        .await
-                        .map_err(kube_err(format!("scaling ReplicaSet {rs_name}")))?;
+                    api.patch_scale(
+                        &rs_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                    )
+                    .await
+                    .map_err(kube_err(format!("scaling ReplicaSet {rs_name}")))?;
                 }
                 _ => {}
             }
@@ -257,11 +399,19 @@ async fn apply_replica_sets(api: &Api<ReplicaSet>, rollout: &CanaryRollout, temp
     Ok(())
 }
 
-fn replica_set(rollout: &CanaryRollout, template: &Value, hash: &str, replicas: i32, role: Option<&crate::crd::PodMetadata>) -> Result<Value> {
+fn replica_set(
+    rollout: &CanaryRollout,
+    template: &Value,
+    hash: &str,
+    replicas: i32,
+    role: Option<&crate::crd::PodMetadata>,
+) -> Result<Value> {
     let name = rollout.name_any();
     let mut template = template.clone();
-    let mut labels: BTreeMap<String, String> = serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
-    let mut annotations: BTreeMap<String, String> = serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default();
+    let mut labels: BTreeMap<String, String> =
+        serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> =
+        serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default();
     if let Some(m) = role {
         labels.extend(m.labels.clone());
         annotations.extend(m.annotations.clone());
@@ -271,9 +421,15 @@ fn replica_set(rollout: &CanaryRollout, template: &Value, hash: &str, replicas: 
     if !annotations.is_empty() {
         template["metadata"]["annotations"] = json!(annotations);
     }
-    let mut selector = serde_json::to_value(&rollout.spec.selector).map_err(|source| Error::Json { context: "selector".into(), source })?;
+    let mut selector =
+        serde_json::to_value(&rollout.spec.selector).map_err(|source| Error::Json {
+            context: "selector".into(),
+            source,
+        })?;
     selector["matchLabels"][POD_TEMPLATE_HASH_LABEL] = json!(hash);
-    let owner = rollout.controller_owner_ref(&()).ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
+    let owner = rollout
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
     Ok(json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
@@ -286,15 +442,24 @@ fn replica_set(rollout: &CanaryRollout, template: &Value, hash: &str, replicas: 
     }))
 }
 
-async fn patch_status(client: &Client, ns: &str, name: &str, status: &CanaryRolloutStatus) -> Result<()> {
+async fn patch_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &CanaryRolloutStatus,
+) -> Result<()> {
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
     let body = json!({
         "apiVersion": CanaryRollout::api_version(&()),
         "kind": CanaryRollout::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(kube_err("patching status"))?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_err("patching status"))?;
     Ok(())
 }

@@ -60,10 +60,16 @@ pub struct Observed {
 
 impl Observed {
     fn available(&self, hash: &str) -> i32 {
-        self.replica_sets.iter().find(|r| r.hash == hash).map_or(0, |r| r.available)
+        self.replica_sets
+            .iter()
+            .find(|r| r.hash == hash)
+            .map_or(0, |r| r.available)
     }
     fn replicas(&self, hash: &str) -> i32 {
-        self.replica_sets.iter().find(|r| r.hash == hash).map_or(0, |r| r.replicas)
+        self.replica_sets
+            .iter()
+            .find(|r| r.hash == hash)
+            .map_or(0, |r| r.replicas)
     }
 }
 
@@ -112,7 +118,8 @@ pub struct Plan {
 /// Canary pods needed for a weight: ceil(replicas x weight), and at least one while header
 /// routes send testers there.
 pub fn canary_replicas(replicas: i32, weight_bp: u32, header_routes: bool) -> i32 {
-    let by_weight = (u64::from(replicas.max(0).unsigned_abs()) * u64::from(weight_bp)).div_ceil(u64::from(BASIS_POINTS));
+    let by_weight = (u64::from(replicas.max(0).unsigned_abs()) * u64::from(weight_bp))
+        .div_ceil(u64::from(BASIS_POINTS));
     let n = i32::try_from(by_weight).unwrap_or(i32::MAX);
     if header_routes {
         n.max(1)
@@ -126,14 +133,22 @@ pub fn parse_duration(v: &serde_json::Value) -> Result<Duration, String> {
     if let Some(n) = v.as_u64() {
         return Ok(Duration::from_secs(n));
     }
-    let s = v.as_str().ok_or_else(|| format!("duration {v} is neither a number nor a string"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("duration {v} is neither a number nor a string"))?;
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("duration {s:?} must look like 30s, 10m or 1h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must look like 30s, 10m or 1h"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?}; use s, m or h")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?}; use s, m or h"
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -153,13 +168,18 @@ pub fn weight_basis_points(percent: f64) -> Result<u32, String> {
 /// Checks what the schema cannot. Returns the message for `status.message`.
 pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
     match (&spec.template, &spec.workload_ref) {
-        (Some(_), Some(_)) => return Err("set either spec.template or spec.workloadRef, not both".into()),
+        (Some(_), Some(_)) => {
+            return Err("set either spec.template or spec.workloadRef, not both".into())
+        }
         (None, None) => return Err("spec.template or spec.workloadRef is required".into()),
         _ => {}
     }
     if let Some(w) = &spec.workload_ref {
         if w.kind != "Deployment" || w.api_version != "apps/v1" {
-            return Err(format!("spec.workloadRef must be an apps/v1 Deployment, not {}/{}", w.api_version, w.kind));
+            return Err(format!(
+                "spec.workloadRef must be an apps/v1 Deployment, not {}/{}",
+                w.api_version, w.kind
+            ));
         }
     }
     let canary = &spec.strategy.canary;
@@ -169,9 +189,16 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
             .into());
     }
     for (i, step) in canary.steps.iter().enumerate() {
-        let set = [step.set_weight.is_some(), step.pause.is_some(), step.set_header_route.is_some(), step.analysis.is_some()];
+        let set = [
+            step.set_weight.is_some(),
+            step.pause.is_some(),
+            step.set_header_route.is_some(),
+            step.analysis.is_some(),
+        ];
         if set.iter().filter(|x| **x).count() != 1 {
-            return Err(format!("steps[{i}] must set exactly one of setWeight, pause, setHeaderRoute, analysis"));
+            return Err(format!(
+                "steps[{i}] must set exactly one of setWeight, pause, setHeaderRoute, analysis"
+            ));
         }
         if step.analysis.is_some() {
             return Err(format!(
@@ -188,13 +215,17 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
         if let Some(r) = &step.set_header_route {
             for (j, m) in r.matches.iter().enumerate() {
                 let v = &m.header_value;
-                let n = [v.exact.is_some(), v.prefix.is_some(), v.regex.is_some()].iter().filter(|x| **x).count();
+                let n = [v.exact.is_some(), v.prefix.is_some(), v.regex.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
                 if n != 1 {
                     return Err(format!("steps[{i}].setHeaderRoute.match[{j}].headerValue needs exactly one of exact, prefix, regex"));
                 }
                 if let Some(re) = &v.regex {
-                    canary_core::regex::Regex::new(re)
-                        .map_err(|e| format!("steps[{i}].setHeaderRoute.match[{j}].headerValue.regex: {e}"))?;
+                    canary_core::regex::Regex::new(re).map_err(|e| {
+                        format!("steps[{i}].setHeaderRoute.match[{j}].headerValue.regex: {e}")
+                    })?;
                 }
             }
         }
@@ -207,16 +238,27 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn seconds(n: Option<i32>) -> chrono::Duration {
-    chrono::Duration::seconds(i64::from(n.unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS).max(0)))
+    chrono::Duration::seconds(i64::from(
+        n.unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS).max(0),
+    ))
 }
 
 /// Computes the next desired state.
 pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Observed) -> Plan {
-    let mut p = Planner { spec, obs, status: current.clone(), transitions: Vec::new(), requeue: None, promote_consumed: false };
+    let mut p = Planner {
+        spec,
+        obs,
+        status: current.clone(),
+        transitions: Vec::new(),
+        requeue: None,
+        promote_consumed: false,
+    };
     p.status.observed_generation = obs.generation;
     if let Err(message) = validate(spec) {
         p.status.phase = Phase::Degraded;
@@ -255,13 +297,19 @@ impl Planner<'_> {
         let Some(stable) = self.status.stable_hash.clone() else {
             // First rollout: straight to stable, nothing to compare against.
             self.status.stable_hash = Some(desired.clone());
-            self.note("Initialized", format!("first version {desired} becomes stable with {r} replicas"));
+            self.note(
+                "Initialized",
+                format!("first version {desired} becomes stable with {r} replicas"),
+            );
             return self.steady(desired);
         };
         if desired == stable {
             if let Some(canary) = self.status.canary_hash.take() {
                 // The template went back to stable mid-canary: drop the canary at once.
-                self.note("CanaryCancelled", format!("template is back to stable {stable}; canary {canary} removed"));
+                self.note(
+                    "CanaryCancelled",
+                    format!("template is back to stable {stable}; canary {canary} removed"),
+                );
                 self.schedule_scale_down(&canary, now);
                 self.status.aborted = false;
                 self.status.header_routes.clear();
@@ -273,7 +321,10 @@ impl Planner<'_> {
                 self.note("CanaryRestarted", format!("template changed during the canary: {old} replaced by {desired}, back to step 0"));
                 self.schedule_scale_down(&old, now);
             } else {
-                self.note("CanaryStarted", format!("new template {desired}: canary starts next to stable {stable}"));
+                self.note(
+                    "CanaryStarted",
+                    format!("new template {desired}: canary starts next to stable {stable}"),
+                );
             }
             self.status.current_step_index = Some(0);
             self.status.canary_weight = 0;
@@ -287,12 +338,19 @@ impl Planner<'_> {
                 self.status.aborted = true;
                 let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
                 self.schedule_scale_down(&canary, now + delay);
-                self.note("Aborted", format!("all traffic back to stable {stable}; canary {canary} scaled down in {}s", delay.num_seconds()));
+                self.note(
+                    "Aborted",
+                    format!(
+                        "all traffic back to stable {stable}; canary {canary} scaled down in {}s",
+                        delay.num_seconds()
+                    ),
+                );
             }
             self.status.canary_weight = 0;
             self.status.header_routes.clear();
             self.status.phase = Phase::Aborted;
-            self.status.message = Some("aborted: traffic on stable; set spec.abort=false to retry".into());
+            self.status.message =
+                Some("aborted: traffic on stable; set spec.abort=false to retry".into());
             return self.canary_plan(stable, canary, 0);
         }
         if self.status.aborted {
@@ -322,26 +380,38 @@ impl Planner<'_> {
         if self.obs.promote == Some(Promote::Full) {
             self.promote_consumed = true;
             if self.status.current_step_index.unwrap_or(0) < total as i32 {
-                self.note("PromotedFull", "promote --full: remaining steps skipped".into());
+                self.note(
+                    "PromotedFull",
+                    "promote --full: remaining steps skipped".into(),
+                );
             }
             self.status.current_step_index = Some(total as i32);
         }
         loop {
-            let index = usize::try_from(self.status.current_step_index.unwrap_or(0)).unwrap_or(0).min(total);
+            let index = usize::try_from(self.status.current_step_index.unwrap_or(0))
+                .unwrap_or(0)
+                .min(total);
             self.status.current_step = Some(format!("{index}/{total}"));
             let Some(step) = steps.get(index) else {
                 return self.promote(stable, canary);
             };
             match self.execute(index, step, &canary) {
                 StepOutcome::Done(message) => {
-                    self.note("StepCompleted", format!("step {}/{total}: {message}", index + 1));
+                    self.note(
+                        "StepCompleted",
+                        format!("step {}/{total}: {message}", index + 1),
+                    );
                     self.status.current_step_index = Some(index as i32 + 1);
                     self.status.step_started_at = Some(rfc3339(now));
                 }
                 StepOutcome::Wait { phase, message } => {
                     self.status.phase = phase;
                     self.status.message = Some(message);
-                    let need = canary_replicas(r, self.target_weight(step), !self.status.header_routes.is_empty() || step.set_header_route.is_some());
+                    let need = canary_replicas(
+                        r,
+                        self.target_weight(step),
+                        !self.status.header_routes.is_empty() || step.set_header_route.is_some(),
+                    );
                     return self.canary_plan(stable, canary, need);
                 }
             }
@@ -350,7 +420,10 @@ impl Planner<'_> {
 
     /// The weight the canary must be sized for while at `step`.
     fn target_weight(&self, step: &CanaryStep) -> u32 {
-        step.set_weight.and_then(|w| weight_basis_points(w).ok()).unwrap_or(self.status.canary_weight).max(self.status.canary_weight)
+        step.set_weight
+            .and_then(|w| weight_basis_points(w).ok())
+            .unwrap_or(self.status.canary_weight)
+            .max(self.status.canary_weight)
     }
 
     fn execute(&mut self, index: usize, step: &CanaryStep, canary: &str) -> StepOutcome {
@@ -362,7 +435,9 @@ impl Planner<'_> {
             if available < need {
                 return StepOutcome::Wait {
                     phase: Phase::Progressing,
-                    message: format!("setWeight {w}%: waiting for canary pods ({available}/{need} available)"),
+                    message: format!(
+                        "setWeight {w}%: waiting for canary pods ({available}/{need} available)"
+                    ),
                 };
             }
             self.status.canary_weight = bp;
@@ -376,10 +451,18 @@ impl Planner<'_> {
             let Some(d) = pause.duration.as_ref().and_then(|d| parse_duration(d).ok()) else {
                 return StepOutcome::Wait {
                     phase: Phase::Paused,
-                    message: format!("paused at step {} until promoted (annotation wasmcanary.io/promote=step)", index + 1),
+                    message: format!(
+                        "paused at step {} until promoted (annotation wasmcanary.io/promote=step)",
+                        index + 1
+                    ),
                 };
             };
-            let started = self.status.step_started_at.as_deref().and_then(parse_time).unwrap_or(self.obs.now);
+            let started = self
+                .status
+                .step_started_at
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or(self.obs.now);
             let ends = started + chrono::Duration::from_std(d).unwrap_or_default();
             if self.obs.now >= ends {
                 return StepOutcome::Done(format!("paused {}s", d.as_secs()));
@@ -388,7 +471,12 @@ impl Planner<'_> {
             self.requeue_in(left);
             return StepOutcome::Wait {
                 phase: Phase::Paused,
-                message: format!("paused at step {} for {}s ({}s left)", index + 1, d.as_secs(), left.as_secs()),
+                message: format!(
+                    "paused at step {} for {}s ({}s left)",
+                    index + 1,
+                    d.as_secs(),
+                    left.as_secs()
+                ),
             };
         }
         if let Some(route) = &step.set_header_route {
@@ -406,7 +494,10 @@ impl Planner<'_> {
             return StepOutcome::Done(format!("header route {} set", route.name));
         }
         // validate() refuses analysis steps before we get here.
-        StepOutcome::Wait { phase: Phase::Degraded, message: format!("steps[{index}] cannot be executed") }
+        StepOutcome::Wait {
+            phase: Phase::Degraded,
+            message: format!("steps[{index}] cannot be executed"),
+        }
     }
 
     fn promote(mut self, stable: String, canary: String) -> Plan {
@@ -414,13 +505,21 @@ impl Planner<'_> {
         let available = self.obs.available(&canary);
         if available < r {
             self.status.phase = Phase::Progressing;
-            self.status.message = Some(format!("promoting: waiting for canary pods ({available}/{r} available)"));
+            self.status.message = Some(format!(
+                "promoting: waiting for canary pods ({available}/{r} available)"
+            ));
             return self.canary_plan(stable, canary, r);
         }
         let now = self.obs.now;
         let delay = seconds(self.spec.strategy.canary.scale_down_delay_seconds);
         self.schedule_scale_down(&stable, now + delay);
-        self.note("Promoted", format!("{canary} is the new stable; previous stable {stable} scaled down in {}s", delay.num_seconds()));
+        self.note(
+            "Promoted",
+            format!(
+                "{canary} is the new stable; previous stable {stable} scaled down in {}s",
+                delay.num_seconds()
+            ),
+        );
         self.status.stable_hash = Some(canary.clone());
         self.status.canary_hash = None;
         self.status.header_routes.clear();
@@ -437,14 +536,23 @@ impl Planner<'_> {
         let available = self.obs.available(&stable);
         if available >= r {
             self.status.phase = Phase::Healthy;
-            self.status.message = Some(format!("{stable} serves all traffic ({available}/{r} available)"));
+            self.status.message = Some(format!(
+                "{stable} serves all traffic ({available}/{r} available)"
+            ));
         } else {
             self.status.phase = Phase::Progressing;
-            self.status.message = Some(format!("waiting for stable pods ({available}/{r} available)"));
+            self.status.message = Some(format!(
+                "waiting for stable pods ({available}/{r} available)"
+            ));
         }
         let mut replicas = BTreeMap::new();
         replicas.insert(stable.clone(), r);
-        let traffic = Traffic { stable_hash: stable.clone(), canary_hash: stable, canary_weight: 0, header_routes: Vec::new() };
+        let traffic = Traffic {
+            stable_hash: stable.clone(),
+            canary_hash: stable,
+            canary_weight: 0,
+            header_routes: Vec::new(),
+        };
         self.finish(Some(traffic), replicas, None)
     }
 
@@ -452,7 +560,10 @@ impl Planner<'_> {
         let r = self.replicas();
         let mut replicas = BTreeMap::new();
         replicas.insert(stable.clone(), r);
-        replicas.insert(canary.clone(), canary_replicas.max(self.obs.available(&canary).min(canary_replicas.max(0))));
+        replicas.insert(
+            canary.clone(),
+            canary_replicas.max(self.obs.available(&canary).min(canary_replicas.max(0))),
+        );
         let traffic = Traffic {
             stable_hash: stable,
             canary_hash: canary.clone(),
@@ -464,10 +575,18 @@ impl Planner<'_> {
 
     fn schedule_scale_down(&mut self, hash: &str, at: DateTime<Utc>) {
         self.status.scale_downs.retain(|s| s.hash != hash);
-        self.status.scale_downs.push(ScheduledScaleDown { hash: hash.to_owned(), at: rfc3339(at) });
+        self.status.scale_downs.push(ScheduledScaleDown {
+            hash: hash.to_owned(),
+            at: rfc3339(at),
+        });
     }
 
-    fn finish(mut self, traffic: Option<Traffic>, mut replicas: BTreeMap<String, i32>, canary: Option<String>) -> Plan {
+    fn finish(
+        mut self,
+        traffic: Option<Traffic>,
+        mut replicas: BTreeMap<String, i32>,
+        canary: Option<String>,
+    ) -> Plan {
         let now = self.obs.now;
         if traffic.is_some() {
             // Pending scale-downs keep their pods until due; past due, and for any other
@@ -476,7 +595,8 @@ impl Planner<'_> {
             let mut pending = Vec::new();
             for s in std::mem::take(&mut self.status.scale_downs) {
                 let due = parse_time(&s.at).is_none_or(|at| at <= now);
-                let active = replicas.contains_key(&s.hash) && !(self.status.aborted && Some(&s.hash) == canary.as_ref());
+                let active = replicas.contains_key(&s.hash)
+                    && !(self.status.aborted && Some(&s.hash) == canary.as_ref());
                 if active {
                     continue;
                 }
@@ -531,10 +651,20 @@ pub fn format_weight(bp: u32) -> String {
 
 fn set_conditions(status: &mut CanaryRolloutStatus, now: DateTime<Utc>) {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    let kinds = [("Progressing", Phase::Progressing), ("Paused", Phase::Paused), ("Healthy", Phase::Healthy), ("Aborted", Phase::Aborted), ("Degraded", Phase::Degraded)];
+    let kinds = [
+        ("Progressing", Phase::Progressing),
+        ("Paused", Phase::Paused),
+        ("Healthy", Phase::Healthy),
+        ("Aborted", Phase::Aborted),
+        ("Degraded", Phase::Degraded),
+    ];
     let mut out = Vec::new();
     for (kind, phase) in kinds {
-        let value = if status.phase == phase { "True" } else { "False" };
+        let value = if status.phase == phase {
+            "True"
+        } else {
+            "False"
+        };
         let previous = status.conditions.iter().find(|c| c.type_ == kind);
         let since = match previous {
             Some(c) if c.status == value => c.last_transition_time.clone(),
@@ -553,5 +683,6 @@ fn set_conditions(status: &mut CanaryRolloutStatus, now: DateTime<Utc>) {
 }
 
 fn now_k8s(now: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+    k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
 }

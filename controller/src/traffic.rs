@@ -52,13 +52,19 @@ fn header_route(route: &SetHeaderRoute) -> HeaderRoute {
 /// The filter configuration for a rollout's traffic plan.
 pub fn plugin_config(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) -> PluginConfig {
     let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
-    let sticky = routing.sticky.as_ref().and_then(|s| match (&s.header, &s.cookie) {
-        (Some(h), _) => Some(StickyKey::Header(h.clone())),
-        (None, Some(c)) => Some(StickyKey::Cookie(c.clone())),
-        _ => None,
-    });
+    let sticky = routing
+        .sticky
+        .as_ref()
+        .and_then(|s| match (&s.header, &s.cookie) {
+            (Some(h), _) => Some(StickyKey::Header(h.clone())),
+            (None, Some(c)) => Some(StickyKey::Cookie(c.clone())),
+            _ => None,
+        });
     PluginConfig {
-        decision_header: routing.decision_header.clone().unwrap_or_else(|| DEFAULT_DECISION_HEADER.to_owned()),
+        decision_header: routing
+            .decision_header
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DECISION_HEADER.to_owned()),
         services: vec![CanaryService {
             name: format!("{namespace}/{}", routing.service),
             hosts: service_hosts(routing, namespace),
@@ -75,7 +81,16 @@ pub fn plugin_config(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic
 /// The name of the WasmPlugin the rollout owns.
 pub fn wasm_plugin_name(rollout: &CanaryRollout) -> String {
     let name = rollout.metadata.name.clone().unwrap_or_default();
-    rollout.spec.strategy.canary.traffic_routing.wasm.wasm_plugin.name.clone().unwrap_or(format!("{name}-canary"))
+    rollout
+        .spec
+        .strategy
+        .canary
+        .traffic_routing
+        .wasm
+        .wasm_plugin
+        .name
+        .clone()
+        .unwrap_or(format!("{name}-canary"))
 }
 
 /// The WasmPlugin the controller applies: only the fields it owns.
@@ -104,12 +119,34 @@ pub fn wasm_plugin(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) 
 
 /// The DestinationRule's `subsets` with the stable and canary subsets' hash labels set, every
 /// other subset and field of each subset as found. Errors when a subset is missing.
-pub fn destination_rule_subsets(rollout: &CanaryRollout, current: &Value, traffic: &Traffic) -> Result<Vec<Value>, String> {
-    let dr = &rollout.spec.strategy.canary.traffic_routing.wasm.destination_rule;
-    let stable = dr.stable_subset_name.clone().unwrap_or_else(|| "stable".into());
-    let canary = dr.canary_subset_name.clone().unwrap_or_else(|| "canary".into());
-    let mut subsets = current["spec"]["subsets"].as_array().cloned().unwrap_or_default();
-    for (name, hash) in [(&stable, &traffic.stable_hash), (&canary, &traffic.canary_hash)] {
+pub fn destination_rule_subsets(
+    rollout: &CanaryRollout,
+    current: &Value,
+    traffic: &Traffic,
+) -> Result<Vec<Value>, String> {
+    let dr = &rollout
+        .spec
+        .strategy
+        .canary
+        .traffic_routing
+        .wasm
+        .destination_rule;
+    let stable = dr
+        .stable_subset_name
+        .clone()
+        .unwrap_or_else(|| "stable".into());
+    let canary = dr
+        .canary_subset_name
+        .clone()
+        .unwrap_or_else(|| "canary".into());
+    let mut subsets = current["spec"]["subsets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (name, hash) in [
+        (&stable, &traffic.stable_hash),
+        (&canary, &traffic.canary_hash),
+    ] {
         let subset = subsets
             .iter_mut()
             .find(|s| s["name"].as_str() == Some(name.as_str()))

@@ -1,11 +1,18 @@
 //! The rollout step logic as tables: (spec, status, observed) -> traffic, replicas, status.
 //! Pure: no API server. The fixture demo's Argo Rollout is the spec under test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 
 use canary_controller::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
-use canary_controller::steps::{canary_replicas, plan, weight_basis_points, ObservedReplicaSet, Observed, Plan, Promote};
+use canary_controller::steps::{
+    canary_replicas, plan, weight_basis_points, Observed, ObservedReplicaSet, Plan, Promote,
+};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 const STABLE: &str = "stablehash";
@@ -14,7 +21,8 @@ const CANARY: &str = "canaryhash";
 /// The fixture's Argo Rollout, carried over: apiVersion/kind changed, trafficRouting.istio
 /// replaced by trafficRouting.wasm. Nothing else is edited.
 fn fixture_rollout(keep_analysis: bool) -> CanaryRollout {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tse-gitops-demo/argo/rollout/rollout.yaml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/tse-gitops-demo/argo/rollout/rollout.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
     v["apiVersion"] = "wasmcanary.io/v1alpha1".into();
@@ -41,24 +49,43 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn rs(hash: &str, replicas: i32, available: i32) -> ObservedReplicaSet {
-    ObservedReplicaSet { hash: hash.into(), replicas, available }
+    ObservedReplicaSet {
+        hash: hash.into(),
+        replicas,
+        available,
+    }
 }
 
 fn observed(hash: &str, sets: Vec<ObservedReplicaSet>, now: DateTime<Utc>) -> Observed {
-    Observed { template_hash: hash.into(), replica_sets: sets, promote: None, generation: Some(1), now }
+    Observed {
+        template_hash: hash.into(),
+        replica_sets: sets,
+        promote: None,
+        generation: Some(1),
+        now,
+    }
 }
 
 fn stable_status() -> CanaryRolloutStatus {
-    CanaryRolloutStatus { stable_hash: Some(STABLE.into()), phase: Phase::Healthy, ..Default::default() }
+    CanaryRolloutStatus {
+        stable_hash: Some(STABLE.into()),
+        phase: Phase::Healthy,
+        ..Default::default()
+    }
 }
 
 /// Runs plan repeatedly as the controller would, feeding the planned replicas back as
 /// available pods (the tests play kubelet), until it stops changing.
-fn settle(rollout: &CanaryRollout, mut status: CanaryRolloutStatus, now: DateTime<Utc>) -> (CanaryRolloutStatus, Plan) {
+fn settle(
+    rollout: &CanaryRollout,
+    mut status: CanaryRolloutStatus,
+    now: DateTime<Utc>,
+) -> (CanaryRolloutStatus, Plan) {
     let mut sets: Vec<ObservedReplicaSet> = Vec::new();
     for _ in 0..20 {
         let p = plan(&rollout.spec, &status, &observed(CANARY, sets.clone(), now));
-        let next_sets: Vec<ObservedReplicaSet> = p.replicas.iter().map(|(h, r)| rs(h, *r, *r)).collect();
+        let next_sets: Vec<ObservedReplicaSet> =
+            p.replicas.iter().map(|(h, r)| rs(h, *r, *r)).collect();
         if p.status == status && next_sets == sets {
             return (status, p);
         }
@@ -73,12 +100,19 @@ fn the_fixture_rollout_carries_over_and_a_first_rollout_goes_straight_to_stable(
     let r = fixture_rollout(false);
     assert_eq!(r.spec.replicas, Some(5));
     assert_eq!(r.spec.strategy.canary.steps.len(), 10);
-    let p = plan(&r.spec, &CanaryRolloutStatus::default(), &observed(STABLE, vec![], t0()));
+    let p = plan(
+        &r.spec,
+        &CanaryRolloutStatus::default(),
+        &observed(STABLE, vec![], t0()),
+    );
     assert_eq!(p.status.stable_hash.as_deref(), Some(STABLE));
     assert_eq!(p.status.canary_hash, None);
     assert_eq!(p.replicas.get(STABLE), Some(&5));
     let traffic = p.traffic.unwrap();
-    assert_eq!((traffic.canary_weight, traffic.stable_hash.as_str()), (0, STABLE));
+    assert_eq!(
+        (traffic.canary_weight, traffic.stable_hash.as_str()),
+        (0, STABLE)
+    );
     assert_eq!(p.status.phase, Phase::Progressing, "pods not available yet");
     assert_eq!(p.transitions[0].reason, "Initialized");
 }
@@ -86,25 +120,61 @@ fn the_fixture_rollout_carries_over_and_a_first_rollout_goes_straight_to_stable(
 #[test]
 fn the_fixture_with_its_skywalking_analysis_is_refused_with_a_clear_message_not_run_without_it() {
     let r = fixture_rollout(true);
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()),
+    );
     assert_eq!(p.status.phase, Phase::Degraded);
-    assert!(p.status.message.as_deref().unwrap().contains("analysis"), "{:?}", p.status.message);
-    assert!(p.traffic.is_none() && p.replicas.is_empty(), "nothing is changed");
+    assert!(
+        p.status.message.as_deref().unwrap().contains("analysis"),
+        "{:?}",
+        p.status.message
+    );
+    assert!(
+        p.traffic.is_none() && p.replicas.is_empty(),
+        "nothing is changed"
+    );
 }
 
 #[test]
 fn a_template_change_starts_a_canary_at_step_zero_and_waits_for_canary_pods_before_any_traffic() {
     let r = fixture_rollout(false);
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()),
+    );
     assert_eq!(p.status.canary_hash.as_deref(), Some(CANARY));
     assert_eq!(p.transitions[0].reason, "CanaryStarted");
-    assert_eq!(p.traffic.as_ref().unwrap().canary_weight, 0, "no traffic before canary pods are available");
-    assert_eq!(p.replicas.get(CANARY), Some(&1), "setWeight 10 of 5 replicas: ceil(0.5) = 1 canary pod");
+    assert_eq!(
+        p.traffic.as_ref().unwrap().canary_weight,
+        0,
+        "no traffic before canary pods are available"
+    );
+    assert_eq!(
+        p.replicas.get(CANARY),
+        Some(&1),
+        "setWeight 10 of 5 replicas: ceil(0.5) = 1 canary pod"
+    );
     assert_eq!(p.replicas.get(STABLE), Some(&5), "stable stays full");
-    assert!(p.status.message.as_deref().unwrap().contains("waiting for canary pods (0/1"));
+    assert!(p
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("waiting for canary pods (0/1"));
 
     // The pod becomes available: weight 10% and the 10-minute pause begins.
-    let p2 = plan(&r.spec, &p.status, &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)], t0() + Duration::seconds(5)));
+    let p2 = plan(
+        &r.spec,
+        &p.status,
+        &observed(
+            CANARY,
+            vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)],
+            t0() + Duration::seconds(5),
+        ),
+    );
     assert_eq!(p2.traffic.as_ref().unwrap().canary_weight, 1_000);
     assert_eq!(p2.status.phase, Phase::Paused);
     assert_eq!(p2.status.current_step_index, Some(1));
@@ -115,24 +185,61 @@ fn a_template_change_starts_a_canary_at_step_zero_and_waits_for_canary_pods_befo
 fn a_timed_pause_resumes_on_time_from_the_status_even_after_a_restart() {
     let r = fixture_rollout(false);
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
     // A fresh planner (a restarted controller) sees only the status.
-    let before = plan(&r.spec, &p.status, &observed(CANARY, sets.clone(), t0() + Duration::seconds(599)));
+    let before = plan(
+        &r.spec,
+        &p.status,
+        &observed(CANARY, sets.clone(), t0() + Duration::seconds(599)),
+    );
     assert_eq!(before.status.current_step_index, Some(1));
-    assert_eq!(before.requeue_after, Some(std::time::Duration::from_secs(1)));
-    let after = plan(&r.spec, &before.status, &observed(CANARY, sets, t0() + Duration::seconds(600)));
+    assert_eq!(
+        before.requeue_after,
+        Some(std::time::Duration::from_secs(1))
+    );
+    let after = plan(
+        &r.spec,
+        &before.status,
+        &observed(CANARY, sets, t0() + Duration::seconds(600)),
+    );
     // setWeight 20 needs ceil(5 x 20%) = 1 canary pod, which is there: it completes at once and
     // the next pause (5m) begins.
-    assert_eq!(after.status.current_step_index, Some(3), "pause over, setWeight 20 done, in the 5m pause");
+    assert_eq!(
+        after.status.current_step_index,
+        Some(3),
+        "pause over, setWeight 20 done, in the 5m pause"
+    );
     assert_eq!(after.replicas.get(CANARY), Some(&1), "20% of 5 = 1 pod");
-    assert_eq!(after.requeue_after, Some(std::time::Duration::from_secs(300)));
+    assert_eq!(
+        after.requeue_after,
+        Some(std::time::Duration::from_secs(300))
+    );
     assert_eq!(after.traffic.unwrap().canary_weight, 2_000);
 }
 
 #[test]
 fn canary_replicas_follow_the_weight_rounded_up() {
-    for (replicas, bp, routes, expected) in [(5, 1_000, false, 1), (5, 2_000, false, 1), (5, 4_000, false, 2), (5, 6_000, false, 3), (5, 8_000, false, 4), (5, 10_000, false, 5), (10, 50, false, 1), (10, 0, false, 0), (10, 0, true, 1), (3, 3_334, false, 2)] {
-        assert_eq!(canary_replicas(replicas, bp, routes), expected, "{replicas} replicas at {bp} bp");
+    for (replicas, bp, routes, expected) in [
+        (5, 1_000, false, 1),
+        (5, 2_000, false, 1),
+        (5, 4_000, false, 2),
+        (5, 6_000, false, 3),
+        (5, 8_000, false, 4),
+        (5, 10_000, false, 5),
+        (10, 50, false, 1),
+        (10, 0, false, 0),
+        (10, 0, true, 1),
+        (3, 3_334, false, 2),
+    ] {
+        assert_eq!(
+            canary_replicas(replicas, bp, routes),
+            expected,
+            "{replicas} replicas at {bp} bp"
+        );
     }
     assert_eq!(weight_basis_points(0.5), Ok(50));
     assert_eq!(weight_basis_points(12.34), Ok(1_234));
@@ -154,13 +261,21 @@ fn the_whole_fixture_progression_ends_promoted_with_the_old_stable_scaled_down_a
             weights.push(w);
         }
         // Traffic never exceeds what the available canary pods can take.
-        let avail = sets.iter().find(|s| s.hash == CANARY).map_or(0, |s| s.available);
+        let avail = sets
+            .iter()
+            .find(|s| s.hash == CANARY)
+            .map_or(0, |s| s.available);
         if p.status.stable_hash.as_deref() == Some(STABLE) {
-            assert!(avail >= canary_replicas(5, w, false), "weight {w} with {avail} canary pods");
+            assert!(
+                avail >= canary_replicas(5, w, false),
+                "weight {w} with {avail} canary pods"
+            );
         }
         sets = p.replicas.iter().map(|(h, n)| rs(h, *n, *n)).collect();
         status = p.status.clone();
-        now += p.requeue_after.map_or(Duration::seconds(1), |d| Duration::from_std(d).unwrap());
+        now += p
+            .requeue_after
+            .map_or(Duration::seconds(1), |d| Duration::from_std(d).unwrap());
         if status.stable_hash.as_deref() == Some(CANARY) && status.scale_downs.is_empty() {
             break;
         }
@@ -169,7 +284,11 @@ fn the_whole_fixture_progression_ends_promoted_with_the_old_stable_scaled_down_a
     assert_eq!(status.stable_hash.as_deref(), Some(CANARY), "promoted");
     assert_eq!(status.canary_hash, None);
     assert_eq!(status.phase, Phase::Healthy);
-    assert_eq!(sets.iter().find(|s| s.hash == STABLE).unwrap().replicas, 0, "old stable scaled down after its delay");
+    assert_eq!(
+        sets.iter().find(|s| s.hash == STABLE).unwrap().replicas,
+        0,
+        "old stable scaled down after its delay"
+    );
     assert_eq!(sets.iter().find(|s| s.hash == CANARY).unwrap().replicas, 5);
 }
 
@@ -180,11 +299,23 @@ fn promotion_waits_for_the_canary_at_full_size_and_keeps_the_old_stable_for_the_
     r.spec.strategy.canary.scale_down_delay_seconds = Some(45);
     let (status, p) = settle(&r, stable_status(), t0());
     assert_eq!(status.stable_hash.as_deref(), Some(CANARY));
-    assert_eq!(p.replicas.get(STABLE), Some(&5), "old stable kept during the 45 s delay");
+    assert_eq!(
+        p.replicas.get(STABLE),
+        Some(&5),
+        "old stable kept during the 45 s delay"
+    );
     assert_eq!(status.scale_downs[0].hash, STABLE);
     assert_eq!(status.scale_downs[0].at, "2026-11-29T12:00:45Z");
     assert!(p.transitions.is_empty() || p.transitions.iter().all(|t| t.reason != "Aborted"));
-    let later = plan(&r.spec, &status, &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 5, 5)], t0() + Duration::seconds(45)));
+    let later = plan(
+        &r.spec,
+        &status,
+        &observed(
+            CANARY,
+            vec![rs(STABLE, 5, 5), rs(CANARY, 5, 5)],
+            t0() + Duration::seconds(45),
+        ),
+    );
     assert_eq!(later.replicas.get(STABLE), Some(&0));
     assert!(later.status.scale_downs.is_empty());
 }
@@ -192,24 +323,56 @@ fn promotion_waits_for_the_canary_at_full_size_and_keeps_the_old_stable_for_the_
 #[test]
 fn an_indefinite_pause_waits_for_promote_and_promote_full_skips_the_rest() {
     let mut r = fixture_rollout(false);
-    r.spec.strategy.canary.steps[1].pause.as_mut().unwrap().duration = None;
+    r.spec.strategy.canary.steps[1]
+        .pause
+        .as_mut()
+        .unwrap()
+        .duration = None;
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
-    let waiting = plan(&r.spec, &p.status, &observed(CANARY, sets.clone(), t0() + Duration::days(3)));
-    assert_eq!((waiting.status.phase, waiting.status.current_step_index), (Phase::Paused, Some(1)));
-    assert!(waiting.status.message.as_deref().unwrap().contains("until promoted"));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
+    let waiting = plan(
+        &r.spec,
+        &p.status,
+        &observed(CANARY, sets.clone(), t0() + Duration::days(3)),
+    );
+    assert_eq!(
+        (waiting.status.phase, waiting.status.current_step_index),
+        (Phase::Paused, Some(1))
+    );
+    assert!(waiting
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("until promoted"));
 
     let mut promote = observed(CANARY, sets.clone(), t0() + Duration::days(3));
     promote.promote = Some(Promote::Step);
     let stepped = plan(&r.spec, &p.status, &promote);
     assert!(stepped.promote_consumed);
-    assert_eq!(stepped.traffic.unwrap().canary_weight, 2_000, "moved on to setWeight 20");
+    assert_eq!(
+        stepped.traffic.unwrap().canary_weight,
+        2_000,
+        "moved on to setWeight 20"
+    );
 
     promote.promote = Some(Promote::Full);
     let full = plan(&r.spec, &p.status, &promote);
     assert!(full.promote_consumed);
-    assert_eq!(full.replicas.get(CANARY), Some(&5), "promotion scales the canary to full first");
-    assert_eq!(full.status.stable_hash.as_deref(), Some(STABLE), "and waits for it before switching stable");
+    assert_eq!(
+        full.replicas.get(CANARY),
+        Some(&5),
+        "promotion scales the canary to full first"
+    );
+    assert_eq!(
+        full.status.stable_hash.as_deref(),
+        Some(STABLE),
+        "and waits for it before switching stable"
+    );
 }
 
 #[test]
@@ -220,14 +383,35 @@ fn a_header_route_step_routes_testers_only_once_a_canary_pod_is_available() {
     ))
     .unwrap();
     r.spec.strategy.canary.steps.insert(0, header_step);
-    r.spec.strategy.canary.steps.insert(1, serde_json::from_value(serde_json::json!({"pause": {}})).unwrap());
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()));
-    assert!(p.traffic.as_ref().unwrap().header_routes.is_empty(), "no canary pod yet");
-    assert_eq!(p.replicas.get(CANARY), Some(&1), "one pod for the testers at weight 0");
-    let p2 = plan(&r.spec, &p.status, &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)], t0()));
+    r.spec.strategy.canary.steps.insert(
+        1,
+        serde_json::from_value(serde_json::json!({"pause": {}})).unwrap(),
+    );
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()),
+    );
+    assert!(
+        p.traffic.as_ref().unwrap().header_routes.is_empty(),
+        "no canary pod yet"
+    );
+    assert_eq!(
+        p.replicas.get(CANARY),
+        Some(&1),
+        "one pod for the testers at weight 0"
+    );
+    let p2 = plan(
+        &r.spec,
+        &p.status,
+        &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)], t0()),
+    );
     let traffic = p2.traffic.unwrap();
     assert_eq!(traffic.header_routes.len(), 1);
-    assert_eq!(traffic.canary_weight, 0, "header routes reach canary at weight 0");
+    assert_eq!(
+        traffic.canary_weight, 0,
+        "header routes reach canary at weight 0"
+    );
     assert_eq!(p2.status.phase, Phase::Paused);
 }
 
@@ -236,39 +420,79 @@ fn abort_returns_all_traffic_to_stable_at_once_and_scales_the_canary_down_only_a
     let mut r = fixture_rollout(false);
     r.spec.strategy.canary.abort_scale_down_delay_seconds = Some(20);
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
     assert_eq!(p.traffic.as_ref().unwrap().canary_weight, 1_000);
     r.spec.abort = true;
-    let aborted = plan(&r.spec, &p.status, &observed(CANARY, sets.clone(), t0() + Duration::seconds(1)));
+    let aborted = plan(
+        &r.spec,
+        &p.status,
+        &observed(CANARY, sets.clone(), t0() + Duration::seconds(1)),
+    );
     let traffic = aborted.traffic.as_ref().unwrap();
     assert_eq!((traffic.canary_weight, traffic.header_routes.len()), (0, 0));
     assert_eq!(aborted.status.phase, Phase::Aborted);
-    assert_eq!(aborted.replicas.get(CANARY), Some(&1), "canary pods kept during the abort delay");
+    assert_eq!(
+        aborted.replicas.get(CANARY),
+        Some(&1),
+        "canary pods kept during the abort delay"
+    );
     assert_eq!(aborted.transitions[0].reason, "Aborted");
-    let later = plan(&r.spec, &aborted.status, &observed(CANARY, sets.clone(), t0() + Duration::seconds(21)));
+    let later = plan(
+        &r.spec,
+        &aborted.status,
+        &observed(CANARY, sets.clone(), t0() + Duration::seconds(21)),
+    );
     assert_eq!(later.replicas.get(CANARY), Some(&0));
     assert_eq!(later.traffic.unwrap().canary_weight, 0);
 
     // Retry: abort off -> back to step 0.
     r.spec.abort = false;
-    let retried = plan(&r.spec, &later.status, &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 0, 0)], t0() + Duration::seconds(30)));
+    let retried = plan(
+        &r.spec,
+        &later.status,
+        &observed(
+            CANARY,
+            vec![rs(STABLE, 5, 5), rs(CANARY, 0, 0)],
+            t0() + Duration::seconds(30),
+        ),
+    );
     assert_eq!(retried.transitions[0].reason, "Retried");
     assert_eq!(retried.status.current_step_index, Some(0));
     assert_eq!(retried.replicas.get(CANARY), Some(&1));
-    assert_eq!(retried.traffic.unwrap().canary_weight, 0, "weight returns only when pods are back");
+    assert_eq!(
+        retried.traffic.unwrap().canary_weight,
+        0,
+        "weight returns only when pods are back"
+    );
 }
 
 #[test]
 fn a_template_change_during_the_canary_restarts_it_with_the_new_hash() {
     let r = fixture_rollout(false);
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
     assert_eq!(p.traffic.as_ref().unwrap().canary_weight, 1_000);
-    let restarted = plan(&r.spec, &p.status, &observed("newerhash", sets, t0() + Duration::seconds(60)));
+    let restarted = plan(
+        &r.spec,
+        &p.status,
+        &observed("newerhash", sets, t0() + Duration::seconds(60)),
+    );
     assert_eq!(restarted.status.canary_hash.as_deref(), Some("newerhash"));
     assert_eq!(restarted.status.current_step_index, Some(0));
     assert_eq!(restarted.traffic.as_ref().unwrap().canary_weight, 0);
-    assert_eq!(restarted.replicas.get(CANARY), Some(&0), "the replaced canary goes away");
+    assert_eq!(
+        restarted.replicas.get(CANARY),
+        Some(&0),
+        "the replaced canary goes away"
+    );
     assert_eq!(restarted.transitions[0].reason, "CanaryRestarted");
 }
 
@@ -276,8 +500,16 @@ fn a_template_change_during_the_canary_restarts_it_with_the_new_hash() {
 fn reverting_the_template_to_stable_cancels_the_canary() {
     let r = fixture_rollout(false);
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
-    let reverted = plan(&r.spec, &p.status, &observed(STABLE, sets, t0() + Duration::seconds(60)));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
+    let reverted = plan(
+        &r.spec,
+        &p.status,
+        &observed(STABLE, sets, t0() + Duration::seconds(60)),
+    );
     assert_eq!(reverted.status.canary_hash, None);
     assert_eq!(reverted.traffic.unwrap().canary_weight, 0);
     assert_eq!(reverted.replicas.get(CANARY), Some(&0));
@@ -287,9 +519,17 @@ fn reverting_the_template_to_stable_cancels_the_canary() {
 #[test]
 fn a_paused_rollout_does_not_advance() {
     let mut r = fixture_rollout(false);
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()),
+    );
     r.spec.paused = true;
-    let paused = plan(&r.spec, &p.status, &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)], t0()));
+    let paused = plan(
+        &r.spec,
+        &p.status,
+        &observed(CANARY, vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)], t0()),
+    );
     assert_eq!(paused.status.phase, Phase::Paused);
     assert_eq!(paused.status.current_step_index, Some(0));
     assert_eq!(paused.traffic.unwrap().canary_weight, 0);

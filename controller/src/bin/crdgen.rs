@@ -2,6 +2,9 @@
 use kube::CustomResourceExt;
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", serde_yaml::to_string(&canary_controller::crd::CanaryRollout::crd())?);
+    print!(
+        "{}",
+        serde_yaml::to_string(&canary_controller::crd::CanaryRollout::crd())?
+    );
     Ok(())
 }

@@ -1,0 +1,697 @@
+//! The controller against a real API server (etcd + kube-apiserver + kube-controller-manager
+//! from tests/cluster). kube-controller-manager turns our ReplicaSets into Pods; there is no
+//! kubelet, so these tests play kubelet: a background task marks every Pod of the namespace
+//! Running and Ready (tests/cluster `kubelet::run_pod`), which makes the ReplicaSet's pods
+//! available exactly as on a real node. Durations are shortened to seconds.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::BTreeSet;
+use std::ops::Not;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canary_cluster::{kubelet, ControlPlane};
+use canary_controller::crd::{CanaryRollout, Phase};
+use canary_controller::reconcile::{
+    destination_rule_resource, wasm_plugin_resource, PROMOTE_ANNOTATION,
+};
+use canary_core::PluginConfig;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Env {
+    _plane: Arc<ControlPlane>,
+    client: Client,
+    ns: String,
+    controller: Option<JoinHandle<()>>,
+    kubelet: JoinHandle<()>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+        self.kubelet.abort();
+    }
+}
+
+impl Env {
+    async fn new(ns: &str) -> Env {
+        let plane = ControlPlane::shared()
+            .await
+            .expect("control plane (run `make cluster-build` first)");
+        let client = plane.client().await.unwrap();
+        plane.create_namespace(&client, ns).await.unwrap();
+        plane
+            .install_crds(
+                &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml"),
+            )
+            .await
+            .unwrap();
+        let dr: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
+        let rule = json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": ns},
+            "spec": {"host": "reviews", "subsets": [
+                {"name": "stable", "labels": {"app": "reviews"}},
+                {"name": "canary", "labels": {"app": "reviews"}}
+            ]}
+        });
+        dr.patch(
+            "reviews",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&rule),
+        )
+        .await
+        .unwrap();
+        let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
+        let mut env = Env {
+            _plane: plane,
+            client,
+            ns: ns.to_owned(),
+            controller: None,
+            kubelet,
+        };
+        env.start_controller();
+        env
+    }
+
+    fn start_controller(&mut self) {
+        let (client, ns) = (self.client.clone(), self.ns.clone());
+        self.controller = Some(tokio::spawn(async move {
+            canary_controller::reconcile::run(client, Some(ns)).await
+        }));
+    }
+
+    async fn kill_controller(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+            let _ = c.await;
+        }
+    }
+
+    fn rollouts(&self) -> Api<CanaryRollout> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn rollout(&self) -> CanaryRollout {
+        self.rollouts().get("reviews").await.unwrap()
+    }
+
+    async fn plugin_config(&self) -> Option<PluginConfig> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
+        let wp = api.get_opt("reviews-canary").await.unwrap()?;
+        Some(
+            PluginConfig::from_value(&wp.data["spec"]["pluginConfig"])
+                .expect("the controller writes what the filter parses"),
+        )
+    }
+
+    async fn wasm_plugin(&self) -> Value {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
+        serde_json::to_value(api.get("reviews-canary").await.unwrap()).unwrap()
+    }
+
+    async fn destination_rule(&self) -> Value {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &destination_rule_resource());
+        serde_json::to_value(api.get("reviews").await.unwrap()).unwrap()
+    }
+
+    async fn subset_hash(&self, subset: &str) -> Option<String> {
+        let dr = self.destination_rule().await;
+        dr["spec"]["subsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == subset)?["labels"]["rollouts-pod-template-hash"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    async fn replicas(&self, hash: &str) -> Option<i32> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
+        api.get_opt(&format!("reviews-{hash}"))
+            .await
+            .unwrap()
+            .map(|rs| rs.spec.replicas.unwrap_or(0))
+    }
+
+    /// Polls (bounded by WAIT) until `check` on the rollout returns Some.
+    async fn until<T>(&self, what: &str, mut check: impl FnMut(&CanaryRollout) -> Option<T>) -> T {
+        let start = tokio::time::Instant::now();
+        loop {
+            let r = self.rollout().await;
+            if let Some(t) = check(&r) {
+                return t;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "timed out waiting for {what}; status: {:#?}",
+                r.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn apply_rollout(&self, rollout: &Value) {
+        self.rollouts()
+            .patch(
+                "reviews",
+                &PatchParams::apply("platform-team").force(),
+                &Patch::Apply(rollout),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn set_image(&self, image: &str) {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "reviews", "image": image}]}}}});
+        self.rollouts()
+            .patch("reviews", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    async fn promote(&self, how: &str) {
+        let patch = json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: how}}});
+        self.rollouts()
+            .patch("reviews", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+}
+
+/// Marks every Pod of the namespace Running and Ready, as a kubelet would once its
+/// containers pass their readiness probes.
+async fn play_kubelet(client: Client, ns: String) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut n = 10u32;
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list.items {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready && p.metadata.deletion_timestamp.is_none() {
+                    n += 1;
+                    let ip = format!("192.0.2.{}", n % 250 + 2);
+                    let _ = kubelet::run_pod(
+                        &client,
+                        &ns,
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                        &ip,
+                        true,
+                    )
+                    .await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rollout(ns: &str, image: &str, steps: Value) -> Value {
+    json!({
+        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
+        "metadata": {"name": "reviews", "namespace": ns},
+        "spec": {
+            "replicas": 5,
+            "selector": {"matchLabels": {"app": "reviews"}},
+            "template": {"metadata": {"labels": {"app": "reviews"}},
+                         "spec": {"containers": [{"name": "reviews", "image": image}]}},
+            "strategy": {"canary": {
+                "steps": steps,
+                "scaleDownDelaySeconds": 2,
+                "abortScaleDownDelaySeconds": 2,
+                "canaryMetadata": {"labels": {"version": "canary"}},
+                "stableMetadata": {"labels": {"version": "stable"}},
+                "trafficRouting": {"wasm": {
+                    "service": "reviews",
+                    "wasmPlugin": {"url": "oci://registry.example.com/wasm-canary/filter:0.1.0", "selector": {"app": "productpage"}},
+                    "destinationRule": {"name": "reviews"},
+                    "sticky": {"header": "x-user-id"}
+                }}
+            }}
+        }
+    })
+}
+
+/// The fixture demo's steps (../shared/fixtures/tse-gitops-demo/argo/rollout/rollout.yaml) with
+/// the pauses shortened from minutes to a second.
+fn demo_steps() -> Value {
+    json!([
+        {"setWeight": 10}, {"pause": {"duration": "1s"}},
+        {"setWeight": 20}, {"pause": {"duration": "1s"}},
+        {"setWeight": 40}, {"pause": {"duration": "1s"}},
+        {"setWeight": 60}, {"pause": {"duration": "1s"}},
+        {"setWeight": 80}, {"pause": {"duration": 1}}
+    ])
+}
+
+async fn healthy_on_first_version(env: &Env, steps: Value) -> String {
+    env.apply_rollout(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    env.until("the first version to become stable", |r| {
+        let s = r.status.as_ref()?;
+        (s.phase == Phase::Healthy)
+            .then(|| s.stable_hash.clone())
+            .flatten()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_progression_moves_the_weight_step_by_step_then_promotes_and_scales_down_the_old_stable(
+) {
+    let env = Env::new("progression").await;
+    let v1 = healthy_on_first_version(&env, demo_steps()).await;
+    assert_eq!(
+        env.subset_hash("stable").await.as_deref(),
+        Some(v1.as_str())
+    );
+    assert_eq!(env.replicas(&v1).await, Some(5));
+
+    env.set_image("reviews:v2").await;
+    let v2 = env
+        .until("a canary", |r| r.status.as_ref()?.canary_hash.clone())
+        .await;
+    assert_ne!(v1, v2);
+    // Record every weight the WasmPlugin carries while the rollout runs, checking at each one
+    // that the DestinationRule's canary subset points at the canary and enough canary pods exist.
+    let mut weights = Vec::new();
+    let start = tokio::time::Instant::now();
+    loop {
+        let r = env.rollout().await;
+        let config = env.plugin_config().await;
+        if let Some(svc) = config.as_ref().and_then(|c| c.services.first()) {
+            if weights.last() != Some(&svc.canary_weight) {
+                weights.push(svc.canary_weight);
+                if svc.canary_weight > 0 {
+                    assert_eq!(
+                        env.subset_hash("canary").await.as_deref(),
+                        Some(v2.as_str())
+                    );
+                    assert_eq!(svc.canary_hash.as_deref(), Some(v2.as_str()));
+                    let rs: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
+                    let available = rs
+                        .get(&format!("reviews-{v2}"))
+                        .await
+                        .unwrap()
+                        .status
+                        .and_then(|s| s.available_replicas)
+                        .unwrap_or(0);
+                    assert!(
+                        i64::from(available) * 10_000 >= 5 * i64::from(svc.canary_weight),
+                        "weight {} routed with only {available} canary pods available",
+                        svc.canary_weight
+                    );
+                }
+            }
+        }
+        if r.status.as_ref().and_then(|s| s.stable_hash.clone()) == Some(v2.clone()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no promotion; weights so far {weights:?}; status {:#?}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let expected: Vec<u32> = vec![1_000, 2_000, 4_000, 6_000, 8_000];
+    let shifted: Vec<u32> = weights.iter().copied().filter(|w| *w > 0).collect();
+    assert_eq!(
+        shifted, expected,
+        "every step's weight reached the filter, in order ({weights:?})"
+    );
+    assert_eq!(
+        env.plugin_config().await.unwrap().services[0].canary_weight,
+        0,
+        "after promotion all traffic is stable"
+    );
+    assert_eq!(
+        env.subset_hash("stable").await.as_deref(),
+        Some(v2.as_str()),
+        "stable subset now selects the new pods"
+    );
+    assert_eq!(
+        env.replicas(&v1).await,
+        Some(5),
+        "old stable kept during scaleDownDelaySeconds"
+    );
+    env.until("the old stable to be scaled down", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.scale_downs.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.replicas(&v1).await, Some(0));
+    assert_eq!(env.replicas(&v2).await, Some(5));
+
+    let ev: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let reasons: BTreeSet<String> = ev
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in ["Initialized", "CanaryStarted", "StepCompleted", "Promoted"] {
+        assert!(
+            reasons.contains(reason),
+            "an Event for {reason}: {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_route_step_sends_testers_to_canary_at_weight_zero_until_promoted() {
+    let env = Env::new("header-route").await;
+    let steps = json!([
+        {"setHeaderRoute": {"name": "testers", "match": [{"headerName": "x-canary", "headerValue": {"exact": "always"}}]}},
+        {"pause": {}},
+        {"setWeight": 0.5},
+        {"pause": {}}
+    ]);
+    healthy_on_first_version(&env, steps).await;
+    env.set_image("reviews:v2").await;
+    env.until("the indefinite pause", |r| {
+        (r.status.as_ref()?.phase == Phase::Paused).then_some(())
+    })
+    .await;
+    let config = env.plugin_config().await.unwrap();
+    let svc = &config.services[0];
+    assert_eq!(svc.canary_weight, 0);
+    assert_eq!(
+        svc.header_routes.len(),
+        1,
+        "testers reach canary by header before any user"
+    );
+    assert_eq!(svc.header_routes[0].name, "testers");
+    canary_core::CompiledConfig::compile(&config).expect("the filter accepts it");
+
+    env.promote("step").await;
+    env.until("setWeight 0.5", |r| {
+        (r.status.as_ref()?.canary_weight == 50).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.plugin_config().await.unwrap().services[0].canary_weight,
+        50,
+        "0.5% = 50 basis points"
+    );
+    assert!(
+        env.rollout()
+            .await
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(PROMOTE_ANNOTATION)
+            .not(),
+        "promote consumed"
+    );
+
+    env.promote("full").await;
+    let r = env
+        .until("full promotion", |r| {
+            (r.status.as_ref()?.phase == Phase::Healthy).then(|| r.clone())
+        })
+        .await;
+    assert_eq!(r.status.as_ref().unwrap().canary_hash, None);
+    assert!(
+        env.plugin_config().await.unwrap().services[0]
+            .header_routes
+            .is_empty(),
+        "header routes removed at promotion"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_mid_way_returns_weight_zero_before_any_scale_down_and_retry_starts_over() {
+    let env = Env::new("abort").await;
+    let steps = json!([{"setWeight": 40}, {"pause": {}}, {"setWeight": 80}]);
+    healthy_on_first_version(&env, steps).await;
+    env.set_image("reviews:v2").await;
+    let v2 = env
+        .until("weight 40", |r| {
+            let s = r.status.as_ref()?;
+            (s.canary_weight == 4_000 && s.phase == Phase::Paused)
+                .then(|| s.canary_hash.clone())
+                .flatten()
+        })
+        .await;
+    assert_eq!(env.replicas(&v2).await, Some(2));
+
+    env.rollouts()
+        .patch(
+            "reviews",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"abort": true}})),
+        )
+        .await
+        .unwrap();
+    // The first thing that changes is traffic: weight 0 while the canary pods are still there.
+    let start = tokio::time::Instant::now();
+    loop {
+        let svc = env.plugin_config().await.unwrap().services[0].clone();
+        let canary_pods = env.replicas(&v2).await.unwrap();
+        if svc.canary_weight == 0 {
+            assert_eq!(
+                canary_pods, 2,
+                "weight went to 0 before any canary scale-down"
+            );
+            assert!(svc.header_routes.is_empty());
+            break;
+        }
+        assert!(
+            canary_pods > 0,
+            "canary scaled down while still receiving {} bp",
+            svc.canary_weight
+        );
+        assert!(start.elapsed() < WAIT, "abort did not reach the WasmPlugin");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.until("Aborted", |r| {
+        (r.status.as_ref()?.phase == Phase::Aborted).then_some(())
+    })
+    .await;
+    env.until(
+        "the canary scaled down after abortScaleDownDelaySeconds",
+        |r| r.status.as_ref()?.scale_downs.is_empty().then_some(()),
+    )
+    .await;
+    assert_eq!(env.replicas(&v2).await, Some(0));
+    assert_eq!(
+        env.plugin_config().await.unwrap().services[0].canary_weight,
+        0
+    );
+
+    env.rollouts()
+        .patch(
+            "reviews",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"abort": false}})),
+        )
+        .await
+        .unwrap();
+    env.until("the retry back at weight 40", |r| {
+        let s = r.status.as_ref()?;
+        (s.canary_weight == 4_000 && !s.aborted).then_some(())
+    })
+    .await;
+    assert_eq!(env.replicas(&v2).await, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_at_the_same_step() {
+    let mut env = Env::new("restart").await;
+    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]);
+    healthy_on_first_version(&env, steps).await;
+    env.set_image("reviews:v2").await;
+    env.until("the first pause", |r| {
+        (r.status.as_ref()?.current_step_index == Some(1)).then_some(())
+    })
+    .await;
+    env.kill_controller().await;
+    env.promote("step").await;
+    // Nobody acts while the controller is down.
+    let before = env.rollout().await.status.unwrap();
+    assert_eq!(before.current_step_index, Some(1));
+    env.start_controller();
+    let s = env
+        .until("the next pause", |r| {
+            let s = r.status.as_ref()?;
+            (s.current_step_index == Some(3)).then(|| s.clone())
+        })
+        .await;
+    assert_eq!(
+        s.canary_weight, 6_000,
+        "resumed from step 1, not from the start"
+    );
+    assert_eq!(s.canary_hash, before.canary_hash);
+    assert_eq!(
+        env.plugin_config().await.unwrap().services[0].canary_weight,
+        6_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_change_mid_canary_restarts_it_with_the_new_hash() {
+    let env = Env::new("template-change").await;
+    healthy_on_first_version(&env, json!([{"setWeight": 20}, {"pause": {}}])).await;
+    env.set_image("reviews:v2").await;
+    let v2 = env
+        .until("canary v2 at 20%", |r| {
+            let s = r.status.as_ref()?;
+            (s.canary_weight == 2_000)
+                .then(|| s.canary_hash.clone())
+                .flatten()
+        })
+        .await;
+    env.set_image("reviews:v3").await;
+    let v3 = env
+        .until("canary v3", |r| {
+            r.status.as_ref()?.canary_hash.clone().filter(|h| *h != v2)
+        })
+        .await;
+    env.until("v3 at 20%", |r| {
+        (r.status.as_ref()?.canary_weight == 2_000).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.subset_hash("canary").await.as_deref(),
+        Some(v3.as_str())
+    );
+    assert_eq!(
+        env.plugin_config().await.unwrap().services[0]
+            .canary_hash
+            .as_deref(),
+        Some(v3.as_str())
+    );
+    assert_eq!(
+        env.replicas(&v2).await,
+        Some(0),
+        "the replaced canary is scaled down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_by_another_manager_are_not_clobbered() {
+    let env = Env::new("other-manager").await;
+    healthy_on_first_version(
+        &env,
+        json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]),
+    )
+    .await;
+    env.set_image("reviews:v2").await;
+    env.until("20%", |r| {
+        (r.status.as_ref()?.canary_weight == 2_000).then_some(())
+    })
+    .await;
+
+    // The platform team tunes the objects the controller also writes.
+    let wp: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.ns, &wasm_plugin_resource());
+    let wp_edit = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+        "metadata": {"name": "reviews-canary"}, "spec": {"priority": 10, "imagePullPolicy": "Always"}});
+    wp.patch(
+        "reviews-canary",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(&wp_edit),
+    )
+    .await
+    .unwrap();
+    let dr: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.ns, &destination_rule_resource());
+    let dr_edit = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews"}, "spec": {"host": "reviews", "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 100}}}}});
+    dr.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(&dr_edit),
+    )
+    .await
+    .unwrap();
+
+    env.promote("step").await;
+    env.until("50%", |r| {
+        (r.status.as_ref()?.canary_weight == 5_000).then_some(())
+    })
+    .await;
+    let plugin = env.wasm_plugin().await;
+    assert_eq!(
+        plugin["spec"]["priority"], 10,
+        "another manager's WasmPlugin field kept"
+    );
+    assert_eq!(plugin["spec"]["imagePullPolicy"], "Always");
+    assert_eq!(
+        plugin["metadata"]["ownerReferences"][0]["kind"], "CanaryRollout",
+        "the controller owns its WasmPlugin"
+    );
+    let rule = env.destination_rule().await;
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["maxConnections"], 100,
+        "DestinationRule policy kept"
+    );
+    assert_eq!(rule["spec"]["host"], "reviews");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analysis_step_is_refused_in_status_not_skipped() {
+    let env = Env::new("analysis").await;
+    let steps = json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "apdex"}]}}, {"setWeight": 100}]);
+    env.apply_rollout(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    let message = env
+        .until("a Degraded status", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Degraded)
+                .then(|| s.message.clone())
+                .flatten()
+        })
+        .await;
+    assert!(message.contains("steps[1].analysis"), "{message}");
+    assert!(
+        env.plugin_config().await.is_none(),
+        "no traffic configuration written for a refused rollout"
+    );
+    // What the schema can check, the API server refuses outright.
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &kube::api::ApiResource::erase::<CanaryRollout>(&()),
+    );
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout", "metadata": {"name": "bad"},
+        "spec": {"selector": {}, "strategy": {"canary": {"steps": [{"setWeight": "ten"}], "trafficRouting": {"wasm": {
+            "service": "x", "wasmPlugin": {"url": "oci://x"}, "destinationRule": {"name": "x"}}}}}}
+    }))
+    .unwrap();
+    let err = api
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("setWeight must be a number");
+    assert!(err.to_string().contains("setWeight"), "{err}");
+}
