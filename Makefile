@@ -15,7 +15,7 @@ OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
 export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
 export WASM_CANARY_FILTER ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm oci crd test test-unit test-wasm test-manifests e2e bench demo lint fmt clean
+.PHONY: help setup build wasm oci crd test test-unit controller-test test-wasm e2e bench demo lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,14 +43,17 @@ oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to
 crd: ## Regenerate the CanaryRollout CRD YAML from the Rust types (committed; a test checks it)
 	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
 
-test: setup wasm ## Run every test: unit, wasm-bindgen, manifests, Envoy end-to-end, control plane
-	cargo test --workspace --exclude wasm-canary-e2e --exclude wasm-canary-cluster
+test: setup wasm cluster-build ## Run every test: unit, wasm-bindgen, controller and control plane (real API server), Envoy end-to-end
+	cargo test --workspace --exclude wasm-canary-e2e
 	$(MAKE) --no-print-directory test-wasm
 	$(MAKE) --no-print-directory e2e
-	$(MAKE) --no-print-directory cluster-test
 
-test-unit: ## Unit and property tests (native)
-	cargo test --workspace --exclude wasm-canary-e2e --exclude wasm-canary-cluster
+test-unit: ## Unit and property tests (native, no Envoy, no API server)
+	cargo test -p wasm-canary-core -p wasm-canary-filter
+	cargo test -p wasm-canary-controller --lib --test step_logic --test crd_fresh
+
+controller-test: cluster-build ## The controller against a real API server (tests play kubelet)
+	cargo test -p wasm-canary-controller
 
 test-wasm: setup ## The decision tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
@@ -64,8 +67,8 @@ bench: setup wasm ## Measure throughput, latency and CPU with/without the filter
 	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md \
 	  --noop target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_noop_filter.wasm $(BENCH_ARGS)
 
-demo: setup wasm ## Run a canary locally on a real Envoy: 0 -> 10 -> 50 -> 100%, live
-	cargo run --release -q -p wasm-canary-e2e --bin demo
+demo: setup wasm ## Run a canary locally on a real Envoy: 0 -> 10 -> 50 -> 100%, live (ARGS="--help" for options)
+	cargo run --release -q -p wasm-canary-e2e --bin demo -- $(ARGS)
 
 lint: ## rustfmt and clippy (host and wasm targets)
 	cargo fmt --all --check
