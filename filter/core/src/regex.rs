@@ -30,6 +30,8 @@ pub struct Regex {
     source: String,
     program: Vec<Inst>,
     case_insensitive: bool,
+    /// A substring every matching text contains (see [`required_literal`]).
+    required: Option<String>,
 }
 
 impl fmt::Debug for Regex {
@@ -90,6 +92,13 @@ impl Class {
     fn contains(&self, c: char) -> bool {
         self.ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != self.negated
     }
+    /// The one character this class matches, if it matches exactly one.
+    fn single(&self) -> Option<char> {
+        match self.ranges.as_slice() {
+            [(lo, hi)] if lo == hi && !self.negated => Some(*lo),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -118,10 +127,12 @@ impl Regex {
         if parser.pos < parser.chars.len() {
             return err(format!("unexpected ')' at offset {}", parser.pos));
         }
-        let node = if case_insensitive {
-            fold_case(node)
+        // Case-insensitive patterns match a lower-cased text: no literal is looked for there.
+        let (node, required) = if case_insensitive {
+            (fold_case(node), None)
         } else {
-            node
+            let required = required_literal(&node);
+            (node, required)
         };
         let mut program = Vec::new();
         compile(&node, &mut program)?;
@@ -130,6 +141,7 @@ impl Regex {
             source: pattern.to_owned(),
             program,
             case_insensitive,
+            required,
         })
     }
 
@@ -140,6 +152,18 @@ impl Regex {
 
     /// Whether the WHOLE of `text` matches.
     pub fn is_match(&self, text: &str) -> bool {
+        // Most header values a route sees do not match; a missing required literal says so for
+        // the price of one substring search instead of a run of the NFA (~40 ns/char in wasm).
+        if let Some(literal) = &self.required {
+            if !text.contains(literal.as_str()) {
+                return false;
+            }
+        }
+        self.nfa_match(text)
+    }
+
+    /// The Pike simulation of the whole program over `text`.
+    fn nfa_match(&self, text: &str) -> bool {
         let n = self.program.len();
         let mut current = Threads::new(n);
         let mut next = Threads::new(n);
@@ -237,6 +261,50 @@ fn add_thread(program: &[Inst], set: &mut Threads, pc: usize, at_start: bool, at
             Some(Inst::AssertEnd) if at_end => stack.push(pc + 1),
             _ => {}
         }
+    }
+}
+
+/// The longest run of plain characters that every text matching `node` spells out contiguously,
+/// if any: `.*CanaryTester/[0-9]+.*` gives `CanaryTester/`. Sound by construction: a run is taken
+/// only from consecutive single-character nodes of a concatenation whose every part is
+/// mandatory (a concatenation, or a repetition with `min >= 1`, reached only through such
+/// nodes). Alternations, optional repetitions and assertions contribute nothing.
+fn required_literal(node: &Node) -> Option<String> {
+    let mut best = String::new();
+    collect_required(node, &mut best);
+    (!best.is_empty()).then_some(best)
+}
+
+fn collect_required(node: &Node, best: &mut String) {
+    match node {
+        Node::Class(c) => {
+            if let Some(ch) = c.single() {
+                keep_longer(best, ch.to_string());
+            }
+        }
+        Node::Concat(nodes) => {
+            let mut run = String::new();
+            for n in nodes {
+                if let Some(ch) = match n {
+                    Node::Class(c) => c.single(),
+                    _ => None,
+                } {
+                    run.push(ch);
+                    continue;
+                }
+                keep_longer(best, std::mem::take(&mut run));
+                collect_required(n, best);
+            }
+            keep_longer(best, run);
+        }
+        Node::Repeat { node, min, .. } if *min >= 1 => collect_required(node, best),
+        Node::Repeat { .. } | Node::Alt(_) | Node::Empty | Node::Start | Node::End => {}
+    }
+}
+
+fn keep_longer(best: &mut String, candidate: String) {
+    if candidate.chars().count() > best.chars().count() {
+        *best = candidate;
     }
 }
 
@@ -653,5 +721,73 @@ impl Parser {
             c if c.is_ascii_punctuation() || c == ' ' => Class::one(c),
             other => return err(format!("unknown escape \\{other}")),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod required_literal_tests {
+    use super::Regex;
+
+    const PATTERNS: [&str; 14] = [
+        ".*CanaryTester/[0-9]+.*",
+        "abc",
+        "a(bc|bd)e",
+        "x(abc)+y",
+        "x(abc)*y",
+        "x(abc)?y",
+        "^qa-[a-z]+$",
+        "(?:team)-(alpha|beta){1,2}",
+        "[a][b]c.d",
+        "ab{2}c",
+        "ab{0,2}c",
+        "(?i)Canary.*",
+        "\\d+\\.\\d+",
+        "",
+    ];
+    const TEXTS: [&str; 18] = [
+        "",
+        "Mozilla/5.0 (X11; Linux x86_64) bench/1",
+        "Mozilla/5.0 CanaryTester/42 (X11)",
+        "CanaryTester/",
+        "abc",
+        "abd",
+        "abce",
+        "abde",
+        "xy",
+        "xabcy",
+        "xabcabcy",
+        "qa-team",
+        "team-alphabeta",
+        "abc.d",
+        "abbc",
+        "ac",
+        "canary tester",
+        "3.14",
+    ];
+
+    #[test]
+    fn the_literal_prefilter_never_changes_a_result() {
+        for p in PATTERNS {
+            let r = Regex::new(p).unwrap();
+            for t in TEXTS {
+                assert_eq!(r.is_match(t), r.nfa_match(t), "pattern {p:?} on {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn required_literals_are_the_mandatory_plain_runs() {
+        let lit = |p: &str| Regex::new(p).unwrap().required;
+        assert_eq!(
+            lit(".*CanaryTester/[0-9]+.*").as_deref(),
+            Some("CanaryTester/")
+        );
+        assert_eq!(lit("x(abc)+y").as_deref(), Some("abc"));
+        assert_eq!(lit("x(abc)*y").as_deref(), Some("x"));
+        assert_eq!(lit("a(bc|bd)e").as_deref(), Some("a"));
+        assert_eq!(lit("[a][b]c.d").as_deref(), Some("abc"));
+        assert_eq!(lit("(?i)Canary.*"), None);
+        assert_eq!(lit("(a|b)"), None);
     }
 }

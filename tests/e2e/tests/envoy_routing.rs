@@ -87,9 +87,15 @@ fn header_routes_reach_canary_at_weight_zero_and_near_misses_do_not() {
             assert_eq!(r.header("x-app-version"), Some("stable"), "{headers:?}");
         }
     }
+    // The filter publishes its decision counts once a second (and when a config is replaced).
     let counted = mesh
         .client
-        .stat("wasmcustom.wasmcanary.decision.bookinfo_reviews.canary.header_route");
+        .wait_for_stat(
+            "wasmcustom.wasmcanary.decision.bookinfo_reviews.canary.header_route",
+            Duration::from_secs(5),
+            |n| n >= 100,
+        )
+        .unwrap();
     assert_eq!(
         counted, 100,
         "every header-routed request is counted by reason"
