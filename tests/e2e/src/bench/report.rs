@@ -67,9 +67,11 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-        (lo.min(x), hi.max(x))
-    })
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 impl ModeResult {
@@ -172,7 +174,11 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
         "- Machine: {} CPUs (nproc), `{}`, Linux {}",
         ctx.nproc, ctx.host_cpu, ctx.kernel
     );
-    let _ = writeln!(s, "- Envoy: `{}`, runtime `envoy.wasm.runtime.v8`", ctx.envoy_version);
+    let _ = writeln!(
+        s,
+        "- Envoy: `{}`, runtime `envoy.wasm.runtime.v8`",
+        ctx.envoy_version
+    );
     let _ = writeln!(s, "- rustc: `{}`; commit `{}`", ctx.rustc_version, ctx.git);
     for (what, f) in [("Filter (c)", &ctx.filter), ("No-op filter (b)", &ctx.noop)] {
         let _ = writeln!(
@@ -189,7 +195,11 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
         "- Envoy under test: `--concurrency 1`, pinned to CPU {}; load generator (and, in upstream mode, the upstream Envoy) on CPU {}",
         ctx.envoy_cpu, ctx.load_cpu
     );
-    let _ = writeln!(s, "- Load, per run: `{} http://127.0.0.1:<port>/`", ctx.load_command);
+    let _ = writeln!(
+        s,
+        "- Load, per run: `{} http://127.0.0.1:<port>/`",
+        ctx.load_command
+    );
     let _ = writeln!(
         s,
         "- {} reps per variant and mode, interleaved a b c d a b c d …, after one {} s warm-up run per variant (not counted); median across reps, (min–max) in brackets",
@@ -206,8 +216,14 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
     );
     let _ = writeln!(s);
     let _ = writeln!(s, "Variants:\n");
-    let _ = writeln!(s, "- (a) no filter; routes: `x-canary-subset: canary` → canary, default → stable");
-    let _ = writeln!(s, "- (b) a no-op proxy-wasm filter (`tests/e2e/noop-filter`), same routes");
+    let _ = writeln!(
+        s,
+        "- (a) no filter; routes: `x-canary-subset: canary` → canary, default → stable"
+    );
+    let _ = writeln!(
+        s,
+        "- (b) a no-op proxy-wasm filter (`tests/e2e/noop-filter`), same routes"
+    );
     let _ = writeln!(
         s,
         "- (c) wasm-canary, client mode, 20 services × 4 hosts, 2–3 header routes each, sticky header, hash header; same routes"
@@ -224,7 +240,11 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
             Mode::Direct => "Routes answer with `direct_response`: the request never leaves the Envoy under test, so its CPU is all that is measured.",
             Mode::Upstream => "Routes proxy to a second Envoy (`direct_response`, one worker, on the load CPU), as a sidecar proxies to its pod.",
         };
-        let _ = writeln!(s, "{what} Load average (1 min): {:.2} before, {:.2} after.\n", m.load_before, m.load_after);
+        let _ = writeln!(
+            s,
+            "{what} Load average (1 min): {:.2} before, {:.2} after.\n",
+            m.load_before, m.load_after
+        );
         let _ = writeln!(
             s,
             "| variant | req/s | p50 ms | p99 ms | Envoy CPU us/request | Envoy RSS MiB |"

@@ -26,7 +26,10 @@ pub const LISTENER: &str = "bench";
 pub fn request_headers() -> Vec<(&'static str, String)> {
     vec![
         ("Host", target_host()),
-        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) bench/1".to_owned()),
+        (
+            "User-Agent",
+            "Mozilla/5.0 (X11; Linux x86_64) bench/1".to_owned(),
+        ),
         ("Cookie", "session=4f2a9c; theme=dark; lang=en".to_owned()),
         ("Accept", "*/*".to_owned()),
     ]
@@ -61,8 +64,8 @@ pub fn realistic_config() -> String {
                 "name": format!("ns/{name}"),
                 "hosts": [name.clone(), format!("{name}.ns"), format!("{name}.ns.svc"), format!("{name}.ns.svc.cluster.local")],
                 "canaryWeight": if i == TARGET_SERVICE { CANARY_WEIGHT_BP } else { 2_500 },
-                "stableHash": format!("{:010x}", 0x6c9f_8d5b_00_u64 + i as u64),
-                "canaryHash": format!("{:010x}", 0x84b7_c6f5_00_u64 + i as u64),
+                "stableHash": format!("{:010x}", 0x006c_9f8d_5b00_u64 + i as u64),
+                "canaryHash": format!("{:010x}", 0x0084_b7c6_f500_u64 + i as u64),
                 "headerRoutes": routes,
                 "sticky": {"header": "x-user-id"}
             })

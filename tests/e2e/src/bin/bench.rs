@@ -99,7 +99,10 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             other => bail!("unknown option {other:?}; see --help"),
         }
     }
-    anyhow::ensure!(a.reps >= 1 && a.secs >= 1, "--reps and --secs must be at least 1");
+    anyhow::ensure!(
+        a.reps >= 1 && a.secs >= 1,
+        "--reps and --secs must be at least 1"
+    );
     Ok(Some(a))
 }
 
@@ -125,7 +128,10 @@ fn main() -> anyhow::Result<()> {
         "this machine has {nproc} CPUs; choose --envoy-cpu and --load-cpu below {nproc}"
     );
     if args.envoy_cpu == args.load_cpu {
-        eprintln!("warning: Envoy and the load share CPU {}: ratios stay fair, absolute numbers do not", args.envoy_cpu);
+        eprintln!(
+            "warning: Envoy and the load share CPU {}: ratios stay fair, absolute numbers do not",
+            args.envoy_cpu
+        );
     }
     let load_avg = load_average();
     if load_avg > 0.5 {
@@ -395,7 +401,11 @@ fn file_info(path: &Path) -> anyhow::Result<FileInfo> {
         .unwrap_or("?")
         .to_owned();
     let root = wasm_canary_e2e::workspace_root();
-    let shown = path.strip_prefix(&root).unwrap_or(path).display().to_string();
+    let shown = path
+        .strip_prefix(&root)
+        .unwrap_or(path)
+        .display()
+        .to_string();
     Ok(FileInfo {
         path: shown,
         bytes,
