@@ -9,8 +9,10 @@
 
 pub mod crd;
 pub mod hash;
+pub mod leader;
 pub mod reconcile;
 pub mod steps;
+pub mod telemetry;
 pub mod traffic;
 
 /// The one field manager every write of the controller uses.

@@ -1,5 +1,13 @@
 //! `wasm-canary-controller`: runs CanaryRollouts.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canary_controller::leader::{run_as_leader, LeaseConfig};
+use canary_controller::reconcile::{run_with, Context};
+use canary_controller::telemetry::{serve, Metrics};
 use clap::Parser;
+use tracing::{error, info};
 
 /// Runs canary rollouts through the wasm-canary filter: creates the canary ReplicaSet, and at
 /// each step updates the WasmPlugin's pluginConfig and the DestinationRule subsets.
@@ -9,9 +17,27 @@ struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
     /// Log format.
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+    /// Disable leader election (run a single replica only!).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wasm-canary-system")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "wasm-canary-controller")]
+    lease_name: String,
+    /// Identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Lease duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 #[tokio::main]
@@ -23,12 +49,33 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
+            .with_span_list(false)
             .with_env_filter(filter)
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let client = kube::Client::try_default().await?;
-    canary_controller::reconcile::run(client, args.namespace).await;
-    Ok(())
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(serve(args.metrics_addr, metrics.clone()));
+    info!(addr = %args.metrics_addr, "serving /metrics /healthz /readyz");
+    let ctx = Arc::new(Context::with_metrics(client.clone(), metrics.clone()));
+    let controller = run_with(ctx, args.namespace.clone());
+    if args.no_leader_election {
+        controller.await;
+    } else {
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("wasm-canary-controller-{}", std::process::id()));
+        let mut cfg = LeaseConfig::new(&args.lease_namespace, &args.lease_name, identity);
+        cfg.duration = Duration::from_secs(args.lease_seconds.max(3));
+        cfg.renew_every = cfg.duration / 5;
+        run_as_leader(client, cfg, &metrics, controller).await?;
+        // Losing the lease ends the process: the Deployment restarts it as a fresh candidate,
+        // with no state in memory that could disagree with the cluster.
+        error!("leadership lost or controller stopped; exiting");
+    }
+    server.abort();
+    std::process::exit(1);
 }

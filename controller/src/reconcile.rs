@@ -17,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use canary_core::config::POD_TEMPLATE_HASH_LABEL;
 use canary_core::PluginConfig;
@@ -25,6 +25,7 @@ use canary_core::PluginConfig;
 use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
 use crate::hash::pod_template_hash;
 use crate::steps::{self, Observed, ObservedReplicaSet, Plan, Promote, Traffic};
+use crate::telemetry::{ErrorLabels, Metrics, RolloutLabels};
 use crate::traffic;
 use crate::{kube_err, Error, Result, FIELD_MANAGER};
 
@@ -59,11 +60,18 @@ pub struct Context {
     pub client: Client,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
-    /// A context for `client`.
+    /// A context for `client` with its own metrics.
     pub fn new(client: Client) -> Self {
+        Self::with_metrics(client, Arc::new(Metrics::default()))
+    }
+
+    /// A context for `client` recording into `metrics`.
+    pub fn with_metrics(client: Client, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -71,12 +79,19 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            metrics,
         }
     }
 }
 
 /// Runs the controller until the stream ends (watching `namespace`, or all when `None`).
 pub async fn run(client: Client, namespace: Option<String>) {
+    run_with(Arc::new(Context::new(client)), namespace).await;
+}
+
+/// [`run`] with a given context (shared metrics).
+pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
     let (rollouts, replica_sets): (Api<CanaryRollout>, Api<ReplicaSet>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -88,7 +103,7 @@ pub async fn run(client: Client, namespace: Option<String>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context::new(client));
+    let metrics = ctx.metrics.clone();
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
     controller
@@ -116,27 +131,52 @@ pub async fn run(client: Client, namespace: Option<String>) {
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                warn!(error = %e, "reconcile stream");
+        .for_each(move |r| {
+            // The first result means the watches are established and the queue runs.
+            metrics.set_ready(true);
+            async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "reconcile stream");
+                }
             }
         })
         .await;
 }
 
-fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            kind: error.metric_label().into(),
+        })
+        .inc();
     warn!(rollout = %rollout.name_any(), namespace = rollout.namespace().unwrap_or_default(), kind = error.metric_label(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
 
 /// One reconcile of one rollout.
 pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %rollout.namespace().unwrap_or_default(),
+        rollout = %rollout.name_any()
+    );
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_rollout(rollout, ctx.clone())
+        .instrument(span)
+        .await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rollout
         .namespace()
         .ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
     let name = rollout.name_any();
-    let span = tracing::info_span!("reconcile", namespace = %ns, rollout = %name);
-    let _enter = span.enter();
     let client = &ctx.client;
 
     let template = pod_template(client, &ns, &rollout).await?;
@@ -191,6 +231,32 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
     }
     apply_replica_sets(&rs_api, &rollout, &template, &template_hash, &plan).await?;
     patch_status(client, &ns, &name, &plan.status).await?;
+    ctx.metrics
+        .observe_rollout(&ns, &name, plan.status.phase, plan.status.canary_weight);
+    if let Some(started) = status
+        .step_started_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        let labels = RolloutLabels {
+            namespace: ns.clone(),
+            rollout: name.clone(),
+        };
+        for _ in plan
+            .transitions
+            .iter()
+            .filter(|t| t.reason == "StepCompleted")
+        {
+            let took = (observed.now - started.with_timezone(&Utc))
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0;
+            ctx.metrics
+                .step_seconds
+                .get_or_create(&labels)
+                .observe(took);
+        }
+    }
     if plan.promote_consumed {
         let api: Api<CanaryRollout> = Api::namespaced(client.clone(), &ns);
         api.patch(
