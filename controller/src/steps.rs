@@ -444,7 +444,8 @@ impl Planner<'_> {
             return StepOutcome::Done(format!("weight {w}%"));
         }
         if let Some(pause) = &step.pause {
-            if self.obs.promote == Some(Promote::Step) {
+            // One promote request ends one pause, not every pause it meets on the way.
+            if self.obs.promote == Some(Promote::Step) && !self.promote_consumed {
                 self.promote_consumed = true;
                 return StepOutcome::Done("pause ended by promote".into());
             }

@@ -160,7 +160,11 @@ impl Metrics {
 /// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (ready flag set) on `addr`
 /// until the task is dropped. Plain HTTP/1.1, one request per connection.
 pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    serve_on(TcpListener::bind(addr).await?, metrics).await
+}
+
+/// [`serve`] on a listener already bound (tests bind 127.0.0.1:0).
+pub async fn serve_on(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
         let metrics = metrics.clone();

@@ -534,3 +534,21 @@ fn a_paused_rollout_does_not_advance() {
     assert_eq!(paused.status.current_step_index, Some(0));
     assert_eq!(paused.traffic.unwrap().canary_weight, 0);
 }
+
+#[test]
+fn one_promote_ends_one_pause_not_the_next_one_too() {
+    let mut r = fixture_rollout(false);
+    for step in &mut r.spec.strategy.canary.steps {
+        if let Some(p) = step.pause.as_mut() {
+            p.duration = None;
+        }
+    }
+    let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
+    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
+    assert_eq!(p.status.current_step_index, Some(1));
+    let mut promote = observed(CANARY, sets, t0());
+    promote.promote = Some(Promote::Step);
+    let next = plan(&r.spec, &p.status, &promote);
+    assert_eq!(next.status.current_step_index, Some(3), "past the first pause and setWeight 20, stopped at the next pause");
+    assert_eq!(next.status.phase, Phase::Paused);
+}
