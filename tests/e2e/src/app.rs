@@ -81,8 +81,9 @@ fn serve(conn: TcpStream, name: &str, state: &State) {
         if state.stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
+        // Bytes, not String: header values may be any octets (obs-text), not only UTF-8.
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -90,10 +91,11 @@ fn serve(conn: TcpStream, name: &str, state: &State) {
         let mut content_length = 0usize;
         let mut close = false;
         loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            let mut raw = Vec::new();
+            if reader.read_until(b'\n', &mut raw).unwrap_or(0) == 0 {
                 return;
             }
+            let h = String::from_utf8_lossy(&raw);
             let h = h.trim_end();
             if h.is_empty() {
                 break;

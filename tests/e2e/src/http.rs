@@ -52,24 +52,46 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Response> {
-        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n").into_bytes();
         for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
-        req.push_str("\r\n");
+        req.extend_from_slice(b"\r\n");
+        self.send(&req)
+    }
+
+    /// GET with header values given as raw bytes (e.g. not UTF-8), as a hostile client might.
+    pub fn get_raw(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> anyhow::Result<Response> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n").into_bytes();
+        for (k, v) in headers {
+            req.extend_from_slice(k.as_bytes());
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(v);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        self.send(&req)
+    }
+
+    fn send(&mut self, req: &[u8]) -> anyhow::Result<Response> {
         // One retry: a keep-alive connection the server closed between requests is not an error.
-        match self.round_trip(&req) {
+        match self.round_trip(req) {
             Ok(r) => Ok(r),
             Err(_) => {
                 self.conn = None;
-                self.round_trip(&req)
+                self.round_trip(req)
             }
         }
     }
 
-    fn round_trip(&mut self, req: &str) -> anyhow::Result<Response> {
+    fn round_trip(&mut self, req: &[u8]) -> anyhow::Result<Response> {
         let (w, r) = self.connect()?;
-        w.write_all(req.as_bytes())?;
+        w.write_all(req)?;
         let resp = read_response(r);
         if let Ok(resp) = &resp {
             if resp
@@ -97,8 +119,9 @@ fn read_response(r: &mut BufReader<TcpStream>) -> anyhow::Result<Response> {
         .parse()?;
     let mut headers = HashMap::new();
     loop {
-        let mut h = String::new();
-        r.read_line(&mut h)?;
+        let mut raw = Vec::new();
+        r.read_until(b'\n', &mut raw)?;
+        let h = String::from_utf8_lossy(&raw);
         let h = h.trim_end();
         if h.is_empty() {
             break;

@@ -229,3 +229,35 @@ fn every_response_carries_the_serving_versions_pod_template_hash() {
     }
     assert_eq!(seen.len(), 2, "both versions answered at 50%");
 }
+
+/// Header values are bytes on the wire; a client can send ones that are not UTF-8. The filter
+/// must not crash its VM on them (a crash would fail requests open or closed for everyone):
+/// such a value counts as absent, and the request is decided like any other.
+#[test]
+fn header_values_that_are_not_utf8_do_not_break_the_filter() {
+    let mesh = Mesh::start(&reviews_config(0)).unwrap();
+    let mut http = mesh.http();
+    for (name, value) in [
+        ("x-user-id", &b"\xff\xfe-user"[..]),
+        ("x-canary", &b"alw\xc3ays"[..]),
+        ("cookie", &b"canary=\xffyes"[..]),
+        ("user-agent", &b"\x80CanaryTester/1"[..]),
+    ] {
+        for _ in 0..10 {
+            let r = http.get_raw("reviews:9080", "/", &[(name, value)]).unwrap();
+            assert_eq!(r.status, 200, "{name}");
+            assert_eq!(
+                r.header("x-app-version"),
+                Some("stable"),
+                "{name}: a value that is not text matches no route"
+            );
+        }
+    }
+    // The VM is still alive and deciding: a proper header route still works afterwards.
+    let r = http.get("reviews", "/", &[("x-canary", "always")]).unwrap();
+    assert_eq!(
+        r.header("x-app-version"),
+        Some("canary"),
+        "the filter still routes after the odd values"
+    );
+}
