@@ -1,0 +1,577 @@
+//! `kubectl canary`: look at and steer `CanaryRollout`s, and convert Argo Rollouts to them.
+//! On PATH as `kubectl-canary`, kubectl runs it as `kubectl canary ...`.
+//!
+//! Every action edits the resource exactly as a user could by hand (the promote annotation,
+//! `spec.abort`, `spec.paused`); the controller does the rest.
+
+// serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
+#![allow(clippy::indexing_slicing)]
+
+#[path = "../cli/mod.rs"]
+mod cli;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use canary_controller::crd::CanaryRollout;
+use canary_controller::reconcile::ROLLOUT_LABEL;
+use canary_controller::steps::{format_weight, weight_basis_points};
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use cli::actions::Action;
+use cli::convert::{convert, parse_documents, ConvertOptions, DEFAULT_WASM_URL};
+use cli::envoy::{fetch_stats, split_from_stats, ObservedSplit};
+use cli::status::{render, table, SplitView};
+
+/// Look at and steer wasm-canary rollouts (CanaryRollout, wasmcanary.io/v1alpha1).
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl-canary",
+    bin_name = "kubectl canary",
+    version,
+    propagate_version = true
+)]
+struct Cli {
+    /// Namespace (default: the kubeconfig context's, else `default`).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// kubeconfig context to use (default: the current one).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a rollout: steps (current one marked), weight, stable/canary hashes, ReplicaSet
+    /// readiness, phase, message, conditions, and optionally the split the filter observed.
+    Status(StatusArgs),
+    /// List rollouts in the namespace (or all with -A).
+    List {
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Finish the current pause step (annotation wasmcanary.io/promote=step); with --full, skip
+    /// every remaining step and promote the canary to stable (wasmcanary.io/promote=full).
+    Promote {
+        /// Rollout name.
+        name: String,
+        /// Skip all remaining steps.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Abort: all traffic back to stable at once (spec.abort: true); the canary scales down
+    /// after abortScaleDownDelaySeconds.
+    Abort {
+        /// Rollout name.
+        name: String,
+    },
+    /// Retry an aborted rollout from step 0 (spec.abort: false).
+    Retry {
+        /// Rollout name.
+        name: String,
+    },
+    /// Hold the rollout at its current step (spec.paused: true); traffic stays as it is.
+    Pause {
+        /// Rollout name.
+        name: String,
+    },
+    /// Continue a paused rollout (spec.paused: false).
+    Resume {
+        /// Rollout name.
+        name: String,
+    },
+    /// Not a direct override: explains how to reach a weight (the weight comes from the steps).
+    SetWeight {
+        /// Rollout name.
+        name: String,
+        /// Percentage, 0..100 (0.01 steps).
+        weight: f64,
+    },
+    /// Convert an Argo Rollout (canary, Istio subset routing) and its Istio objects into a
+    /// CanaryRollout, DestinationRule, VirtualService and server WasmPlugin. Prints YAML on
+    /// stdout; what could not be carried over goes to stderr.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Rollout name.
+    name: String,
+    /// Keep watching: redraw in place on a terminal, one line per change otherwise.
+    #[arg(short, long)]
+    watch: bool,
+    /// Seconds between refreshes under --watch.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Envoy admin URL of a CLIENT sidecar (e.g. http://127.0.0.1:15000 after
+    /// `kubectl port-forward deploy/productpage-v1 15000`): shows the split the filter made.
+    #[arg(long)]
+    envoy_admin: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// YAML files (multi-document and v1 Lists accepted); `-` reads stdin. Repeat for the
+    /// Rollout and the Istio objects.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Where Istio fetches the filter (oci://, https:// or file://).
+    #[arg(long, default_value = None)]
+    wasm_url: Option<String>,
+    /// sha256 of the module, for https:// and file:// URLs.
+    #[arg(long)]
+    wasm_sha256: Option<String>,
+    /// Labels of the workloads that CALL the service, `k=v[,k=v]` (the client WasmPlugin's
+    /// selector). Default: every workload of the namespace.
+    #[arg(long, value_parser = parse_labels)]
+    client_selector: Option<BTreeMap<String, String>>,
+    /// Header the filter writes and the VirtualService routes on.
+    #[arg(long)]
+    decision_header: Option<String>,
+    /// The Kubernetes Service under canary (default: the DestinationRule's host).
+    #[arg(long)]
+    service: Option<String>,
+    /// Leave analysis out (the rollout then runs WITHOUT metric checks). Without this flag the
+    /// analysis is carried over and the controller refuses the rollout until it is removed.
+    #[arg(long)]
+    drop_analysis: bool,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("{p:?} is not key=value"))
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    if let Command::Convert(args) = &cli.command {
+        return run_convert(args, cli.namespace.clone());
+    }
+    let (client, ns) = connect(&cli).await?;
+    match cli.command {
+        Command::Status(args) => status(&client, &ns, &args).await,
+        Command::List { all_namespaces } => list(&client, &ns, all_namespaces).await,
+        Command::Promote { name, full } => {
+            act(
+                &client,
+                &ns,
+                &name,
+                if full {
+                    Action::PromoteFull
+                } else {
+                    Action::Promote
+                },
+            )
+            .await
+        }
+        Command::Abort { name } => act(&client, &ns, &name, Action::Abort).await,
+        Command::Retry { name } => act(&client, &ns, &name, Action::Retry).await,
+        Command::Pause { name } => act(&client, &ns, &name, Action::Pause).await,
+        Command::Resume { name } => act(&client, &ns, &name, Action::Resume).await,
+        Command::SetWeight { name, weight } => set_weight(&client, &ns, &name, weight).await,
+        Command::Convert(_) => Ok(()),
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match (&cli.kubeconfig, &cli.context) {
+        (Some(path), _) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &options).await?
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&options)
+            .await
+            .context("loading the kubeconfig context")?,
+        (None, None) => Config::infer()
+            .await
+            .context("no cluster configured: set KUBECONFIG or --kubeconfig, as for kubectl")?,
+    };
+    let ns = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, ns))
+}
+
+/// Turns API errors into sentences that say what to do next.
+fn explain(e: kube::Error, name: Option<&str>, ns: &str) -> anyhow::Error {
+    if let kube::Error::Api(status) = &e {
+        if status.code == 404 {
+            if status
+                .message
+                .contains("could not find the requested resource")
+            {
+                return anyhow!(
+                    "the CanaryRollout resource type (canaryrollouts.wasmcanary.io) is not installed in this cluster; \
+                     install the controller with `kubectl apply -k controller/deploy`"
+                );
+            }
+            if let Some(name) = name {
+                return anyhow!(
+                    "rollout {name} not found in namespace {ns}; list them with `kubectl canary list -n {ns}` \
+                     (or `kubectl canary list -A` for every namespace)"
+                );
+            }
+        }
+        if status.code == 403 {
+            return anyhow!(
+                "not allowed: {}; ask for RBAC on canaryrollouts.wasmcanary.io in namespace {ns}",
+                status.message
+            );
+        }
+    }
+    anyhow::Error::new(e)
+}
+
+async fn get_rollout(api: &Api<CanaryRollout>, name: &str, ns: &str) -> Result<CanaryRollout> {
+    api.get(name).await.map_err(|e| explain(e, Some(name), ns))
+}
+
+async fn act(client: &Client, ns: &str, name: &str, action: Action) -> Result<()> {
+    let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
+    let rollout = get_rollout(&api, name, ns).await?;
+    let status = rollout.status.clone().unwrap_or_default();
+    match action {
+        Action::Retry if !rollout.spec.abort => {
+            bail!("rollout {name} is not aborted (spec.abort is not set): nothing to retry; see `kubectl canary status {name} -n {ns}`")
+        }
+        Action::Promote | Action::PromoteFull if status.canary_hash.is_none() => {
+            bail!(
+                "rollout {name} has no canary running (phase {:?}): nothing to promote; change the pod template \
+                 to start one, or see `kubectl canary status {name} -n {ns}`",
+                status.phase
+            )
+        }
+        Action::Promote | Action::PromoteFull if rollout.spec.abort => {
+            bail!("rollout {name} is aborted: retry it first with `kubectl canary retry {name} -n {ns}`")
+        }
+        Action::Resume if !rollout.spec.paused => {
+            bail!("rollout {name} is not paused with spec.paused; to move past a pause step use `kubectl canary promote {name} -n {ns}`")
+        }
+        _ => {}
+    }
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(action.merge_patch()),
+    )
+    .await
+    .map_err(|e| explain(e, Some(name), ns))?;
+    println!("{}", action.done_message(name));
+    Ok(())
+}
+
+async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Result<()> {
+    let bp = weight_basis_points(weight)
+        .map_err(|e| anyhow!("{e}; give a percentage such as 10 or 0.5"))?;
+    let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
+    let rollout = get_rollout(&api, name, ns).await?;
+    let status = rollout.status.clone().unwrap_or_default();
+    let current = status
+        .current_step_index
+        .and_then(|i| usize::try_from(i).ok())
+        .unwrap_or(0);
+    let steps = &rollout.spec.strategy.canary.steps;
+    let later = steps
+        .iter()
+        .enumerate()
+        .skip(current)
+        .find(|(_, s)| s.set_weight.and_then(|w| weight_basis_points(w).ok()) == Some(bp))
+        .map(|(i, _)| i);
+    let mut how = vec![
+        format!(
+            "set-weight is not a direct override in wasm-canary: the weight is the result of the steps in \
+             spec.strategy.canary.steps (the controller writes status.canaryWeight and the WasmPlugin from them, and \
+             would undo any direct change at its next reconcile). Rollout {name} is at {} now.",
+            format_weight(status.canary_weight)
+        ),
+        "To get to that weight:".into(),
+    ];
+    match later {
+        Some(i) => how.push(format!(
+            "  - step {i} sets {}: run `kubectl canary promote {name} -n {ns}` at each pause until step {i} runs",
+            format_weight(bp)
+        )),
+        None => how.push(format!(
+            "  - edit the steps (`kubectl edit canaryrollout {name} -n {ns}`) and insert `- setWeight: {weight}` followed by \
+             `- pause: {{}}` after step {current}; the controller moves to it when the current step completes (promote to skip a pause)"
+        )),
+    }
+    how.push(format!(
+        "  - to send all traffic back to stable now: `kubectl canary abort {name} -n {ns}`"
+    ));
+    how.push(format!(
+        "  - to finish the rollout (100%): `kubectl canary promote --full {name} -n {ns}`"
+    ));
+    bail!("{}", how.join("\n"))
+}
+
+async fn list(client: &Client, ns: &str, all: bool) -> Result<()> {
+    let api: Api<CanaryRollout> = if all {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    };
+    let rollouts = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain(e, None, ns))?
+        .items;
+    if rollouts.is_empty() {
+        let place = if all {
+            "any namespace".to_owned()
+        } else {
+            format!("namespace {ns}")
+        };
+        println!("No CanaryRollouts in {place}. Convert an Argo Rollout with `kubectl canary convert -f rollout.yaml`.");
+        return Ok(());
+    }
+    for line in table(&rollouts, all) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn snapshot(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<(CanaryRollout, Vec<ReplicaSet>)> {
+    let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
+    let rollout = get_rollout(&api, name, ns).await?;
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let mut sets = rs_api
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+        .await
+        .map_err(|e| explain(e, None, ns))?
+        .items;
+    sets.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    Ok((rollout, sets))
+}
+
+async fn read_split(
+    admin: &str,
+    rollout: &CanaryRollout,
+    ns: &str,
+) -> Result<Option<ObservedSplit>> {
+    let url = admin.trim_end_matches('/').to_owned();
+    let body = tokio::task::spawn_blocking(move || fetch_stats(&url, Duration::from_secs(3)))
+        .await
+        .context("reading Envoy stats")??;
+    Ok(split_from_stats(
+        &body,
+        ns,
+        &rollout.spec.strategy.canary.traffic_routing.wasm.service,
+    ))
+}
+
+fn summary_line(rollout: &CanaryRollout, sets: &[ReplicaSet], split: &SplitView) -> String {
+    let s = rollout.status.clone().unwrap_or_default();
+    let ready = |hash: &Option<String>| {
+        hash.as_ref()
+            .and_then(|h| {
+                sets.iter().find(|rs| {
+                    rs.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("rollouts-pod-template-hash"))
+                        == Some(h)
+                })
+            })
+            .map(|rs| {
+                format!(
+                    "{}/{}",
+                    rs.status
+                        .as_ref()
+                        .and_then(|st| st.ready_replicas)
+                        .unwrap_or(0),
+                    rs.spec.replicas.unwrap_or(0)
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut line = format!(
+        "{} phase={:?} step={} weight={} stable={}({}) canary={}({})",
+        chrono::Utc::now().format("%H:%M:%S"),
+        s.phase,
+        s.current_step.clone().unwrap_or_else(|| "-".into()),
+        format_weight(s.canary_weight),
+        s.stable_hash.clone().unwrap_or_else(|| "-".into()),
+        ready(&s.stable_hash),
+        s.canary_hash.clone().unwrap_or_else(|| "-".into()),
+        ready(&s.canary_hash),
+    );
+    if let SplitView::Read {
+        recent: Some(r), ..
+    } = split
+    {
+        line.push_str(&format!(" observed: {}", cli::status::split_line(r)));
+    }
+    if let Some(m) = &s.message {
+        line.push_str(&format!(" | {m}"));
+    }
+    line
+}
+
+async fn status(client: &Client, ns: &str, args: &StatusArgs) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let interval = Duration::from_secs_f64(args.interval.max(0.2));
+    let mut previous: Option<ObservedSplit> = None;
+    let mut last_summary = String::new();
+    let mut first = true;
+    loop {
+        let (rollout, sets) = snapshot(client, ns, &args.name).await?;
+        let split = match &args.envoy_admin {
+            None => SplitView::None,
+            Some(admin) => match read_split(admin, &rollout, ns).await {
+                Ok(total) => {
+                    let recent = match (&total, &previous) {
+                        (Some(t), Some(p)) => Some(t.since(p)),
+                        _ => None,
+                    };
+                    previous = total.clone();
+                    SplitView::Read {
+                        admin: admin.clone(),
+                        total,
+                        recent,
+                    }
+                }
+                Err(e) => SplitView::Failed(format!("{e:#}")),
+            },
+        };
+        let lines = render(&rollout, &sets, &split);
+        let mut out = std::io::stdout().lock();
+        if !args.watch {
+            for l in &lines {
+                writeln!(out, "{l}")?;
+            }
+            return Ok(());
+        }
+        if tty {
+            // Home, clear to the end of the screen, draw: the display updates in place.
+            write!(out, "\x1b[H\x1b[J")?;
+            for l in &lines {
+                writeln!(out, "{l}")?;
+            }
+            writeln!(
+                out,
+                "\n(refreshing every {:.1}s; Ctrl-C to stop)",
+                interval.as_secs_f64()
+            )?;
+        } else {
+            if first {
+                for l in &lines {
+                    writeln!(out, "{l}")?;
+                }
+            }
+            let summary = summary_line(&rollout, &sets, &split);
+            // The time prefix changes every refresh; compare the rest.
+            let key = summary
+                .split_once(' ')
+                .map_or("", |(_, rest)| rest)
+                .to_owned();
+            if key != last_summary || matches!(split, SplitView::Read { .. }) {
+                writeln!(out, "{summary}")?;
+                last_summary = key;
+            }
+        }
+        out.flush()?;
+        first = false;
+        drop(out);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn run_convert(args: &ConvertArgs, namespace: Option<String>) -> Result<()> {
+    let mut objects = Vec::new();
+    for f in &args.files {
+        let (text, source) = if f.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading stdin")?;
+            (s, "stdin".to_owned())
+        } else {
+            (
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+                f.display().to_string(),
+            )
+        };
+        objects.extend(parse_documents(&text, &source)?);
+    }
+    let opts = ConvertOptions {
+        namespace,
+        wasm_url: args.wasm_url.clone(),
+        client_selector: args.client_selector.clone(),
+        decision_header: args.decision_header.clone(),
+        service: args.service.clone(),
+        drop_analysis: args.drop_analysis,
+    };
+    let mut conversion = convert(&objects, &opts)?;
+    if let Some(sha) = &args.wasm_sha256 {
+        for d in &mut conversion.documents {
+            match d.object["kind"].as_str() {
+                Some("CanaryRollout") => {
+                    d.object["spec"]["strategy"]["canary"]["trafficRouting"]["wasm"]["wasmPlugin"]
+                        ["sha256"] = serde_json::json!(sha)
+                }
+                Some("WasmPlugin") => d.object["spec"]["sha256"] = serde_json::json!(sha),
+                _ => {}
+            }
+        }
+    } else if args
+        .wasm_url
+        .as_deref()
+        .is_some_and(|u| !u.starts_with("oci://") && u != DEFAULT_WASM_URL)
+    {
+        conversion.notes.push(
+            "https:// and file:// module URLs need --wasm-sha256 (Istio requires the digest)"
+                .into(),
+        );
+    }
+    print!("{}", conversion.to_yaml()?);
+    let mut err = std::io::stderr().lock();
+    if !conversion.notes.is_empty() {
+        writeln!(err, "Not carried over / check before applying:")?;
+        for n in &conversion.notes {
+            writeln!(err, "  - {n}")?;
+        }
+    }
+    Ok(())
+}
