@@ -1,0 +1,284 @@
+//! `kubectl canary convert` on the fixture demo (tse-gitops-demo): its Argo Rollout and its
+//! Istio configuration (a v1 List inside TSB wrappers) become a CanaryRollout the controller
+//! reads, a hash-selected DestinationRule and the fixed header-routed VirtualService.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use canary_controller::crd::CanaryRollout;
+use canary_controller::steps::{self, Traffic};
+use canary_controller::traffic::destination_rule_subsets;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+fn fixture(path: &str) -> PathBuf {
+    let root = std::env::var("WASM_CANARY_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/work/shared/fixtures/tse-gitops-demo"));
+    root.join(path)
+}
+
+fn kubectl_canary(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+struct Converted {
+    docs: Vec<Value>,
+    stderr: String,
+}
+
+impl Converted {
+    fn kind(&self, kind: &str) -> &Value {
+        self.docs
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} in the output: {:#?}", self.docs))
+    }
+    fn rollout(&self) -> CanaryRollout {
+        serde_json::from_value(self.kind("CanaryRollout").clone())
+            .expect("the output parses as our CanaryRollout type")
+    }
+}
+
+fn convert(extra: &[&str]) -> Converted {
+    let rollout = fixture("argo/rollout/rollout.yaml");
+    let istio = fixture("argo/tse/conf.yaml");
+    let mut args = vec![
+        "convert",
+        "-f",
+        rollout.to_str().unwrap(),
+        "-f",
+        istio.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = kubectl_canary(&args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "convert failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let docs = serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    Converted { docs, stderr }
+}
+
+#[test]
+fn the_fixture_rollout_carries_over_steps_replicas_workload_ref_and_pod_metadata() {
+    let c = convert(&["-n", "bookinfo", "--client-selector", "app=productpage"]);
+    let r = c.rollout();
+    assert_eq!(r.metadata.name.as_deref(), Some("reviews-rollout"));
+    assert_eq!(r.metadata.namespace.as_deref(), Some("bookinfo"));
+    assert_eq!(r.spec.replicas, Some(5));
+    assert_eq!(
+        r.spec.selector.match_labels.as_ref().unwrap()["app"],
+        "reviews"
+    );
+    let w = r.spec.workload_ref.as_ref().unwrap();
+    assert_eq!(
+        (w.api_version.as_str(), w.kind.as_str(), w.name.as_str()),
+        ("apps/v1", "Deployment", "reviews")
+    );
+    let canary = &r.spec.strategy.canary;
+    let weights: Vec<f64> = canary.steps.iter().filter_map(|s| s.set_weight).collect();
+    assert_eq!(weights, [10.0, 20.0, 40.0, 60.0, 80.0]);
+    let pauses: Vec<Value> = canary
+        .steps
+        .iter()
+        .filter_map(|s| s.pause.as_ref()?.duration.clone())
+        .collect();
+    assert_eq!(
+        pauses,
+        [
+            json!("10m"),
+            json!("5m"),
+            json!("5m"),
+            json!("5m"),
+            json!("5m")
+        ]
+    );
+    assert_eq!(
+        canary.steps.len(),
+        10,
+        "steps stay in order, none added or lost"
+    );
+    let cm = canary.canary_metadata.as_ref().unwrap();
+    assert_eq!(cm.labels["version"], "canary");
+    assert_eq!(cm.labels["service.istio.io/canonical-revision"], "canary");
+    assert_eq!(cm.annotations["version"], "canary");
+    let sm = canary.stable_metadata.as_ref().unwrap();
+    assert_eq!(sm.labels["version"], "stable");
+    assert_eq!(sm.annotations["version"], "stable");
+    let wasm = &canary.traffic_routing.wasm;
+    assert_eq!(wasm.service, "reviews");
+    assert_eq!(wasm.destination_rule.name, "reviews");
+    assert_eq!(
+        wasm.wasm_plugin.selector.as_ref().unwrap()["app"],
+        "productpage"
+    );
+}
+
+#[test]
+fn the_background_analysis_is_reported_as_not_carried_and_the_rest_validates_once_it_is_removed() {
+    let c = convert(&[]);
+    assert!(
+        c.stderr.contains("analysis") && c.stderr.contains("not supported"),
+        "stderr names the analysis: {}",
+        c.stderr
+    );
+    let mut r = c.rollout();
+    // Carried so the controller refuses it rather than running without metric checks.
+    assert!(r.spec.strategy.canary.analysis.is_some());
+    assert!(steps::validate(&r.spec).unwrap_err().contains("analysis"));
+    r.spec.strategy.canary.analysis = None;
+    steps::validate(&r.spec).expect("the controller accepts the converted rollout");
+
+    let dropped = convert(&["--drop-analysis"]).rollout();
+    assert!(dropped.spec.strategy.canary.analysis.is_none());
+    steps::validate(&dropped.spec).unwrap();
+}
+
+#[test]
+fn what_cannot_be_carried_over_is_said_on_stderr() {
+    let c = convert(&[]);
+    for expected in [
+        "TSB wrappers ignored",
+        "tsb.tetrate.io/v2 Tenant/tse",
+        "wasmPlugin.url",
+        "wasmPlugin.selector not set",
+        "subset stable: label(s) version removed",
+        "DestinationRule/productpage",
+    ] {
+        assert!(
+            c.stderr.contains(expected),
+            "stderr mentions {expected:?}: {}",
+            c.stderr
+        );
+    }
+    // Only what changes is printed: the rollout, its DestinationRule and VirtualService, and
+    // the server-side WasmPlugin.
+    let kinds: Vec<&str> = c.docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CanaryRollout",
+            "DestinationRule",
+            "VirtualService",
+            "WasmPlugin"
+        ]
+    );
+}
+
+#[test]
+fn the_destination_rule_selects_by_hash_only_and_the_controller_can_fill_both_subsets() {
+    let c = convert(&["-n", "bookinfo"]);
+    let dr = c.kind("DestinationRule");
+    assert_eq!(dr["apiVersion"], "networking.istio.io/v1");
+    assert_eq!(dr["metadata"]["name"], "reviews");
+    assert_eq!(dr["spec"]["host"], "reviews");
+    let subsets = dr["spec"]["subsets"].as_array().unwrap();
+    let names: Vec<&str> = subsets
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stable", "canary"]);
+    for s in subsets {
+        // `version` comes from canary/stableMetadata: pods keep it after a promotion, so a
+        // subset selecting on it would lose its pods.
+        assert_eq!(s["labels"], json!({"app": "reviews"}), "{s}");
+    }
+    let traffic = Traffic {
+        stable_hash: "6c9f8d5b7d".into(),
+        canary_hash: "84b7c6f5d9".into(),
+        canary_weight: 1_000,
+        header_routes: Vec::new(),
+    };
+    let filled = destination_rule_subsets(&c.rollout(), dr, &traffic).expect("subsets found");
+    assert_eq!(
+        filled[0]["labels"]["rollouts-pod-template-hash"],
+        "6c9f8d5b7d"
+    );
+    assert_eq!(
+        filled[1]["labels"]["rollouts-pod-template-hash"],
+        "84b7c6f5d9"
+    );
+}
+
+#[test]
+fn the_virtual_service_becomes_the_fixed_header_routed_one_we_ship() {
+    let c = convert(&["-n", "bookinfo"]);
+    let vs = c.kind("VirtualService");
+    assert_eq!(vs["apiVersion"], "networking.istio.io/v1");
+    let shipped: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wasm-plugin/virtualservice.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        vs["spec"], shipped["spec"],
+        "same routes as wasm-plugin/virtualservice.yaml"
+    );
+    assert!(
+        !serde_json::to_string(vs).unwrap().contains("weight"),
+        "no weight left in the VirtualService"
+    );
+    let wp = c.kind("WasmPlugin");
+    assert_eq!(wp["spec"]["match"], json!([{"mode": "SERVER"}]));
+    assert_eq!(wp["spec"]["pluginConfig"], json!({"mode": "server"}));
+    canary_core::PluginConfig::from_value(&wp["spec"]["pluginConfig"])
+        .expect("the filter parses the server pluginConfig");
+}
+
+#[test]
+fn multi_document_input_on_stdin_converts_the_same_as_separate_files() {
+    let text = format!(
+        "{}\n---\n{}",
+        std::fs::read_to_string(fixture("argo/rollout/rollout.yaml")).unwrap(),
+        std::fs::read_to_string(fixture("argo/tse/conf.yaml")).unwrap()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
+        .args(["convert", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let separate = kubectl_canary(&[
+        "convert",
+        "-f",
+        fixture("argo/rollout/rollout.yaml").to_str().unwrap(),
+        "-f",
+        fixture("argo/tse/conf.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.stdout, separate.stdout);
+}
+
+#[test]
+fn input_without_a_rollout_is_refused_with_what_to_pass() {
+    let out = kubectl_canary(&[
+        "convert",
+        "-f",
+        fixture("argo/tse/conf.yaml").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("no Argo Rollout") && stderr.contains("-f"),
+        "{stderr}"
+    );
+}
