@@ -322,12 +322,14 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
     ];
     match later {
         Some(i) => how.push(format!(
-            "  - step {i} sets {}: run `kubectl canary promote {name} -n {ns}` at each pause until step {i} runs",
+            "  - step {} sets {}: run `kubectl canary promote {name} -n {ns}` at each pause until it runs",
+            i + 1,
             format_weight(bp)
         )),
         None => how.push(format!(
             "  - edit the steps (`kubectl edit canaryrollout {name} -n {ns}`) and insert `- setWeight: {weight}` followed by \
-             `- pause: {{}}` after step {current}; the controller moves to it when the current step completes (promote to skip a pause)"
+             `- pause: {{}}` after step {}; the controller moves to it when the current step completes (promote to skip a pause)",
+            current + 1
         )),
     }
     how.push(format!(

@@ -113,10 +113,11 @@ pub fn fetch_stats(admin_url: &str, timeout: Duration) -> Result<Value> {
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
+    // One write: a request split over several segments confuses minimal servers.
+    let request = format!(
         "GET /stats?format=json&filter=wasmcanary HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream
         .take(64 << 20)

@@ -195,6 +195,7 @@ pub fn render(
     for s in &status.scale_downs {
         out.push(format!("Scale-down: {} at {}", s.hash, s.at));
     }
+    // Numbered from 1, as the controller's messages and `status.currentStep` count them.
     out.push(format!("Steps ({}):", steps.len()));
     let current = status
         .current_step_index
@@ -207,7 +208,7 @@ pub fn render(
             _ => ("  ", ""),
         };
         out.push(
-            format!("  {mark} {i:>2}  {:<40} {state}", describe_step(step))
+            format!("  {mark} {:>2}  {:<40} {state}", i + 1, describe_step(step))
                 .trim_end()
                 .to_owned(),
         );
