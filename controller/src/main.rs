@@ -56,7 +56,13 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let client = kube::Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    info!(server = %version.git_version, "connected to the API server");
     let metrics = Arc::new(Metrics::default());
+    // Ready means "connected and able to take over": a standby replica is ready too, so a
+    // Deployment of two rolls and reports available while only the leader acts (see the
+    // `wasm_canary_leader` gauge for which one leads).
+    metrics.set_ready(true);
     let server = tokio::spawn(serve(args.metrics_addr, metrics.clone()));
     info!(addr = %args.metrics_addr, "serving /metrics /healthz /readyz");
     let ctx = Arc::new(Context::with_metrics(client.clone(), metrics.clone()));

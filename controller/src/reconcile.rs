@@ -442,6 +442,7 @@ async fn apply_replica_sets(
             )
             .await
             .map_err(kube_err(format!("applying ReplicaSet {rs_name}")))?;
+            relabel_pods(api, rollout, hash, role.as_ref()).await?;
         } else if plan.replicas.contains_key(hash) {
             // An older template: only its size changes. Its template is not ours to rewrite.
             match api
@@ -460,6 +461,84 @@ async fn apply_replica_sets(
                 }
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// Pods keep the labels they were created with; a promotion turns canary pods into stable ones.
+/// Bring the role labels and annotations (canaryMetadata/stableMetadata) of running pods in line
+/// with their ReplicaSet's current role, as Argo Rollouts does, so telemetry keyed on e.g.
+/// `version` or `service.istio.io/canonical-revision` is right after a promotion. Traffic never
+/// depends on these labels: the DestinationRule subsets select by pod-template hash.
+async fn relabel_pods(
+    api: &Api<ReplicaSet>,
+    rollout: &CanaryRollout,
+    hash: &str,
+    role: Option<&crate::crd::PodMetadata>,
+) -> Result<()> {
+    let canary = &rollout.spec.strategy.canary;
+    let role_keys = |m: &Option<crate::crd::PodMetadata>| {
+        m.iter()
+            .flat_map(|m| {
+                m.labels
+                    .keys()
+                    .chain(m.annotations.keys())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    if role_keys(&canary.canary_metadata).is_empty()
+        && role_keys(&canary.stable_metadata).is_empty()
+    {
+        return Ok(());
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(
+        api.clone().into_client(),
+        &rollout.namespace().unwrap_or_default(),
+    );
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{POD_TEMPLATE_HASH_LABEL}={hash}")))
+        .await
+        .map_err(kube_err("listing pods to relabel"))?;
+    for pod in list.items {
+        let mut labels = serde_json::Map::new();
+        let mut annotations = serde_json::Map::new();
+        for other in [&canary.canary_metadata, &canary.stable_metadata]
+            .into_iter()
+            .flatten()
+        {
+            for k in other.labels.keys() {
+                labels.insert(k.clone(), Value::Null);
+            }
+            for k in other.annotations.keys() {
+                annotations.insert(k.clone(), Value::Null);
+            }
+        }
+        if let Some(m) = role {
+            for (k, v) in &m.labels {
+                labels.insert(k.clone(), json!(v));
+            }
+            for (k, v) in &m.annotations {
+                annotations.insert(k.clone(), json!(v));
+            }
+        }
+        let current_labels = pod.labels();
+        let current_annotations = pod.annotations();
+        let differs = |want: &serde_json::Map<String, Value>, have: &BTreeMap<String, String>| {
+            want.iter()
+                .any(|(k, v)| v.as_str() != have.get(k).map(String::as_str))
+        };
+        if differs(&labels, current_labels) || differs(&annotations, current_annotations) {
+            let name = pod.name_any();
+            pods.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": labels, "annotations": annotations}})),
+            )
+            .await
+            .map_err(kube_err(format!("relabelling pod {name}")))?;
         }
     }
     Ok(())

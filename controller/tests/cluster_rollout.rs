@@ -368,6 +368,27 @@ async fn a_full_progression_moves_the_weight_step_by_step_then_promotes_and_scal
     .await;
     assert_eq!(env.replicas(&v1).await, Some(0));
     assert_eq!(env.replicas(&v2).await, Some(5));
+    // The promoted pods were created as canary pods; they now carry the stable metadata.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let promoted = pods
+        .list(&ListParams::default().labels(&format!("rollouts-pod-template-hash={v2}")))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(promoted.len(), 5);
+    for p in &promoted {
+        assert_eq!(
+            p.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("version")
+                .map(String::as_str),
+            Some("stable"),
+            "{:?}",
+            p.metadata.name
+        );
+    }
 
     let ev: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
     let reasons: BTreeSet<String> = ev
