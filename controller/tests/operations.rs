@@ -1,7 +1,13 @@
 //! Running the controller in production: two replicas with leader election (only the leader
 //! acts; the other takes over when it dies and the rollout continues), and the metrics and
 //! health endpoints. Against a real API server; the tests play kubelet.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +28,29 @@ use tokio::task::JoinHandle;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn setup(ns: &str) -> (Arc<ControlPlane>, Client, JoinHandle<()>) {
-    let plane = ControlPlane::shared().await.expect("control plane (run `make cluster-build` first)");
+    let plane = ControlPlane::shared()
+        .await
+        .expect("control plane (run `make cluster-build` first)");
     let client = plane.client().await.unwrap();
     plane.create_namespace(&client, ns).await.unwrap();
-    plane.install_crds(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml")).await.unwrap();
-    let dr: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
+    plane
+        .install_crds(
+            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml"),
+        )
+        .await
+        .unwrap();
+    let dr: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
     let rule = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "reviews", "namespace": ns},
         "spec": {"host": "reviews", "subsets": [{"name": "stable", "labels": {"app": "reviews"}}, {"name": "canary", "labels": {"app": "reviews"}}]}});
-    dr.patch("reviews", &PatchParams::apply("platform-team"), &Patch::Apply(&rule)).await.unwrap();
+    dr.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(&rule),
+    )
+    .await
+    .unwrap();
     let (c, n) = (client.clone(), ns.to_owned());
     // Plays kubelet: every Pod of the namespace becomes Running and Ready.
     let kubelet = tokio::spawn(async move {
@@ -39,10 +59,23 @@ async fn setup(ns: &str) -> (Arc<ControlPlane>, Client, JoinHandle<()>) {
         loop {
             if let Ok(list) = pods.list(&ListParams::default()).await {
                 for p in list.items {
-                    let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
                     if !ready && p.metadata.deletion_timestamp.is_none() {
                         ip += 1;
-                        let _ = kubelet::run_pod(&c, &n, p.metadata.name.as_deref().unwrap_or_default(), &format!("192.0.2.{}", ip % 250 + 2), true).await;
+                        let _ = kubelet::run_pod(
+                            &c,
+                            &n,
+                            p.metadata.name.as_deref().unwrap_or_default(),
+                            &format!("192.0.2.{}", ip % 250 + 2),
+                            true,
+                        )
+                        .await;
                     }
                 }
             }
@@ -60,14 +93,22 @@ fn rollout(ns: &str, image: &str) -> serde_json::Value {
                 "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://registry.example.com/f:1"}, "destinationRule": {"name": "reviews"}}}}}}})
 }
 
-async fn until(api: &Api<CanaryRollout>, what: &str, check: impl Fn(&CanaryRollout) -> bool) -> CanaryRollout {
+async fn until(
+    api: &Api<CanaryRollout>,
+    what: &str,
+    check: impl Fn(&CanaryRollout) -> bool,
+) -> CanaryRollout {
     let start = tokio::time::Instant::now();
     loop {
         let r = api.get("reviews").await.unwrap();
         if check(&r) {
             return r;
         }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}: {:#?}", r.status);
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}: {:#?}",
+            r.status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -92,12 +133,21 @@ fn start_replica(client: &Client, ns: &str, name: &'static str) -> Replica {
         let ctx = Arc::new(Context::with_metrics(c.clone(), m.clone()));
         let _ = run_as_leader(c, cfg, &m, run_with(ctx, Some(n))).await;
     });
-    Replica { name, metrics, task }
+    Replica {
+        name,
+        metrics,
+        task,
+    }
 }
 
 async fn holder(client: &Client, ns: &str) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-    leases.get_opt("wasm-canary-controller").await.unwrap()?.spec?.holder_identity
+    leases
+        .get_opt("wasm-canary-controller")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,29 +157,72 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     let a = start_replica(&client, ns, "replica-a");
     let b = start_replica(&client, ns, "replica-b");
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
-    api.patch("reviews", &PatchParams::apply("platform-team"), &Patch::Apply(rollout(ns, "reviews:v1"))).await.unwrap();
-    until(&api, "the first version stable", |r| r.status.as_ref().is_some_and(|s| s.phase == Phase::Healthy)).await;
-    api.patch("reviews", &PatchParams::apply("platform-team"), &Patch::Apply(rollout(ns, "reviews:v2"))).await.unwrap();
+    api.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(rollout(ns, "reviews:v1")),
+    )
+    .await
+    .unwrap();
+    until(&api, "the first version stable", |r| {
+        r.status.as_ref().is_some_and(|s| s.phase == Phase::Healthy)
+    })
+    .await;
+    api.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(rollout(ns, "reviews:v2")),
+    )
+    .await
+    .unwrap();
     until(&api, "20%", |r| weight(r) == 2_000).await;
 
     let leader_name = holder(&client, ns).await.expect("a lease holder");
-    let (leader, follower) = if leader_name == a.name { (a, b) } else { (b, a) };
+    let (leader, follower) = if leader_name == a.name {
+        (a, b)
+    } else {
+        (b, a)
+    };
     assert!(leader.metrics.reconciles.get() > 0, "the leader reconciles");
-    assert_eq!(follower.metrics.reconciles.get(), 0, "the follower never acts while the leader lives");
-    assert_eq!((leader.metrics.leader.get(), follower.metrics.leader.get()), (1, 0));
+    assert_eq!(
+        follower.metrics.reconciles.get(),
+        0,
+        "the follower never acts while the leader lives"
+    );
+    assert_eq!(
+        (leader.metrics.leader.get(), follower.metrics.leader.get()),
+        (1, 0)
+    );
 
     // The leader dies without releasing the lease (as on a node failure).
     leader.task.abort();
     let _ = leader.task.await;
-    api.patch("reviews", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"wasmcanary.io/promote": "step"}}})))
-        .await
-        .unwrap();
-    let r = until(&api, "the follower to take over and continue to 50%", |r| weight(r) == 5_000).await;
-    assert_eq!(r.status.unwrap().current_step_index, Some(3), "continued from where the dead leader stopped");
+    api.patch(
+        "reviews",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"wasmcanary.io/promote": "step"}}})),
+    )
+    .await
+    .unwrap();
+    let r = until(&api, "the follower to take over and continue to 50%", |r| {
+        weight(r) == 5_000
+    })
+    .await;
+    assert_eq!(
+        r.status.unwrap().current_step_index,
+        Some(3),
+        "continued from where the dead leader stopped"
+    );
     assert_eq!(holder(&client, ns).await.as_deref(), Some(follower.name));
     assert!(follower.metrics.reconciles.get() > 0);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-    let transitions = leases.get("wasm-canary-controller").await.unwrap().spec.unwrap().lease_transitions;
+    let transitions = leases
+        .get("wasm-canary-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .lease_transitions;
     assert_eq!(transitions, Some(1), "exactly one hand-over");
     follower.task.abort();
     kubelet.abort();
@@ -137,11 +230,18 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    (
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,15 +253,37 @@ async fn metrics_show_reconciles_phase_and_weight_per_rollout_and_health_endpoin
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve_on(listener, metrics.clone()));
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
-    assert_eq!(http_get(addr, "/readyz").await.0, 503, "not ready before the controller runs");
+    assert_eq!(
+        http_get(addr, "/readyz").await.0,
+        503,
+        "not ready before the controller runs"
+    );
 
     let ctx = Arc::new(Context::with_metrics(client.clone(), metrics.clone()));
     let controller = tokio::spawn(run_with(ctx, Some(ns.to_owned())));
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
-    api.patch("reviews", &PatchParams::apply("platform-team"), &Patch::Apply(rollout(ns, "reviews:v1"))).await.unwrap();
-    until(&api, "stable", |r| r.status.as_ref().is_some_and(|s| s.phase == Phase::Healthy)).await;
-    api.patch("reviews", &PatchParams::apply("platform-team"), &Patch::Apply(rollout(ns, "reviews:v2"))).await.unwrap();
-    until(&api, "20%", |r| weight(r) == 2_000 && r.status.as_ref().is_some_and(|s| s.phase == Phase::Paused)).await;
+    api.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(rollout(ns, "reviews:v1")),
+    )
+    .await
+    .unwrap();
+    until(&api, "stable", |r| {
+        r.status.as_ref().is_some_and(|s| s.phase == Phase::Healthy)
+    })
+    .await;
+    api.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(rollout(ns, "reviews:v2")),
+    )
+    .await
+    .unwrap();
+    until(&api, "20%", |r| {
+        weight(r) == 2_000 && r.status.as_ref().is_some_and(|s| s.phase == Phase::Paused)
+    })
+    .await;
 
     assert_eq!(http_get(addr, "/readyz").await.0, 200);
     let (status, body) = http_get(addr, "/metrics").await;
@@ -171,7 +293,10 @@ async fn metrics_show_reconciles_phase_and_weight_per_rollout_and_health_endpoin
         r#"wasm_canary_rollout_phase{namespace="metrics",rollout="reviews",phase="Paused"} 1"#,
         r#"wasm_canary_rollout_phase{namespace="metrics",rollout="reviews",phase="Healthy"} 0"#,
     ] {
-        assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
     }
     let reconciles: u64 = body
         .lines()
