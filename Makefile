@@ -42,6 +42,7 @@ oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to
 
 crd: ## Regenerate the CanaryRollout CRD YAML from the Rust types (committed; a test checks it)
 	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
+	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- the_committed_analysistemplate_crd_is_fresh
 
 test: setup wasm cluster-build ## Run every test: unit, wasm-bindgen, controller and control plane (real API server), Envoy end-to-end
 	cargo test --workspace --exclude wasm-canary-e2e

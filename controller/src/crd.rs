@@ -11,6 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::analysis::{AnalysisRunStatus, RolloutAnalysis};
+
 /// A canary rollout: runs a new pod template next to the current one and moves traffic to it
 /// step by step through the wasm-canary filter, then promotes it or rolls back.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -94,11 +96,10 @@ pub struct CanaryStrategy {
     /// stable). Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_scale_down_delay_seconds: Option<i32>,
-    /// Background analysis (Argo's `strategy.canary.analysis`). Not supported yet: a rollout
-    /// that sets it is refused with a status message, never run without its analysis.
+    /// Background analysis (Argo's `strategy.canary.analysis`): measured from `startingStep`
+    /// until the canary is promoted; Failed or Error aborts, Inconclusive pauses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object")]
-    pub analysis: Option<serde_json::Value>,
+    pub analysis: Option<RolloutAnalysis>,
     /// How traffic is split.
     pub traffic_routing: TrafficRouting,
 }
@@ -129,11 +130,11 @@ pub struct CanaryStep {
     /// A route with no `match` removes the route of that name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_header_route: Option<SetHeaderRoute>,
-    /// Inline analysis (Argo's analysis step). Not supported yet: the rollout stops at this step
-    /// with a status message; it is never skipped.
+    /// Inline analysis (Argo's analysis step): the step completes when the analysis is
+    /// Successful; Failed or Error aborts, Inconclusive pauses until promoted. Its metrics need
+    /// a finite `count`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object")]
-    pub analysis: Option<serde_json::Value>,
+    pub analysis: Option<RolloutAnalysis>,
 }
 
 /// A pause step.
@@ -316,6 +317,13 @@ pub struct CanaryRolloutStatus {
     /// Whether the rollout is aborted (traffic on stable).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aborted: bool,
+    /// Analysis runs of the current canary (background and steps) with their measurements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis_runs: Vec<AnalysisRunStatus>,
+    /// The abort was decided by a failed analysis, not by `spec.abort`. Retry: set
+    /// `spec.abort` to true, then back to false (`kubectl canary abort`, then `retry`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub analysis_aborted: bool,
     /// The spec generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -332,10 +340,6 @@ pub struct ScheduledScaleDown {
     pub hash: String,
     /// When to scale it to zero (RFC 3339).
     pub at: String,
-}
-
-fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
 fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

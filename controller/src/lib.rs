@@ -7,6 +7,7 @@
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
 
+pub mod analysis;
 pub mod crd;
 pub mod hash;
 pub mod leader;

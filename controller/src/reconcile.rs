@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
@@ -22,9 +23,13 @@ use tracing::{info, warn, Instrument};
 use canary_core::config::POD_TEMPLATE_HASH_LABEL;
 use canary_core::PluginConfig;
 
+use crate::analysis::provider;
+use crate::analysis::{
+    AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, Measurement, TakenMeasurement,
+};
 use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
 use crate::hash::pod_template_hash;
-use crate::steps::{self, Observed, ObservedReplicaSet, Plan, Promote, Traffic};
+use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Traffic};
 use crate::telemetry::{ErrorLabels, Metrics, RolloutLabels};
 use crate::traffic;
 use crate::{kube_err, Error, Result, FIELD_MANAGER};
@@ -211,15 +216,23 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         Some(_) => Some(Promote::Step),
         None => None,
     };
-    let observed = Observed {
+    let mut observed = Observed {
         template_hash: template_hash.clone(),
         replica_sets,
         promote,
         generation: rollout.metadata.generation,
         now: Utc::now(),
+        analysis_templates: analysis_templates(client, &ns, &rollout).await?,
+        measurements: Vec::new(),
     };
     let status = rollout.status.clone().unwrap_or_default();
     let mut plan = steps::plan(&rollout.spec, &status, &observed);
+    if !plan.measure.is_empty() {
+        // Take what the plan says is due, then plan again from the same status with them: the
+        // decision is made by the pure step logic from recorded measurements.
+        observed.measurements = take_measurements(client, &ns, &plan.measure, observed.now).await;
+        plan = steps::plan(&rollout.spec, &status, &observed);
+    }
 
     if let Some(traffic) = &plan.traffic {
         if let Err(message) = apply_traffic(client, &ns, &rollout, traffic).await? {
@@ -270,7 +283,9 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     for t in &plan.transitions {
         info!(reason = t.reason, message = %t.message, "transition");
         let event = Event {
-            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled") {
+            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled")
+                || (t.reason == "AnalysisCompleted" && !t.message.contains("Successful"))
+            {
                 EventType::Warning
             } else {
                 EventType::Normal
@@ -287,6 +302,95 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(200)
     })))
+}
+
+/// The AnalysisTemplates the rollout references (a missing one is left out; the plan says so).
+async fn analysis_templates(
+    client: &Client,
+    ns: &str,
+    rollout: &CanaryRollout,
+) -> Result<BTreeMap<String, AnalysisTemplateSpec>> {
+    let canary = &rollout.spec.strategy.canary;
+    let names: std::collections::BTreeSet<&str> = canary
+        .analysis
+        .iter()
+        .chain(canary.steps.iter().filter_map(|s| s.analysis.as_ref()))
+        .flat_map(|a| a.templates.iter().map(|t| t.template_name.as_str()))
+        .collect();
+    let mut out = BTreeMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        if let Some(t) = api
+            .get_opt(name)
+            .await
+            .map_err(kube_err(format!("reading AnalysisTemplate {name}")))?
+        {
+            out.insert(name.to_owned(), t.spec);
+        }
+    }
+    Ok(out)
+}
+
+/// Takes the measurements, concurrently; Secret-backed arguments are read just before and
+/// never stored. A Secret that cannot be read makes an Error measurement.
+async fn take_measurements(
+    client: &Client,
+    ns: &str,
+    requests: &[MeasureRequest],
+    now: chrono::DateTime<Utc>,
+) -> Vec<TakenMeasurement> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let one = |r: &MeasureRequest| {
+        let secrets = secrets.clone();
+        let r = r.clone();
+        async move {
+            let mut values = BTreeMap::new();
+            let mut failure = None;
+            for (arg, key_ref) in &r.secrets {
+                let value = secrets
+                    .get_opt(&key_ref.name)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| s.ok_or_else(|| "not found".to_owned()))
+                    .and_then(|s| {
+                        s.data
+                            .and_then(|d| d.get(&key_ref.key).cloned())
+                            .ok_or_else(|| format!("has no key {}", key_ref.key))
+                    })
+                    .and_then(|b| String::from_utf8(b.0).map_err(|_| "value is not UTF-8".into()));
+                match value {
+                    Ok(v) => {
+                        values.insert(arg.clone(), v);
+                    }
+                    Err(e) => {
+                        failure = Some(format!(
+                            "argument {arg}: Secret {} key {}: {e}",
+                            key_ref.name, key_ref.key
+                        ));
+                    }
+                }
+            }
+            let measurement = match failure {
+                Some(message) => Measurement {
+                    phase: AnalysisPhase::Error,
+                    message: Some(message),
+                    started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    ..Measurement::default()
+                },
+                None => provider::measure(&r.metric, &values, now).await,
+            };
+            info!(run = %r.run, metric = %r.metric.name, phase = ?measurement.phase, value = measurement.value.as_deref().unwrap_or_default(), message = measurement.message.as_deref().unwrap_or_default(), "measurement");
+            TakenMeasurement {
+                run: r.run,
+                metric: r.metric.name,
+                measurement,
+            }
+        }
+    };
+    futures::future::join_all(requests.iter().map(one)).await
 }
 
 async fn pod_template(client: &Client, ns: &str, rollout: &CanaryRollout) -> Result<Value> {

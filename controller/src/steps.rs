@@ -7,14 +7,24 @@
 //!   available for it;
 //! - on abort, weight 0 and no header routes are planned at once, the canary scale-down only
 //!   after `abortScaleDownDelaySeconds`;
-//! - timers live in the status (`stepStartedAt`, `scaleDowns`), so a restarted controller
-//!   resumes exactly where it stopped.
+//! - timers live in the status (`stepStartedAt`, `scaleDowns`, analysis measurements), so a
+//!   restarted controller resumes exactly where it stopped;
+//! - analysis decides from recorded measurements only: the plan lists the measurements due
+//!   ([`Plan::measure`]), the I/O layer takes them and plans again with them in
+//!   [`Observed::measurements`]. A Failed or Error analysis aborts (the abort path above), an
+//!   Inconclusive one pauses until promoted.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::analysis::run::validate_metric;
+use crate::analysis::template::{resolve, SecretKeyRef};
+use crate::analysis::{
+    AnalysisPhase, AnalysisRunStatus, AnalysisTemplateSpec, Metric, RolloutAnalysis,
+    TakenMeasurement,
+};
 use crate::crd::{
     CanaryRolloutSpec, CanaryRolloutStatus, CanaryStep, Phase, ScheduledScaleDown, SetHeaderRoute,
 };
@@ -43,8 +53,16 @@ pub enum Promote {
     Full,
 }
 
+/// Name of the background analysis run.
+pub const BACKGROUND_RUN: &str = "background";
+
+/// Name of the analysis run of step `index`.
+pub fn step_run_name(index: usize) -> String {
+    format!("step-{index}")
+}
+
 /// What the controller sees.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// Hash of the pod template in the spec (or the referenced Deployment).
     pub template_hash: String,
@@ -56,6 +74,10 @@ pub struct Observed {
     pub generation: Option<i64>,
     /// The current time.
     pub now: DateTime<Utc>,
+    /// The AnalysisTemplates the rollout references, by name (absent: not found).
+    pub analysis_templates: BTreeMap<String, AnalysisTemplateSpec>,
+    /// Measurements taken for this plan (those the previous plan with the same status asked for).
+    pub measurements: Vec<TakenMeasurement>,
 }
 
 impl Observed {
@@ -96,6 +118,17 @@ pub struct Transition {
     pub message: String,
 }
 
+/// A measurement to take now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasureRequest {
+    /// Analysis run name.
+    pub run: String,
+    /// The metric, arguments substituted except `secrets`.
+    pub metric: Metric,
+    /// Arguments to read from Secrets just before measuring.
+    pub secrets: BTreeMap<String, SecretKeyRef>,
+}
+
 /// What the controller should make true.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -113,6 +146,8 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// The promote request was acted on and should be removed.
     pub promote_consumed: bool,
+    /// Measurements due now: take them and plan again with them in [`Observed::measurements`].
+    pub measure: Vec<MeasureRequest>,
 }
 
 /// Canary pods needed for a weight: ceil(replicas x weight), and at least one while header
@@ -183,10 +218,21 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
         }
     }
     let canary = &spec.strategy.canary;
-    if canary.analysis.is_some() {
-        return Err("spec.strategy.canary.analysis: analysis is not supported by this controller version; \
-                    remove it to run the rollout without metric checks (it is never skipped silently)"
-            .into());
+    if let Some(a) = &canary.analysis {
+        if a.templates.is_empty() {
+            return Err(
+                "spec.strategy.canary.analysis.templates must name at least one AnalysisTemplate"
+                    .into(),
+            );
+        }
+        if let Some(s) = a.starting_step {
+            if s < 0 || s as usize > canary.steps.len() {
+                return Err(format!(
+                    "spec.strategy.canary.analysis.startingStep {s} is outside 0..={}",
+                    canary.steps.len()
+                ));
+            }
+        }
     }
     for (i, step) in canary.steps.iter().enumerate() {
         let set = [
@@ -200,11 +246,17 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
                 "steps[{i}] must set exactly one of setWeight, pause, setHeaderRoute, analysis"
             ));
         }
-        if step.analysis.is_some() {
-            return Err(format!(
-                "steps[{i}].analysis: analysis steps are not supported by this controller version; \
-                 the rollout will not run without them (they are never skipped silently)"
-            ));
+        if let Some(a) = &step.analysis {
+            if a.templates.is_empty() {
+                return Err(format!(
+                    "steps[{i}].analysis.templates must name at least one AnalysisTemplate"
+                ));
+            }
+            if a.starting_step.is_some() {
+                return Err(format!(
+                    "steps[{i}].analysis.startingStep is only for strategy.canary.analysis"
+                ));
+            }
         }
         if let Some(w) = step.set_weight {
             weight_basis_points(w).map_err(|e| format!("steps[{i}].{e}"))?;
@@ -228,6 +280,38 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
                     })?;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the rollout's analysis against its templates: every template found, every argument
+/// given, every metric valid (conditions compile), step metrics finite.
+pub fn validate_analysis(
+    spec: &CanaryRolloutSpec,
+    templates: &BTreeMap<String, AnalysisTemplateSpec>,
+) -> Result<(), String> {
+    let canary = &spec.strategy.canary;
+    let check = |where_: String, a: &RolloutAnalysis, finite: bool| -> Result<(), String> {
+        let resolved =
+            resolve(a, templates, "stable", "canary").map_err(|e| format!("{where_}: {e}"))?;
+        for m in &resolved.metrics {
+            validate_metric(m).map_err(|e| format!("{where_}: {e}"))?;
+            if finite && crate::analysis::run::effective_count(m).is_none() {
+                return Err(format!(
+                    "{where_}: metric {} has an interval and no count: it would never complete a step (give it a count)",
+                    m.name
+                ));
+            }
+        }
+        Ok(())
+    };
+    if let Some(a) = &canary.analysis {
+        check("spec.strategy.canary.analysis".into(), a, false)?;
+    }
+    for (i, step) in canary.steps.iter().enumerate() {
+        if let Some(a) = &step.analysis {
+            check(format!("steps[{i}].analysis"), a, true)?;
         }
     }
     Ok(())
@@ -258,9 +342,12 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
         transitions: Vec::new(),
         requeue: None,
         promote_consumed: false,
+        created_runs: Vec::new(),
     };
     p.status.observed_generation = obs.generation;
-    if let Err(message) = validate(spec) {
+    if let Err(message) =
+        validate(spec).and_then(|()| validate_analysis(spec, &obs.analysis_templates))
+    {
         p.status.phase = Phase::Degraded;
         p.status.message = Some(message);
         return p.finish(None, BTreeMap::new(), None);
@@ -275,6 +362,8 @@ struct Planner<'a> {
     transitions: Vec<Transition>,
     requeue: Option<Duration>,
     promote_consumed: bool,
+    /// Runs started by this plan: their first measurement is taken on the next reconcile.
+    created_runs: Vec<String>,
 }
 
 impl Planner<'_> {
@@ -312,6 +401,8 @@ impl Planner<'_> {
                 );
                 self.schedule_scale_down(&canary, now);
                 self.status.aborted = false;
+                self.status.analysis_aborted = false;
+                self.status.analysis_runs.clear();
                 self.status.header_routes.clear();
             }
             return self.steady(stable);
@@ -330,10 +421,14 @@ impl Planner<'_> {
             self.status.canary_weight = 0;
             self.status.header_routes.clear();
             self.status.aborted = false;
+            self.status.analysis_aborted = false;
+            self.status.analysis_runs.clear();
             self.status.step_started_at = Some(rfc3339(now));
         }
         let canary = desired;
         if self.spec.abort {
+            // The user owns the abort now; setting spec.abort back to false retries.
+            self.status.analysis_aborted = false;
             if !self.status.aborted {
                 self.status.aborted = true;
                 let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
@@ -353,14 +448,71 @@ impl Planner<'_> {
                 Some("aborted: traffic on stable; set spec.abort=false to retry".into());
             return self.canary_plan(stable, canary, 0);
         }
+        if self.status.aborted && self.status.analysis_aborted {
+            self.status.canary_weight = 0;
+            self.status.header_routes.clear();
+            self.status.phase = Phase::Aborted;
+            let why = self
+                .status
+                .analysis_runs
+                .iter()
+                .find(|r| matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error))
+                .map(|r| {
+                    format!(
+                        "analysis {} {:?}: {}",
+                        r.name,
+                        r.phase,
+                        r.message.as_deref().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "analysis failed".into());
+            self.status.message = Some(format!(
+                "aborted by {why}; traffic on stable. Retry: spec.abort true then false (kubectl canary abort, then retry)"
+            ));
+            return self.canary_plan(stable, canary, 0);
+        }
         if self.status.aborted {
             self.status.aborted = false;
+            self.status.analysis_runs.clear();
             self.status.scale_downs.retain(|s| s.hash != canary);
             self.status.current_step_index = Some(0);
             self.status.canary_weight = 0;
             self.status.header_routes.clear();
             self.status.step_started_at = Some(rfc3339(now));
             self.note("Retried", format!("retrying canary {canary} from step 0"));
+        }
+        self.record_measurements(&stable, &canary);
+        if let Some(run) = self
+            .status
+            .analysis_runs
+            .iter()
+            .find(|r| matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error))
+            .cloned()
+        {
+            return self.abort_by_analysis(stable, canary, &run);
+        }
+        if let Some(i) = self
+            .status
+            .analysis_runs
+            .iter()
+            .position(|r| r.step_index.is_none() && r.phase == AnalysisPhase::Inconclusive)
+        {
+            if self.obs.promote == Some(Promote::Step) {
+                self.promote_consumed = true;
+                self.status.analysis_runs.remove(i);
+                self.note(
+                    "AnalysisRestarted",
+                    "background analysis was inconclusive; promoted: it starts again".into(),
+                );
+            } else {
+                self.status.phase = Phase::Paused;
+                self.status.message = Some(format!(
+                    "paused: background analysis inconclusive ({}); promote to continue (annotation wasmcanary.io/promote=step), abort to roll back",
+                    self.status.analysis_runs[i].message.as_deref().unwrap_or_default()
+                ));
+                let keep = self.obs.replicas(&canary);
+                return self.canary_plan(stable, canary, keep);
+            }
         }
         if self.spec.paused {
             self.status.phase = Phase::Paused;
@@ -392,6 +544,7 @@ impl Planner<'_> {
                 .unwrap_or(0)
                 .min(total);
             self.status.current_step = Some(format!("{index}/{total}"));
+            self.ensure_background_run(index, &stable, &canary);
             let Some(step) = steps.get(index) else {
                 return self.promote(stable, canary);
             };
@@ -427,6 +580,9 @@ impl Planner<'_> {
     }
 
     fn execute(&mut self, index: usize, step: &CanaryStep, canary: &str) -> StepOutcome {
+        if step.analysis.is_some() {
+            return self.execute_analysis(index, canary);
+        }
         let r = self.replicas();
         let available = self.obs.available(canary);
         if let Some(w) = step.set_weight {
@@ -494,7 +650,7 @@ impl Planner<'_> {
             self.status.header_routes.push(route.clone());
             return StepOutcome::Done(format!("header route {} set", route.name));
         }
-        // validate() refuses analysis steps before we get here.
+        // validate() guarantees one field is set.
         StepOutcome::Wait {
             phase: Phase::Degraded,
             message: format!("steps[{index}] cannot be executed"),
@@ -521,6 +677,9 @@ impl Planner<'_> {
                 delay.num_seconds()
             ),
         );
+        for run in &mut self.status.analysis_runs {
+            run.terminate();
+        }
         self.status.stable_hash = Some(canary.clone());
         self.status.canary_hash = None;
         self.status.header_routes.clear();
@@ -618,6 +777,11 @@ impl Planner<'_> {
         } else {
             replicas.clear();
         }
+        let measure = if traffic.is_some() {
+            self.due_measurements()
+        } else {
+            Vec::new()
+        };
         self.status.weight = Some(format_weight(self.status.canary_weight));
         set_conditions(&mut self.status, now);
         Plan {
@@ -628,7 +792,232 @@ impl Planner<'_> {
             transitions: self.transitions,
             requeue_after: self.requeue,
             promote_consumed: self.promote_consumed,
+            measure,
         }
+    }
+}
+
+/// Analysis runs: starting them, recording measurements, acting on their verdicts.
+impl Planner<'_> {
+    /// The analysis a run executes.
+    fn run_analysis(&self, run: &AnalysisRunStatus) -> Option<&RolloutAnalysis> {
+        let canary = &self.spec.strategy.canary;
+        match run.step_index {
+            None => canary.analysis.as_ref(),
+            Some(i) => canary
+                .steps
+                .get(usize::try_from(i).ok()?)
+                .and_then(|s| s.analysis.as_ref()),
+        }
+    }
+
+    fn run_metrics(&self, run: &AnalysisRunStatus, stable: &str) -> Vec<Metric> {
+        self.run_analysis(run)
+            .and_then(|a| resolve(a, &self.obs.analysis_templates, stable, &run.canary_hash).ok())
+            .map(|r| r.metrics)
+            .unwrap_or_default()
+    }
+
+    fn start_run(&mut self, name: &str, step: Option<usize>, stable: &str, canary: &str) {
+        let analysis = match step {
+            None => self.spec.strategy.canary.analysis.as_ref(),
+            Some(i) => self
+                .spec
+                .strategy
+                .canary
+                .steps
+                .get(i)
+                .and_then(|s| s.analysis.as_ref()),
+        };
+        let Some(resolved) =
+            analysis.and_then(|a| resolve(a, &self.obs.analysis_templates, stable, canary).ok())
+        else {
+            return;
+        };
+        let run = AnalysisRunStatus::start(
+            name,
+            canary,
+            step.map(|i| i as i32),
+            &resolved.metrics,
+            self.obs.now,
+        );
+        let metrics: Vec<&str> = resolved.metrics.iter().map(|m| m.name.as_str()).collect();
+        self.note(
+            "AnalysisStarted",
+            format!("analysis {name} started: metrics {}", metrics.join(", ")),
+        );
+        self.status.analysis_runs.retain(|r| r.name != name);
+        self.status.analysis_runs.push(run);
+        self.created_runs.push(name.to_owned());
+    }
+
+    fn ensure_background_run(&mut self, index: usize, stable: &str, canary: &str) {
+        let Some(a) = &self.spec.strategy.canary.analysis else {
+            return;
+        };
+        let from = usize::try_from(a.starting_step.unwrap_or(0)).unwrap_or(0);
+        let exists = self
+            .status
+            .analysis_runs
+            .iter()
+            .any(|r| r.name == BACKGROUND_RUN);
+        if index >= from && !exists {
+            self.start_run(BACKGROUND_RUN, None, stable, canary);
+        }
+    }
+
+    /// Applies the measurements taken for this plan to their runs.
+    fn record_measurements(&mut self, stable: &str, canary: &str) {
+        for taken in &self.obs.measurements {
+            let Some(i) = self
+                .status
+                .analysis_runs
+                .iter()
+                .position(|r| r.name == taken.run && r.canary_hash == canary)
+            else {
+                continue;
+            };
+            let metrics = self.run_metrics(&self.status.analysis_runs[i], stable);
+            let run = &mut self.status.analysis_runs[i];
+            let before = run.phase;
+            run.record(&metrics, &taken.metric, taken.measurement.clone());
+            let after = run.phase;
+            if after != before && after.completed() {
+                let message = format!(
+                    "analysis {} {after:?}{}",
+                    run.name,
+                    run.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                );
+                self.note("AnalysisCompleted", message);
+            }
+        }
+    }
+
+    fn abort_by_analysis(
+        mut self,
+        stable: String,
+        canary: String,
+        run: &AnalysisRunStatus,
+    ) -> Plan {
+        let now = self.obs.now;
+        self.status.aborted = true;
+        self.status.analysis_aborted = true;
+        let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+        self.schedule_scale_down(&canary, now + delay);
+        let why = format!(
+            "analysis {} {:?}: {}",
+            run.name,
+            run.phase,
+            run.message.as_deref().unwrap_or_default()
+        );
+        self.note(
+            "Aborted",
+            format!(
+                "{why}; all traffic back to stable {stable}; canary {canary} scaled down in {}s",
+                delay.num_seconds()
+            ),
+        );
+        self.status.canary_weight = 0;
+        self.status.header_routes.clear();
+        self.status.phase = Phase::Aborted;
+        self.status.message = Some(format!(
+            "aborted by {why}; traffic on stable. Retry: spec.abort true then false (kubectl canary abort, then retry)"
+        ));
+        self.canary_plan(stable, canary, 0)
+    }
+
+    fn execute_analysis(&mut self, index: usize, canary: &str) -> StepOutcome {
+        let name = step_run_name(index);
+        let stable = self.status.stable_hash.clone().unwrap_or_default();
+        if !self.status.analysis_runs.iter().any(|r| r.name == name) {
+            self.start_run(&name, Some(index), &stable, canary);
+        }
+        let Some(run) = self.status.analysis_runs.iter().find(|r| r.name == name) else {
+            return StepOutcome::Wait {
+                phase: Phase::Degraded,
+                message: format!("steps[{index}].analysis cannot be resolved"),
+            };
+        };
+        match run.phase {
+            AnalysisPhase::Successful => StepOutcome::Done(format!("analysis {name} Successful")),
+            AnalysisPhase::Inconclusive => {
+                if self.obs.promote == Some(Promote::Step) && !self.promote_consumed {
+                    self.promote_consumed = true;
+                    return StepOutcome::Done(format!(
+                        "analysis {name} inconclusive; continued by promote"
+                    ));
+                }
+                StepOutcome::Wait {
+                    phase: Phase::Paused,
+                    message: format!(
+                        "paused at step {}: analysis {name} inconclusive ({}); promote to continue, abort to roll back",
+                        index + 1,
+                        run.message.as_deref().unwrap_or_default()
+                    ),
+                }
+            }
+            // Failed and Error abort before steps run; a run is never completed otherwise.
+            phase => StepOutcome::Wait {
+                phase: Phase::Progressing,
+                message: format!(
+                    "step {}: analysis {name} {phase:?}: {}",
+                    index + 1,
+                    self.measured_summary(run)
+                ),
+            },
+        }
+    }
+
+    fn measured_summary(&self, run: &AnalysisRunStatus) -> String {
+        run.metrics
+            .iter()
+            .map(|m| format!("{} {}/{} ok", m.name, m.successful, m.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Measurements due now for the current canary's running analyses (none while aborted or
+    /// for a run started by this plan); requeues for the next ones.
+    fn due_measurements(&mut self) -> Vec<MeasureRequest> {
+        let mut out = Vec::new();
+        let Some(canary) = self.status.canary_hash.clone() else {
+            return out;
+        };
+        if self.status.aborted {
+            return out;
+        }
+        let stable = self.status.stable_hash.clone().unwrap_or_default();
+        let now = self.obs.now;
+        for run in self.status.analysis_runs.clone() {
+            if run.canary_hash != canary || run.phase.completed() {
+                continue;
+            }
+            let Some(analysis) = self.run_analysis(&run) else {
+                continue;
+            };
+            let Ok(resolved) = resolve(analysis, &self.obs.analysis_templates, &stable, &canary)
+            else {
+                continue;
+            };
+            let fresh = self.created_runs.contains(&run.name);
+            for (metric, at) in run.next_due(&resolved.metrics) {
+                if at <= now && !fresh {
+                    if let Some(m) = resolved.metrics.iter().find(|m| m.name == metric) {
+                        out.push(MeasureRequest {
+                            run: run.name.clone(),
+                            metric: m.clone(),
+                            secrets: resolved.secrets.clone(),
+                        });
+                    }
+                } else {
+                    self.requeue_in((at - now).to_std().unwrap_or_default());
+                }
+            }
+        }
+        out
     }
 }
 

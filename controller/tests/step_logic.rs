@@ -7,7 +7,12 @@
     clippy::indexing_slicing
 )]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use canary_controller::analysis::{
+    AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, Measurement, TakenMeasurement,
+};
 
 use canary_controller::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
 use canary_controller::steps::{
@@ -63,6 +68,7 @@ fn observed(hash: &str, sets: Vec<ObservedReplicaSet>, now: DateTime<Utc>) -> Ob
         promote: None,
         generation: Some(1),
         now,
+        ..Observed::default()
     }
 }
 
@@ -117,23 +123,132 @@ fn the_fixture_rollout_carries_over_and_a_first_rollout_goes_straight_to_stable(
     assert_eq!(p.transitions[0].reason, "Initialized");
 }
 
+/// The fixture's SkyWalking AnalysisTemplate, carried over (apiVersion only).
+fn fixture_templates() -> BTreeMap<String, AnalysisTemplateSpec> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/tse-gitops-demo/argo/rollout/analysis.yaml");
+    let mut v: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["apiVersion"] = "wasmcanary.io/v1alpha1".into();
+    let t: AnalysisTemplate = serde_json::from_value(v).unwrap();
+    BTreeMap::from([("apdex".to_owned(), t.spec)])
+}
+
+fn apdex_measurement(run: &str, phase: AnalysisPhase, at: DateTime<Utc>) -> TakenMeasurement {
+    TakenMeasurement {
+        run: run.into(),
+        metric: "apdex".into(),
+        measurement: Measurement {
+            phase,
+            value: Some(r#"{"service_apdex":{"values":{"values":[{"value":9950}]}}}"#.into()),
+            started_at: at.to_rfc3339(),
+            ..Measurement::default()
+        },
+    }
+}
+
 #[test]
-fn the_fixture_with_its_skywalking_analysis_is_refused_with_a_clear_message_not_run_without_it() {
+fn the_fixture_with_its_skywalking_analysis_runs_it_from_step_two_and_aborts_after_four_failures() {
     let r = fixture_rollout(true);
+    let with = |sets: Vec<ObservedReplicaSet>, now, measurements: Vec<TakenMeasurement>| Observed {
+        analysis_templates: fixture_templates(),
+        measurements,
+        ..observed(CANARY, sets, now)
+    };
+    // Without its template the rollout is refused, never run without its analysis.
     let p = plan(
         &r.spec,
         &stable_status(),
         &observed(CANARY, vec![rs(STABLE, 5, 5)], t0()),
     );
     assert_eq!(p.status.phase, Phase::Degraded);
+    let message = p.status.message.unwrap();
     assert!(
-        p.status.message.as_deref().unwrap().contains("analysis"),
-        "{:?}",
-        p.status.message
+        message.contains("AnalysisTemplate apdex not found"),
+        "{message}"
     );
     assert!(
         p.traffic.is_none() && p.replicas.is_empty(),
         "nothing is changed"
+    );
+
+    // Step 1 (setWeight 10) then the 10m pause: analysis starts at step index 2, not before.
+    let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
+    let p = plan(&r.spec, &stable_status(), &with(sets.clone(), t0(), vec![]));
+    assert_eq!(p.status.current_step_index, Some(1));
+    assert!(p.status.analysis_runs.is_empty() && p.measure.is_empty());
+    let after_pause = t0() + Duration::minutes(10);
+    let p = plan(&r.spec, &p.status, &with(sets.clone(), after_pause, vec![]));
+    // setWeight 20 (index 2) completes at once (its one canary pod is up): now at the 5m pause.
+    assert_eq!(p.status.current_step_index, Some(3));
+    let run = &p.status.analysis_runs[0];
+    assert_eq!(
+        (run.name.as_str(), run.phase),
+        ("background", AnalysisPhase::Running)
+    );
+    assert!(
+        p.measure.is_empty(),
+        "the first measurement is the next reconcile's"
+    );
+    assert_eq!(p.requeue_after, Some(std::time::Duration::ZERO));
+
+    // Next reconcile: the apdex metric is due, its query with the argument substituted.
+    let mut status = p.status;
+    let mut now = after_pause;
+    let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
+    let p = plan(&r.spec, &status, &with(sets.clone(), now, vec![]));
+    assert_eq!(p.measure.len(), 1);
+    let sw = p.measure[0].metric.provider.skywalking.as_ref().unwrap();
+    assert!(
+        sw.query
+            .contains(r#"serviceName: "canary|reviews|bookinfo|cluster-1|-""#),
+        "{}",
+        sw.query
+    );
+    // failureLimit 3: three failures are tolerated, the fourth aborts.
+    for n in 1..=4 {
+        let taken = vec![apdex_measurement("background", AnalysisPhase::Failed, now)];
+        let p = plan(&r.spec, &status, &with(sets.clone(), now, taken));
+        assert!(p.measure.is_empty(), "measured: nothing more due now");
+        status = p.status.clone();
+        let metric = &status.analysis_runs[0].metrics[0];
+        assert_eq!(metric.failed, n);
+        if n < 4 {
+            assert!(
+                matches!(status.phase, Phase::Progressing | Phase::Paused),
+                "{:?}",
+                status.phase
+            );
+            assert_eq!(
+                p.requeue_after,
+                Some(std::time::Duration::from_secs(300)),
+                "interval 5m"
+            );
+            now += Duration::minutes(5);
+        } else {
+            assert_eq!(status.phase, Phase::Aborted);
+            assert_eq!(p.traffic.as_ref().unwrap().canary_weight, 0);
+            assert!(status.analysis_aborted);
+            assert_eq!(status.analysis_runs[0].phase, AnalysisPhase::Failed);
+            assert!(p.transitions.iter().any(|t| t.reason == "Aborted"));
+            let msg = status.message.clone().unwrap();
+            assert!(msg.contains("analysis background Failed"), "{msg}");
+            assert_eq!(
+                p.replicas.get(CANARY),
+                Some(&1),
+                "canary kept until abortScaleDownDelay"
+            );
+        }
+    }
+    // It stays aborted (spec.abort is false): no measurement, no retry by itself.
+    let later = now + Duration::minutes(10);
+    let p = plan(&r.spec, &status, &with(sets.clone(), later, vec![]));
+    assert_eq!(p.status.phase, Phase::Aborted);
+    assert!(p.measure.is_empty());
+    assert_eq!(
+        p.replicas.get(CANARY),
+        Some(&0),
+        "scaled down after the delay"
     );
 }
 
@@ -544,11 +659,19 @@ fn one_promote_ends_one_pause_not_the_next_one_too() {
         }
     }
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
-    let p = plan(&r.spec, &stable_status(), &observed(CANARY, sets.clone(), t0()));
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
     assert_eq!(p.status.current_step_index, Some(1));
     let mut promote = observed(CANARY, sets, t0());
     promote.promote = Some(Promote::Step);
     let next = plan(&r.spec, &p.status, &promote);
-    assert_eq!(next.status.current_step_index, Some(3), "past the first pause and setWeight 20, stopped at the next pause");
+    assert_eq!(
+        next.status.current_step_index,
+        Some(3),
+        "past the first pause and setWeight 20, stopped at the next pause"
+    );
     assert_eq!(next.status.phase, Phase::Paused);
 }

@@ -1,0 +1,376 @@
+//! `AnalysisTemplate` (`wasmcanary.io/v1alpha1`): Argo Rollouts' metric schema, so an Argo
+//! template carries over by changing `apiVersion` only. Also the analysis references a rollout
+//! makes (`strategy.canary.analysis`, the `analysis` step) and the `{{ args.NAME }}` substitution.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Metrics to measure while a canary runs, and when each measurement passes or fails.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "wasmcanary.io",
+    version = "v1alpha1",
+    kind = "AnalysisTemplate",
+    namespaced,
+    category = "all",
+    printcolumn = r#"{"name":"Metrics","type":"string","jsonPath":".spec.metrics[*].name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateSpec {
+    /// Arguments the metrics use as `{{ args.NAME }}`; the rollout supplies their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Argument>,
+    /// The metrics, all measured in parallel.
+    pub metrics: Vec<Metric>,
+}
+
+/// A template argument.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Argument {
+    /// Name, used as `{{ args.NAME }}`.
+    pub name: String,
+    /// Default value (the rollout's value wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Where the value comes from instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ArgumentValueFrom>,
+}
+
+/// Source of an argument's value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgumentValueFrom {
+    /// A key of a Secret in the rollout's namespace; read at each measurement, never stored in
+    /// the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key in its data.
+    pub key: String,
+}
+
+/// One metric: a query, how often to run it, and how to judge its result.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Metric {
+    /// Name, unique in the template.
+    pub name: String,
+    /// Time between measurements (`30s`, `5m`, `1h`). Without it (and without `count`) the
+    /// metric is measured once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Wait this long after the analysis starts before the first measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<String>,
+    /// Number of measurements; the metric is Successful after this many without reaching a
+    /// limit. Absent with an `interval`: measured until the rollout ends (background analysis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i32>,
+    /// expr-lang condition on `result` that makes a measurement Successful, e.g.
+    /// `all(result.service_apdex.values.values, {asFloat(.value) >= 9900})`. Functions:
+    /// `asFloat`, `asInt`, `isNaN`, `isInf`, `isNil`, `default`, and expr's built-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_condition: Option<String>,
+    /// expr-lang condition on `result` that makes a measurement Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_condition: Option<String>,
+    /// The metric fails when more measurements than this fail. Default 0; -1: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<i32>,
+    /// The metric is Inconclusive (the rollout pauses) when more measurements than this are
+    /// inconclusive (neither condition holds). Default 0; -1: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_limit: Option<i32>,
+    /// The metric errors (the rollout aborts) when more consecutive measurements than this
+    /// cannot be taken or judged. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_error_limit: Option<i32>,
+    /// Where the measurement comes from. Exactly one provider.
+    pub provider: MetricProvider,
+}
+
+/// Measurement source; exactly one field.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricProvider {
+    /// Apache SkyWalking OAP's GraphQL API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skywalking: Option<SkyWalkingMetric>,
+    /// A Prometheus instant query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusMetric>,
+    /// Any HTTP endpoint answering JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebMetric>,
+}
+
+/// A SkyWalking GraphQL query. `result` is the response's `data`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkyWalkingMetric {
+    /// OAP address, e.g. `http://oap.istio-system:12800` (the query goes to `<address>/graphql`).
+    pub address: String,
+    /// The GraphQL query; it receives `$duration: {start, end, step: MINUTE}` covering `interval`.
+    pub query: String,
+    /// Length of the queried window, ending now (`3m`). Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+/// A Prometheus instant query. `result` is a list of the vector's sample values (or the scalar).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusMetric {
+    /// Server address, e.g. `http://prometheus.istio-system:9090`.
+    pub address: String,
+    /// PromQL.
+    pub query: String,
+    /// Query timeout in seconds. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+}
+
+/// An HTTP request whose JSON answer is judged. `result` is the value at `jsonPath`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebMetric {
+    /// URL.
+    pub url: String,
+    /// `GET` (default), `POST` or `PUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Request headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<WebMetricHeader>,
+    /// Request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Where in the JSON answer the result is: `{$.data.ok}` or `$.items[0].value`. Absent: the
+    /// whole answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_path: Option<String>,
+    /// Request timeout. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// One header.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct WebMetricHeader {
+    /// Name.
+    pub key: String,
+    /// Value.
+    pub value: String,
+}
+
+/// The analysis a rollout runs: in the background from `startingStep` (in
+/// `strategy.canary.analysis`), or as a step that completes when the analysis succeeds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutAnalysis {
+    /// Templates whose metrics are measured together, in the rollout's namespace.
+    pub templates: Vec<AnalysisTemplateRef>,
+    /// Values of the templates' arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<AnalysisRunArgument>,
+    /// Background analysis only: the step index from which it runs (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_step: Option<i32>,
+}
+
+/// A template reference.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateRef {
+    /// `metadata.name` of an AnalysisTemplate.
+    pub template_name: String,
+}
+
+/// An argument value given by the rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRunArgument {
+    /// Argument name.
+    pub name: String,
+    /// Its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Its value from the rollout itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<RolloutArgumentValueFrom>,
+}
+
+/// Values the rollout knows.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutArgumentValueFrom {
+    /// `Stable` or `Latest` (the canary): that version's `rollouts-pod-template-hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template_hash_value: Option<String>,
+}
+
+/// The metrics of a run with every argument it can know substituted; `secrets` are the
+/// arguments whose value is read from a Secret at measurement time (still `{{ args.NAME }}` in
+/// the metrics).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResolvedAnalysis {
+    /// Metrics of all templates, in order.
+    pub metrics: Vec<Metric>,
+    /// Secret-backed arguments by name.
+    pub secrets: BTreeMap<String, SecretKeyRef>,
+}
+
+/// Resolves a rollout's analysis against its templates (by name). `stable`/`canary` are the
+/// pod-template hashes for `podTemplateHashValue`. Errors name what is wrong.
+pub fn resolve(
+    analysis: &RolloutAnalysis,
+    templates: &BTreeMap<String, AnalysisTemplateSpec>,
+    stable: &str,
+    canary: &str,
+) -> Result<ResolvedAnalysis, String> {
+    if analysis.templates.is_empty() {
+        return Err("templates must name at least one AnalysisTemplate".into());
+    }
+    let mut given = BTreeMap::new();
+    for a in &analysis.args {
+        let value = match (
+            &a.value,
+            a.value_from
+                .as_ref()
+                .and_then(|v| v.pod_template_hash_value.as_deref()),
+        ) {
+            (Some(v), None) => v.clone(),
+            (None, Some("Stable")) => stable.to_owned(),
+            (None, Some("Latest")) => canary.to_owned(),
+            (None, Some(other)) => {
+                return Err(format!(
+                    "args {}: podTemplateHashValue {other:?} must be Stable or Latest",
+                    a.name
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "args {}: set exactly one of value, valueFrom",
+                    a.name
+                ))
+            }
+        };
+        given.insert(a.name.clone(), value);
+    }
+    let mut out = ResolvedAnalysis::default();
+    let mut names = BTreeSet::new();
+    for t in &analysis.templates {
+        let name = &t.template_name;
+        let template = templates
+            .get(name)
+            .ok_or_else(|| format!("AnalysisTemplate {name} not found"))?;
+        let mut values = BTreeMap::new();
+        let mut secrets = BTreeSet::new();
+        for arg in &template.args {
+            if let Some(v) = given.get(&arg.name) {
+                values.insert(arg.name.clone(), v.clone());
+            } else if let Some(r) = arg
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+            {
+                secrets.insert(arg.name.clone());
+                out.secrets.insert(arg.name.clone(), r.clone());
+            } else if let Some(v) = &arg.value {
+                values.insert(arg.name.clone(), v.clone());
+            } else {
+                return Err(format!(
+                    "AnalysisTemplate {name}: argument {} has no value (give it in the rollout's analysis args)",
+                    arg.name
+                ));
+            }
+        }
+        for m in &template.metrics {
+            if !names.insert(m.name.clone()) {
+                return Err(format!(
+                    "AnalysisTemplate {name}: metric {} appears twice in this analysis",
+                    m.name
+                ));
+            }
+            let json = serde_json::to_value(m).map_err(|e| e.to_string())?;
+            let json = substitute_value(&json, &values, &secrets)
+                .map_err(|e| format!("AnalysisTemplate {name}: metric {}: {e}", m.name))?;
+            let metric: Metric = serde_json::from_value(json)
+                .map_err(|e| format!("AnalysisTemplate {name}: metric {}: {e}", m.name))?;
+            out.metrics.push(metric);
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces `{{ args.NAME }}` (spaces optional) in every string of `v`. Names in `pending` are
+/// left as they are (filled in later); any other unknown argument is an error.
+pub fn substitute_value(
+    v: &Value,
+    values: &BTreeMap<String, String>,
+    pending: &BTreeSet<String>,
+) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(substitute(s, values, pending)?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| substitute_value(x, values, pending))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), substitute_value(x, values, pending)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// [`substitute_value`] on one string.
+pub fn substitute(
+    s: &str,
+    values: &BTreeMap<String, String>,
+    pending: &BTreeSet<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        let (before, after) = rest.split_at(open);
+        out.push_str(before);
+        let Some(close) = after.find("}}") else {
+            out.push_str(after);
+            return Ok(out);
+        };
+        let (placeholder, tail) = after.split_at(close + 2);
+        let inner = placeholder
+            .get(2..placeholder.len() - 2)
+            .unwrap_or_default()
+            .trim();
+        match inner.strip_prefix("args.") {
+            Some(name) if values.contains_key(name) => {
+                out.push_str(values.get(name).map(String::as_str).unwrap_or_default())
+            }
+            Some(name) if pending.contains(name) => out.push_str(placeholder),
+            Some(name) => return Err(format!("unknown argument {{{{ args.{name} }}}}")),
+            None => out.push_str(placeholder),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
