@@ -34,6 +34,8 @@ pub struct CompiledConfig {
     pub mode: FilterMode,
     /// Lower-cased decision header name.
     pub decision_header: String,
+    /// Whether `stable` decisions are written too.
+    pub write_stable_decision: bool,
     /// Lower-cased hash header name, if any.
     pub hash_header: Option<String>,
     /// Lower-cased version header name (server mode).
@@ -173,6 +175,7 @@ impl CompiledConfig {
         Ok(Self {
             mode: config.mode,
             decision_header,
+            write_stable_decision: config.write_stable_decision,
             hash_header,
             version_header,
             services,

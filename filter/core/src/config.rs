@@ -46,6 +46,14 @@ pub struct PluginConfig {
     /// matches on it. Any value a client sent is overwritten (covered hosts) or removed (others).
     pub decision_header: String,
 
+    /// Whether requests decided `stable` get the decision header too (default true). With false,
+    /// only `canary` is written: the VirtualService's default route already means stable, so
+    /// routing is the same, and most requests (all but the canary share) skip a header write —
+    /// about 1.2 us of Envoy CPU each (`make bench`). A decision header sent by the client is
+    /// still overwritten either way.
+    #[serde(skip_serializing_if = "is_true")]
+    pub write_stable_decision: bool,
+
     /// Optional request header that receives the chosen version's pod-template hash, for
     /// upstream logs. Not written when unset or when the chosen subset has no hash configured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +73,7 @@ impl Default for PluginConfig {
         Self {
             mode: FilterMode::default(),
             decision_header: default_decision_header(),
+            write_stable_decision: true,
             hash_header: None,
             version_header: default_version_header(),
             services: Vec::new(),
@@ -186,6 +195,10 @@ pub enum StickyKey {
     Header(String),
     /// A cookie (case-sensitive name).
     Cookie(String),
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_decision_header() -> String {

@@ -22,6 +22,7 @@ pub(crate) fn plugin_config(v: &Value) -> Result<PluginConfig> {
         &[
             "mode",
             "decisionHeader",
+            "writeStableDecision",
             "hashHeader",
             "versionHeader",
             "services",
@@ -37,6 +38,11 @@ pub(crate) fn plugin_config(v: &Value) -> Result<PluginConfig> {
     }
     if let Some(h) = m.get("decisionHeader") {
         config.decision_header = string("decisionHeader", h)?.to_owned();
+    }
+    if let Some(w) = m.get("writeStableDecision") {
+        config.write_stable_decision = w
+            .as_bool()
+            .ok_or_else(|| invalid_type("writeStableDecision", w, "a boolean"))?;
     }
     config.hash_header = optional_string("hashHeader", m.get("hashHeader"))?;
     if let Some(h) = m.get("versionHeader") {

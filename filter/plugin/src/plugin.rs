@@ -302,7 +302,14 @@ impl CanaryRequest {
         };
         let draw = self.shared.draws.borrow_mut().next_point();
         let (subset, reason) = decide_for_service(service, &mut headers, draw);
-        self.set_http_request_header(&config.decision_header, Some(subset.as_str()));
+        // With writeStableDecision off, a stable request needs no header (the default route is
+        // stable) unless the client sent one, which must not survive.
+        if subset == Subset::Canary
+            || config.write_stable_decision
+            || headers.contains(&config.decision_header)
+        {
+            self.set_http_request_header(&config.decision_header, Some(subset.as_str()));
+        }
         if let Some(h) = &config.hash_header {
             let hash = match subset {
                 Subset::Stable => service.stable_hash.as_deref(),

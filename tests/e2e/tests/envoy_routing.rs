@@ -261,3 +261,60 @@ fn header_values_that_are_not_utf8_do_not_break_the_filter() {
         "the filter still routes after the odd values"
     );
 }
+
+/// `writeStableDecision: false` writes only `canary`: stable requests pass with no decision
+/// header (the default route is stable), which saves a header write on most requests. Routing
+/// is the same, and a client-sent header is still overwritten.
+#[test]
+fn without_stable_writes_routing_is_unchanged_and_client_headers_are_still_overwritten() {
+    let mut config: serde_json::Value = serde_json::from_str(&reviews_config(2_000)).unwrap();
+    config["writeStableDecision"] = false.into();
+    let mesh = Mesh::start(&config.to_string()).unwrap();
+    let n = 4_000;
+    let report = run_load(
+        mesh.client_addr,
+        "reviews:9080",
+        n,
+        8,
+        LOAD_DEADLINE,
+        no_headers,
+    );
+    assert_eq!(report.non_2xx(), 0);
+    assert_binomial(
+        report.version("canary"),
+        n,
+        0.20,
+        "canary share at 20% without stable writes",
+    );
+    let mut http = mesh.http();
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let r = http.get("reviews", "/", &[]).unwrap();
+        let version = r.header("x-app-version").unwrap().to_owned();
+        let header = r.header("x-seen-x-canary-subset").map(str::to_owned);
+        match version.as_str() {
+            "stable" => assert_eq!(header, None, "no header written for stable"),
+            _ => assert_eq!(header.as_deref(), Some("canary")),
+        }
+        seen.insert(version);
+    }
+    assert_eq!(seen.len(), 2);
+    for _ in 0..50 {
+        let r = http
+            .get(
+                "reviews",
+                "/",
+                &[
+                    ("x-canary-subset", "canary"),
+                    ("x-user-id", "stable-user-0"),
+                ],
+            )
+            .unwrap();
+        let version = r.header("x-app-version").unwrap();
+        assert_eq!(
+            r.header("x-seen-x-canary-subset"),
+            Some(version),
+            "a client-sent header is overwritten with the decision"
+        );
+    }
+}

@@ -140,9 +140,9 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
     let _ = writeln!(s, "## Headline\n");
     let _ = writeln!(
         s,
-        "| mode | c/a req/s | c/b req/s | c/d req/s | filter CPU us/req, c − a | c − b | no-op wasm, b − a |"
+        "| mode | c/a req/s | c/b req/s | c/d req/s | filter CPU us/req, c − a | c − b | no-op wasm, b − a | c'/b req/s | c' − b |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for m in modes {
         let ca = m.rps_ratio(Variant::Canary, Variant::NoFilter);
         let cb = m.rps_ratio(Variant::Canary, Variant::NoopWasm);
@@ -150,16 +150,20 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
         let dca = m.cpu_delta(Variant::Canary, Variant::NoFilter);
         let dcb = m.cpu_delta(Variant::Canary, Variant::NoopWasm);
         let dba = m.cpu_delta(Variant::NoopWasm, Variant::NoFilter);
+        let lb = m.rps_ratio(Variant::CanaryLean, Variant::NoopWasm);
+        let dlb = m.cpu_delta(Variant::CanaryLean, Variant::NoopWasm);
         let _ = writeln!(
             s,
-            "| {} | {:.3} | **{:.3}** | {:.3} | {:+.2} | **{:+.2}** | {:+.2} |",
+            "| {} | {:.3} | **{:.3}** | {:.3} | {:+.2} | **{:+.2}** | {:+.2} | **{:.3}** | **{:+.2}** |",
             m.mode.as_str(),
             ca.0,
             cb.0,
             cd.0,
             dca.0,
             dcb.0,
-            dba.0
+            dba.0,
+            lb.0,
+            dlb.0
         );
     }
     let _ = writeln!(
@@ -226,7 +230,11 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "- (c) wasm-canary, client mode, 20 services × 4 hosts, 2–3 header routes each, sticky header, hash header; same routes"
+        "- (c) wasm-canary, client mode, 20 services × 4 hosts, 2–3 header routes each, sticky header, default settings (the decision header written for stable and canary, no hash header); same routes"
+    );
+    let _ = writeln!(
+        s,
+        "- (c') the same config with `writeStableDecision: false`: only canary decisions are written (the default route is stable), so ~90% of requests skip the header write; same routes"
     );
     let _ = writeln!(
         s,
@@ -270,6 +278,7 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult]) -> String {
             (Variant::Canary, Variant::NoFilter),
             (Variant::Canary, Variant::NoopWasm),
             (Variant::Canary, Variant::NativeWeighted),
+            (Variant::CanaryLean, Variant::NoopWasm),
             (Variant::NoopWasm, Variant::NoFilter),
             (Variant::NativeWeighted, Variant::NoFilter),
         ] {

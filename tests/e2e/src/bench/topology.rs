@@ -41,9 +41,10 @@ pub fn target_host() -> String {
 }
 
 /// The client-mode `pluginConfig` of variant (c): 20 services with 4 host forms each, 2 or 3
-/// header routes each (exact, prefix, regex, cookie, in rotation), a sticky header, pod hashes
-/// and a hash header, as a mesh with many rollouts would carry.
-pub fn realistic_config() -> String {
+/// header routes each (exact, prefix, regex, cookie, in rotation), a sticky header and pod
+/// hashes, as a mesh with many rollouts would carry (no optional hash header unless
+/// `BENCH_HASH_HEADER` is set).
+pub fn realistic_config(write_stable_decision: bool) -> String {
     let services: Vec<serde_json::Value> = (0..SERVICES)
         .map(|i| {
             let name = format!("svc-{i}");
@@ -71,12 +72,16 @@ pub fn realistic_config() -> String {
             })
         })
         .collect();
-    serde_json::json!({
-        "mode": "client",
-        "hashHeader": "x-canary-pod-template-hash",
-        "services": services
-    })
-    .to_string()
+    let mut config = serde_json::json!({"mode": "client", "services": services});
+    if !write_stable_decision {
+        config["writeStableDecision"] = false.into();
+    }
+    // The optional hash header costs one more header write (a host call) per request; the
+    // default config has none. BENCH_HASH_HEADER=1 measures it.
+    if std::env::var_os("BENCH_HASH_HEADER").is_some() {
+        config["hashHeader"] = "x-canary-pod-template-hash".into();
+    }
+    config.to_string()
 }
 
 /// What answers the request.
@@ -106,15 +111,18 @@ pub enum Variant {
     NoopWasm,
     /// (c) Our filter, client mode, realistic config.
     Canary,
+    /// (c') The same with `writeStableDecision: false` (only canary decisions are written).
+    CanaryLean,
     /// (d) Envoy's native weighted routing, no filter.
     NativeWeighted,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::NoFilter,
         Variant::NoopWasm,
         Variant::Canary,
+        Variant::CanaryLean,
         Variant::NativeWeighted,
     ];
 
@@ -123,6 +131,7 @@ impl Variant {
             Self::NoFilter => "a",
             Self::NoopWasm => "b",
             Self::Canary => "c",
+            Self::CanaryLean => "c'",
             Self::NativeWeighted => "d",
         }
     }
@@ -132,6 +141,7 @@ impl Variant {
             Self::NoFilter => "no filter",
             Self::NoopWasm => "no-op wasm",
             Self::Canary => "wasm-canary",
+            Self::CanaryLean => "wasm-canary, no stable writes",
             Self::NativeWeighted => "native weighted",
         }
     }
@@ -224,14 +234,15 @@ pub fn start_under_test(
     let filters = match variant {
         Variant::NoFilter | Variant::NativeWeighted => vec![],
         Variant::NoopWasm => vec![wasm_filter(&modules.noop, "")],
-        Variant::Canary => vec![wasm_filter(&modules.canary, &realistic_config())],
+        Variant::Canary => vec![wasm_filter(&modules.canary, &realistic_config(true))],
+        Variant::CanaryLean => vec![wasm_filter(&modules.canary, &realistic_config(false))],
     };
     let clusters = match upstream {
         Some(addr) => vec![cluster("stable", addr), cluster("canary", addr)],
         None => vec![],
     };
     let config = bootstrap(
-        serde_json::json!({"id": format!("bench-{}", variant.letter()), "cluster": "bench"}),
+        serde_json::json!({"id": format!("bench-{}", variant.letter().replace('\'', "-lean")), "cluster": "bench"}),
         vec![listener(
             LISTENER,
             http_connection_manager(routes(mode, variant), filters),
@@ -239,7 +250,11 @@ pub fn start_under_test(
         clusters,
     );
     Envoy::start(
-        &format!("bench-{}-{}", mode.as_str(), variant.letter()),
+        &format!(
+            "bench-{}-{}",
+            mode.as_str(),
+            variant.letter().replace('\'', "-lean")
+        ),
         &config,
         options,
         |_| Ok(()),
