@@ -323,12 +323,14 @@ async fn analysis_templates(
     }
     let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), ns);
     for name in names {
-        if let Some(t) = api
-            .get_opt(name)
-            .await
-            .map_err(kube_err(format!("reading AnalysisTemplate {name}")))?
-        {
-            out.insert(name.to_owned(), t.spec);
+        match api.get(name).await {
+            Ok(t) => {
+                out.insert(name.to_owned(), t.spec);
+            }
+            // A plain 404 (not a Status) also means the AnalysisTemplate CRD is not installed:
+            // the template is missing either way, and the plan says so in the status.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("reading AnalysisTemplate {name}"))(e)),
         }
     }
     Ok(out)

@@ -680,7 +680,7 @@ async fn edits_by_another_manager_are_not_clobbered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_analysis_step_is_refused_in_status_not_skipped() {
+async fn an_analysis_step_whose_template_is_missing_is_refused_in_status_not_skipped() {
     let env = Env::new("analysis").await;
     let steps = json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "apdex"}]}}, {"setWeight": 100}]);
     env.apply_rollout(&rollout(&env.ns, "reviews:v1", steps))
@@ -693,7 +693,10 @@ async fn an_analysis_step_is_refused_in_status_not_skipped() {
                 .flatten()
         })
         .await;
-    assert!(message.contains("steps[1].analysis"), "{message}");
+    assert!(
+        message.contains("steps[1].analysis: AnalysisTemplate apdex not found"),
+        "{message}"
+    );
     assert!(
         env.plugin_config().await.is_none(),
         "no traffic configuration written for a refused rollout"
