@@ -1,0 +1,480 @@
+//! Analysis with a real Prometheus scraping a real Envoy: the e2e harness's mesh (client
+//! sidecar with the wasm filter, stable and canary sidecars and apps) serves load; this test
+//! plays istiod, pushing the WasmPlugin the controller writes (on a real API server) to the
+//! client sidecar; Prometheus (Debian package `prometheus`, started here on a free loopback
+//! port) scrapes the sidecar's `/stats/prometheus`. A canary answering 500s fails the
+//! analysis step and the rollout aborts; a healthy one promotes.
+//!
+//! Needs `make wasm` (the filter) and the Envoy of `make setup`, plus `prometheus` on PATH.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canary_cluster::{kubelet, ControlPlane};
+use canary_controller::analysis::{AnalysisPhase, AnalysisTemplate};
+use canary_controller::crd::{CanaryRollout, Phase};
+use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use wasm_canary_e2e::mesh::{reviews_config, Mesh};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A Prometheus server owned by the test: killed on drop, also when the test fails.
+struct Prometheus {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target`'s `/stats/prometheus` every second; returns once
+    /// `/-/ready` answers 200 (bounded).
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n\
+             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs: [{{targets: ['{target}']}}]\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        // A free port: the OS picks one, we release it and Prometheus binds it at once.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus on PATH (Debian package `prometheus`; `make setup` installs it)");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if wasm_canary_e2e::http::admin_get(addr, "/-/ready").is_ok_and(|r| r.status == 200) {
+                return p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Prometheus not ready in 30s: {}",
+                std::fs::read_to_string(p._dir.path().join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits (bounded) until Prometheus has scraped the target successfully.
+    fn wait_for_target_up(&self) {
+        let start = Instant::now();
+        loop {
+            let up = wasm_canary_e2e::http::admin_get(self.addr, "/api/v1/query?query=up")
+                .ok()
+                .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
+                .is_some_and(|v| v["data"]["result"][0]["value"][1] == "1");
+            if up {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Envoy never scraped"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Load on the client sidecar in bounded batches until dropped (and at most `WAIT`).
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !s.load(Ordering::Relaxed) && start.elapsed() < WAIT {
+                wasm_canary_e2e::http::run_load(
+                    addr,
+                    "reviews",
+                    100,
+                    2,
+                    Duration::from_secs(2),
+                    |_| Vec::new(),
+                );
+            }
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Env {
+    _plane: Arc<ControlPlane>,
+    client: Client,
+    ns: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Env {
+    async fn new(ns: &str, mesh: Arc<Mesh>) -> Env {
+        let plane = ControlPlane::shared()
+            .await
+            .expect("control plane (run `make cluster-build` first)");
+        let client = plane.client().await.unwrap();
+        plane.create_namespace(&client, ns).await.unwrap();
+        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for crd in ["canaryrollout.yaml", "analysistemplate.yaml"] {
+            plane.install_crds(&crds.join(crd)).await.unwrap();
+        }
+        let dr: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
+        let rule = json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": ns},
+            "spec": {"host": "reviews", "subsets": [
+                {"name": "stable", "labels": {"app": "reviews"}},
+                {"name": "canary", "labels": {"app": "reviews"}}
+            ]}
+        });
+        dr.patch(
+            "reviews",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&rule),
+        )
+        .await
+        .unwrap();
+        let (c, n) = (client.clone(), ns.to_owned());
+        let controller =
+            tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });
+        let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
+        let istiod = tokio::spawn(play_istiod(client.clone(), ns.to_owned(), mesh));
+        Env {
+            _plane: plane,
+            client,
+            ns: ns.to_owned(),
+            tasks: vec![controller, kubelet, istiod],
+        }
+    }
+
+    async fn apply(&self, resource: &ApiResource, name: &str, v: &Value) {
+        Api::<DynamicObject>::namespaced_with(self.client.clone(), &self.ns, resource)
+            .patch(
+                name,
+                &PatchParams::apply("platform-team").force(),
+                &Patch::Apply(v),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn rollout(&self) -> CanaryRollout {
+        Api::<CanaryRollout>::namespaced(self.client.clone(), &self.ns)
+            .get("reviews")
+            .await
+            .unwrap()
+    }
+
+    async fn until<T>(&self, what: &str, mut check: impl FnMut(&CanaryRollout) -> Option<T>) -> T {
+        let start = tokio::time::Instant::now();
+        loop {
+            let r = self.rollout().await;
+            if let Some(t) = check(&r) {
+                return t;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "timed out waiting for {what}; status: {:#?}",
+                r.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn rollout_spec(&self, image: &str) -> Value {
+        json!({
+            "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
+            "metadata": {"name": "reviews", "namespace": self.ns},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "reviews"}},
+                "template": {"metadata": {"labels": {"app": "reviews"}},
+                             "spec": {"containers": [{"name": "reviews", "image": image}]}},
+                "strategy": {"canary": {
+                    "steps": [
+                        {"setWeight": 50},
+                        {"analysis": {"templates": [{"templateName": "error-rate"}],
+                                      "args": [{"name": "cluster", "value": "reviews-canary"}]}},
+                        {"setWeight": 100}
+                    ],
+                    "scaleDownDelaySeconds": 1,
+                    "abortScaleDownDelaySeconds": 1,
+                    "trafficRouting": {"wasm": {
+                        "service": "reviews",
+                        "hosts": ["reviews.bookinfo", "reviews.bookinfo.svc", "reviews.bookinfo.svc.cluster.local"],
+                        "wasmPlugin": {"url": "oci://registry.example.com/wasm-canary/filter:0.1.0"},
+                        "destinationRule": {"name": "reviews"}
+                    }}
+                }}
+            }
+        })
+    }
+
+    /// The error-rate template: the canary cluster's 5xx share of the last 5 s, from the
+    /// client sidecar's upstream stats (Envoy exports `cluster.<name>.upstream_rq_5xx` as
+    /// `envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}`); and that the canary
+    /// takes traffic at all.
+    async fn apply_template(&self, prometheus: &str) {
+        let rate = |class: &str| {
+            format!(
+                "sum(rate(envoy_cluster_upstream_rq_xx{{envoy_cluster_name=\"{{{{ args.cluster }}}}\",envoy_response_code_class{class}}}[5s]))"
+            )
+        };
+        let template = json!({
+            "apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "error-rate", "namespace": self.ns},
+            "spec": {
+                "args": [{"name": "cluster"}],
+                "metrics": [
+                    {"name": "canary-5xx-ratio", "interval": "2s", "initialDelay": "4s", "count": 2,
+                     "successCondition": "result[0] < 0.05", "failureLimit": 0,
+                     "provider": {"prometheus": {"address": prometheus, "timeout": 5,
+                         "query": format!("({} or vector(0)) / {}", rate("=\"5\""), rate("=~\".+\""))}}},
+                    {"name": "canary-requests-per-second", "interval": "2s", "initialDelay": "4s", "count": 2,
+                     "successCondition": "result[0] > 1",
+                     "provider": {"prometheus": {"address": prometheus, "query": rate("=~\".+\"")}}}
+                ]
+            }
+        });
+        self.apply(
+            &ApiResource::erase::<AnalysisTemplate>(&()),
+            "error-rate",
+            &template,
+        )
+        .await;
+    }
+}
+
+async fn play_kubelet(client: Client, ns: String) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut n = 10u32;
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list.items {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready && p.metadata.deletion_timestamp.is_none() {
+                    n += 1;
+                    let ip = format!("192.0.2.{}", n % 250 + 2);
+                    let name = p.metadata.name.as_deref().unwrap_or_default();
+                    let _ = kubelet::run_pod(&client, &ns, name, &ip, true).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What istiod does with a WasmPlugin: its pluginConfig reaches the client sidecar (ECDS).
+async fn play_istiod(client: Client, ns: String, mesh: Arc<Mesh>) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &wasm_plugin_resource());
+    let mut pushed = String::new();
+    loop {
+        if let Ok(Some(wp)) = api.get_opt("reviews-canary").await {
+            let config = wp.data["spec"]["pluginConfig"].to_string();
+            if config != pushed {
+                let m = mesh.clone();
+                let c = config.clone();
+                let push = tokio::task::spawn_blocking(move || m.push_config(&c)).await;
+                assert!(
+                    matches!(push, Ok(Ok(wasm_canary_e2e::mesh::Push::Accepted))),
+                    "the filter refused the controller's pluginConfig {config}: {push:?}"
+                );
+                pushed = config;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_canary(
+    canary_status: u16,
+    ns: &str,
+) -> (CanaryRollout, wasm_canary_e2e::http::LoadReport) {
+    let mesh = Arc::new(
+        tokio::task::spawn_blocking(|| Mesh::start(&reviews_config(0)))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    mesh.canary.set_status(canary_status);
+    let admin = mesh.client.admin;
+    let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(admin))
+        .await
+        .unwrap();
+    let env = Env::new(ns, mesh.clone()).await;
+    env.apply_template(&prometheus.url()).await;
+    env.apply(
+        &ApiResource::erase::<CanaryRollout>(&()),
+        "reviews",
+        &env.rollout_spec("reviews:v1"),
+    )
+    .await;
+    env.until("v1 to be stable", |r| {
+        (r.status.as_ref()?.phase == Phase::Healthy).then_some(())
+    })
+    .await;
+    let p = Arc::new(prometheus);
+    let pp = p.clone();
+    tokio::task::spawn_blocking(move || pp.wait_for_target_up())
+        .await
+        .unwrap();
+    let load = Load::start(mesh.client_addr);
+    env.apply(
+        &ApiResource::erase::<CanaryRollout>(&()),
+        "reviews",
+        &env.rollout_spec("reviews:v2"),
+    )
+    .await;
+    let done = env
+        .until("the analysis to decide", |r| {
+            let s = r.status.as_ref()?;
+            let decided = matches!(s.phase, Phase::Aborted)
+                || (s.phase == Phase::Healthy
+                    && s.analysis_runs
+                        .iter()
+                        .any(|a| a.phase == AnalysisPhase::Successful));
+            decided.then(|| r.clone())
+        })
+        .await;
+    drop(load);
+    // For the failure messages: which canary-cluster series Prometheus holds.
+    let pa = p.addr;
+    let series = tokio::task::spawn_blocking(move || {
+        wasm_canary_e2e::http::admin_get(
+            pa,
+            "/api/v1/query?query=count%20by%20(__name__%2Cenvoy_response_code_class)(%7Benvoy_cluster_name%3D%22reviews-canary%22%7D)",
+        )
+        .map(|r| r.body)
+        .unwrap_or_default()
+    })
+    .await
+    .unwrap();
+    eprintln!("canary-cluster series in Prometheus: {series}");
+    let report = wasm_canary_e2e::http::run_load(
+        mesh.client_addr,
+        "reviews",
+        200,
+        2,
+        Duration::from_secs(10),
+        |_| Vec::new(),
+    );
+    drop(env);
+    drop(p);
+    (done, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_answering_500s_fails_its_prometheus_analysis_and_the_rollout_aborts_to_stable() {
+    let (rollout, after) = run_canary(500, "analysis-prom-fail").await;
+    let s = rollout.status.unwrap();
+    assert_eq!(s.phase, Phase::Aborted, "{s:#?}");
+    assert!(s.analysis_aborted);
+    let run = &s.analysis_runs[0];
+    assert_eq!(
+        (run.name.as_str(), run.phase),
+        ("step-1", AnalysisPhase::Failed),
+        "{run:#?}"
+    );
+    let ratio = run
+        .metrics
+        .iter()
+        .find(|m| m.name == "canary-5xx-ratio")
+        .unwrap();
+    assert_eq!(ratio.failed, 1, "{ratio:#?}");
+    let v: f64 =
+        serde_json::from_str::<Value>(ratio.measurements.last().unwrap().value.as_deref().unwrap())
+            .unwrap()[0]
+            .as_f64()
+            .unwrap();
+    assert!(v > 0.5, "the canary's 5xx share as Prometheus saw it: {v}");
+    // Traffic is back on stable: every request answered by stable, none fails.
+    assert_eq!(s.canary_weight, 0);
+    assert_eq!(after.non_2xx(), 0, "{after:?}");
+    assert_eq!(after.version("canary"), 0, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_passes_its_prometheus_analysis_and_is_promoted() {
+    let (rollout, after) = run_canary(200, "analysis-prom-pass").await;
+    let s = rollout.status.unwrap();
+    assert_eq!(s.phase, Phase::Healthy, "{s:#?}");
+    let run = &s.analysis_runs[0];
+    assert_eq!(run.phase, AnalysisPhase::Successful, "{run:#?}");
+    for m in &run.metrics {
+        assert_eq!((m.successful, m.failed), (2, 0), "{m:#?}");
+    }
+    assert_eq!(after.non_2xx(), 0, "{after:?}");
+}
