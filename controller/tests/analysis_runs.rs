@@ -1,0 +1,310 @@
+//! The analysis run state machine and its effect on the rollout, pure: (spec, status, recorded
+//! measurements) -> plan. Inconclusive pauses, errors past consecutiveErrorLimit abort, an
+//! analysis step completes when its run succeeds, timers come from the status.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+
+use canary_controller::analysis::run::assess_metric;
+use canary_controller::analysis::{
+    AnalysisPhase, AnalysisTemplateSpec, Measurement, MetricResult, TakenMeasurement,
+};
+use canary_controller::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
+use canary_controller::steps::{plan, Observed, ObservedReplicaSet, Plan, Promote};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+const STABLE: &str = "stablehash";
+const CANARY: &str = "canaryhash";
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap()
+}
+
+fn template(metric: serde_json::Value) -> BTreeMap<String, AnalysisTemplateSpec> {
+    let spec = serde_json::from_value(json!({"metrics": [metric]})).unwrap();
+    BTreeMap::from([("check".to_owned(), spec)])
+}
+
+fn web_metric(extra: serde_json::Value) -> serde_json::Value {
+    let mut m = json!({"name": "ok", "successCondition": "result == true",
+                       "provider": {"web": {"url": "http://127.0.0.1:1/health"}}});
+    m.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    m
+}
+
+/// setWeight 50, then an analysis step, then 100.
+fn rollout() -> CanaryRollout {
+    serde_json::from_value(json!({
+        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "reviews"}},
+            "template": {"metadata": {"labels": {"app": "reviews"}}, "spec": {"containers": [{"name": "r", "image": "r:2"}]}},
+            "strategy": {"canary": {
+                "steps": [{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "check"}]}}, {"setWeight": 100}],
+                "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://x"}, "destinationRule": {"name": "reviews"}}}}}}
+    }))
+    .unwrap()
+}
+
+struct Sim {
+    rollout: CanaryRollout,
+    templates: BTreeMap<String, AnalysisTemplateSpec>,
+    status: CanaryRolloutStatus,
+    now: DateTime<Utc>,
+    promote: Option<Promote>,
+}
+
+impl Sim {
+    fn new(metric: serde_json::Value) -> Sim {
+        Sim {
+            rollout: rollout(),
+            templates: template(metric),
+            status: CanaryRolloutStatus {
+                stable_hash: Some(STABLE.into()),
+                ..Default::default()
+            },
+            now: t0(),
+            promote: None,
+        }
+    }
+
+    /// One reconcile: plan; take what is due with `phase`; plan again with it.
+    fn reconcile(&mut self, phase: AnalysisPhase) -> Plan {
+        let sets = vec![
+            ObservedReplicaSet {
+                hash: STABLE.into(),
+                replicas: 2,
+                available: 2,
+            },
+            ObservedReplicaSet {
+                hash: CANARY.into(),
+                replicas: 2,
+                available: 2,
+            },
+        ];
+        let mut obs = Observed {
+            template_hash: CANARY.into(),
+            replica_sets: sets,
+            promote: self.promote.take(),
+            now: self.now,
+            analysis_templates: self.templates.clone(),
+            ..Observed::default()
+        };
+        let mut p = plan(&self.rollout.spec, &self.status, &obs);
+        if !p.measure.is_empty() {
+            obs.measurements = p
+                .measure
+                .iter()
+                .map(|m| TakenMeasurement {
+                    run: m.run.clone(),
+                    metric: m.metric.name.clone(),
+                    measurement: Measurement {
+                        phase,
+                        message: (phase == AnalysisPhase::Error)
+                            .then(|| "connection refused".into()),
+                        started_at: self.now.to_rfc3339(),
+                        ..Measurement::default()
+                    },
+                })
+                .collect();
+            p = plan(&self.rollout.spec, &self.status, &obs);
+        }
+        self.status = p.status.clone();
+        p
+    }
+}
+
+#[test]
+fn an_analysis_step_completes_when_its_run_succeeds_and_the_rollout_promotes() {
+    let mut sim = Sim::new(web_metric(json!({})));
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.current_step_index, Some(1), "at the analysis step");
+    assert_eq!(p.status.canary_weight, 5000);
+    assert_eq!(p.status.analysis_runs[0].name, "step-1");
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.phase, Phase::Healthy, "{:?}", p.status.message);
+    assert_eq!(p.status.stable_hash.as_deref(), Some(CANARY));
+    assert_eq!(p.status.analysis_runs[0].phase, AnalysisPhase::Successful);
+    assert!(p
+        .transitions
+        .iter()
+        .any(|t| t.reason == "AnalysisCompleted"));
+}
+
+#[test]
+fn an_inconclusive_step_analysis_pauses_until_promoted() {
+    let mut sim = Sim::new(web_metric(
+        json!({"successCondition": "result == 1", "failureCondition": "result == 2"}),
+    ));
+    sim.reconcile(AnalysisPhase::Successful);
+    let p = sim.reconcile(AnalysisPhase::Inconclusive);
+    assert_eq!(p.status.phase, Phase::Paused);
+    assert!(p
+        .status
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("inconclusive"));
+    assert_eq!(p.status.canary_weight, 5000, "traffic stays where it is");
+    sim.now += Duration::minutes(10);
+    assert_eq!(
+        sim.reconcile(AnalysisPhase::Successful).status.phase,
+        Phase::Paused
+    );
+    sim.promote = Some(Promote::Step);
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert!(p.promote_consumed);
+    assert_eq!(p.status.phase, Phase::Healthy);
+}
+
+#[test]
+fn errors_abort_only_past_the_consecutive_error_limit_and_a_success_resets_the_streak() {
+    let mut sim = Sim::new(web_metric(
+        json!({"interval": "10s", "count": 3, "consecutiveErrorLimit": 2}),
+    ));
+    sim.reconcile(AnalysisPhase::Successful); // the run starts
+    for phase in [
+        AnalysisPhase::Error,
+        AnalysisPhase::Error,
+        AnalysisPhase::Successful,
+        AnalysisPhase::Error,
+        AnalysisPhase::Error,
+    ] {
+        let p = sim.reconcile(phase);
+        assert_ne!(p.status.phase, Phase::Aborted, "after {phase:?}");
+        assert_eq!(
+            p.requeue_after,
+            Some(std::time::Duration::from_secs(10)),
+            "next measurement in interval"
+        );
+        sim.now += Duration::seconds(10);
+    }
+    let p = sim.reconcile(AnalysisPhase::Error);
+    assert_eq!(p.status.phase, Phase::Aborted);
+    assert_eq!(p.traffic.unwrap().canary_weight, 0);
+    let m = &p.status.analysis_runs[0].metrics[0];
+    assert_eq!(
+        (m.error, m.consecutive_errors, m.count),
+        (5, 3, 1),
+        "{m:#?}"
+    );
+    assert!(p.status.message.unwrap().contains("connection refused"));
+}
+
+#[test]
+fn no_measurement_is_taken_before_initial_delay_or_before_the_interval_passes() {
+    let mut sim = Sim::new(web_metric(
+        json!({"interval": "30s", "count": 2, "initialDelay": "20s"}),
+    ));
+    sim.reconcile(AnalysisPhase::Successful);
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.analysis_runs[0].metrics[0].count, 0);
+    assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(20)));
+    sim.now += Duration::seconds(20);
+    assert_eq!(
+        sim.reconcile(AnalysisPhase::Successful)
+            .status
+            .analysis_runs[0]
+            .metrics[0]
+            .count,
+        1
+    );
+    sim.now += Duration::seconds(29);
+    assert_eq!(
+        sim.reconcile(AnalysisPhase::Successful)
+            .status
+            .analysis_runs[0]
+            .metrics[0]
+            .count,
+        1
+    );
+    sim.now += Duration::seconds(1);
+    assert_eq!(
+        sim.reconcile(AnalysisPhase::Successful).status.phase,
+        Phase::Healthy
+    );
+}
+
+#[test]
+fn a_condition_that_does_not_compile_refuses_the_rollout_before_any_traffic_moves() {
+    let mut sim = Sim::new(web_metric(json!({"successCondition": "result >"})));
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.phase, Phase::Degraded);
+    let m = p.status.message.unwrap();
+    assert!(
+        m.contains("steps[1].analysis") && m.contains("does not compile"),
+        "{m}"
+    );
+    assert!(p.traffic.is_none());
+}
+
+#[test]
+fn a_step_analysis_must_finish_and_arguments_must_have_values() {
+    let mut sim = Sim::new(web_metric(json!({"interval": "1m"})));
+    let m = sim
+        .reconcile(AnalysisPhase::Successful)
+        .status
+        .message
+        .unwrap();
+    assert!(m.contains("never complete a step"), "{m}");
+    let mut sim = Sim::new(web_metric(json!({})));
+    sim.templates.get_mut("check").unwrap().args =
+        vec![serde_json::from_value(json!({"name": "svc"})).unwrap()];
+    let m = sim
+        .reconcile(AnalysisPhase::Successful)
+        .status
+        .message
+        .unwrap();
+    assert!(m.contains("argument svc has no value"), "{m}");
+}
+
+#[test]
+fn limits_follow_argo_rules_including_minus_one_for_never() {
+    let metric = |v: serde_json::Value| serde_json::from_value(web_metric(v)).unwrap();
+    let result = |failed, inconclusive, consecutive_errors, count| MetricResult {
+        failed,
+        inconclusive,
+        consecutive_errors,
+        count,
+        ..MetricResult::default()
+    };
+    use AnalysisPhase::*;
+    let table = [
+        (json!({"interval": "1s"}), result(1, 0, 0, 1), Failed),
+        (
+            json!({"interval": "1s", "failureLimit": 2}),
+            result(2, 0, 0, 2),
+            Running,
+        ),
+        (
+            json!({"interval": "1s", "failureLimit": -1}),
+            result(9, 0, 0, 9),
+            Running,
+        ),
+        (json!({"interval": "1s"}), result(0, 1, 0, 1), Inconclusive),
+        (
+            json!({"interval": "1s", "inconclusiveLimit": 1}),
+            result(0, 1, 0, 1),
+            Running,
+        ),
+        (json!({"interval": "1s"}), result(0, 0, 4, 0), Running),
+        (json!({"interval": "1s"}), result(0, 0, 5, 0), Error),
+        (
+            json!({"interval": "1s", "count": 3}),
+            result(0, 0, 0, 3),
+            Successful,
+        ),
+        (json!({}), result(0, 0, 0, 1), Successful),
+    ];
+    for (m, r, want) in table {
+        assert_eq!(assess_metric(&metric(m.clone()), &r), want, "{m} {r:?}");
+    }
+}
