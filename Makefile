@@ -40,7 +40,7 @@ wasm: setup ## Build the filter for wasm32-wasip1, optimise it, check it is <= 2
 oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to build/oci
 	python3 filter/oci_image.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
 
-crd: ## Regenerate the CanaryRollout CRD YAML from the Rust types (committed; a test checks it)
+crd: ## Regenerate the CanaryRollout and AnalysisTemplate CRD YAML from the Rust types (committed; tests check them)
 	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
 	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- the_committed_analysistemplate_crd_is_fresh
 
@@ -53,7 +53,7 @@ test-unit: ## Unit and property tests (native, no Envoy, no API server)
 	cargo test -p wasm-canary-core -p wasm-canary-filter
 	cargo test -p wasm-canary-controller --lib --test step_logic --test crd_fresh
 
-controller-test: cluster-build ## The controller against a real API server (tests play kubelet)
+controller-test: wasm cluster-build ## The controller against a real API server (tests play kubelet; Prometheus + Envoy for analysis)
 	cargo test -p wasm-canary-controller
 
 test-wasm: setup ## The decision tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node

@@ -32,7 +32,7 @@ pub struct ConvertOptions {
     pub decision_header: Option<String>,
     /// The Kubernetes Service under canary (default: the DestinationRule's host).
     pub service: Option<String>,
-    /// Leave `analysis` out instead of carrying it (the controller refuses rollouts with it).
+    /// Leave `analysis` out instead of carrying it (the rollout then runs without metric checks).
     pub drop_analysis: bool,
 }
 
@@ -144,6 +144,23 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
     for o in objects {
         let (api, kind) = kind_of(o);
         if group_of(api) == "argoproj.io" && kind == "Rollout" {
+            continue;
+        }
+        // Argo's AnalysisTemplate schema is ours: only the apiVersion changes.
+        if group_of(api) == "argoproj.io" && kind == "AnalysisTemplate" && !opts.drop_analysis {
+            let mut t = o.clone();
+            t["apiVersion"] = Value::from("wasmcanary.io/v1alpha1");
+            t["metadata"] = clean_metadata(&o["metadata"], o["metadata"]["namespace"].as_str());
+            if let Some(m) = t.as_object_mut() {
+                m.remove("status");
+            }
+            out.documents.insert(
+                0,
+                Document {
+                    comment: format!("AnalysisTemplate {}: converted (apiVersion only)", name_of(o)),
+                    object: t,
+                },
+            );
             continue;
         }
         if used.contains(&(kind.to_owned(), name_of(o).to_owned())) {
@@ -300,9 +317,9 @@ fn convert_one(
             );
         } else {
             new_canary.insert("analysis".into(), a.clone());
-            note(out, &name, "spec.strategy.canary.analysis (background analysis): not supported by the controller yet; \
-                              carried over so the controller refuses the rollout (phase Degraded) instead of running it \
-                              unchecked: remove it (or convert with --drop-analysis) to run without metric checks");
+            note(out, &name, "spec.strategy.canary.analysis (background analysis): carried over; its AnalysisTemplates \
+                              must exist as wasmcanary.io/v1alpha1 AnalysisTemplate (pass their files with -f to convert \
+                              them too: only the apiVersion changes)");
         }
     }
     new_canary.insert(
@@ -635,8 +652,7 @@ fn convert_steps(
             }
             "analysis" => {
                 note(out, rollout, format!(
-                    "steps[{i}].analysis: not supported by the controller yet; carried over so the rollout stops there \
-                     (it is never skipped silently): remove it or convert with --drop-analysis"
+                    "steps[{i}].analysis: carried over; its AnalysisTemplates must exist as wasmcanary.io/v1alpha1"
                 ));
                 converted.push(step.clone());
             }
