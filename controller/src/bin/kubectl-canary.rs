@@ -265,8 +265,40 @@ async fn act(client: &Client, ns: &str, name: &str, action: Action) -> Result<()
     let rollout = get_rollout(&api, name, ns).await?;
     let status = rollout.status.clone().unwrap_or_default();
     match action {
+        Action::Retry if !rollout.spec.abort && status.analysis_aborted => {
+            // An analysis abort leaves spec.abort unset; the controller retries on the
+            // abort -> no-abort edge, so make that edge: set it, wait until the controller has
+            // seen it, then clear it.
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(Action::Abort.merge_patch()),
+            )
+            .await
+            .map_err(|e| explain(e, Some(name), ns))?;
+            let target = api
+                .get(name)
+                .await
+                .map_err(|e| explain(e, Some(name), ns))?
+                .metadata
+                .generation;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let r = api
+                    .get(name)
+                    .await
+                    .map_err(|e| explain(e, Some(name), ns))?;
+                if r.status.as_ref().and_then(|s| s.observed_generation) >= target {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("rollout {name}: the controller did not act on the abort within 60 s; is it running? (spec.abort is now true: run `kubectl canary retry {name} -n {ns}` again once it is)");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
         Action::Retry if !rollout.spec.abort => {
-            bail!("rollout {name} is not aborted (spec.abort is not set): nothing to retry; see `kubectl canary status {name} -n {ns}`")
+            bail!("rollout {name} is not aborted (spec.abort is not set and no analysis aborted it): nothing to retry; see `kubectl canary status {name} -n {ns}`")
         }
         Action::Promote | Action::PromoteFull if status.canary_hash.is_none() => {
             bail!(

@@ -216,6 +216,44 @@ pub fn render(
     if steps.is_empty() {
         out.push("     (none: a new version is promoted as soon as its pods are available)".into());
     }
+    if !status.analysis_runs.is_empty() {
+        out.push(format!(
+            "Analysis{}:",
+            if status.analysis_aborted {
+                " (aborted the rollout; retry: `kubectl canary retry`)"
+            } else {
+                ""
+            }
+        ));
+        for run in &status.analysis_runs {
+            out.push(
+                format!(
+                    "  {:<12} {:<12?} {}",
+                    run.name,
+                    run.phase,
+                    run.message.clone().unwrap_or_default()
+                )
+                .trim_end()
+                .to_owned(),
+            );
+            for m in &run.metrics {
+                let last = m
+                    .measurements
+                    .last()
+                    .and_then(|x| x.value.clone())
+                    .unwrap_or_default();
+                let last: String = last.chars().take(40).collect();
+                out.push(
+                    format!(
+                        "    {:<14} {:<12?} {}/{} ok, {} failed, {} inconclusive, {} error ({} in a row)  last {}",
+                        m.name, m.phase, m.successful, m.count, m.failed, m.inconclusive, m.error, m.consecutive_errors, last
+                    )
+                    .trim_end()
+                    .to_owned(),
+                );
+            }
+        }
+    }
     if !status.conditions.is_empty() {
         out.push("Conditions:".into());
         for c in &status.conditions {
