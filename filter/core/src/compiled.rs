@@ -5,6 +5,7 @@
 //! hash-map lookups and comparisons only.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::regex::Regex;
 
@@ -42,7 +43,31 @@ pub struct CompiledConfig {
     pub version_header: String,
     /// Services, in config order.
     pub services: Vec<CompiledService>,
-    by_host: HashMap<String, usize>,
+    by_host: HashMap<String, usize, BuildHasherDefault<HostHasher>>,
+}
+
+/// FNV-1a for the host index. The default SipHash guards against keys chosen to collide, but
+/// these keys come from the operator's config, not from clients (a client's `:authority` only
+/// looks up); FNV is several times cheaper on a 30-byte host, on every request.
+#[derive(Default)]
+pub struct HostHasher(u64);
+
+impl Hasher for HostHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// One service, compiled.
@@ -142,7 +167,8 @@ impl CompiledConfig {
         }
 
         let mut services = Vec::with_capacity(config.services.len());
-        let mut by_host: HashMap<String, usize> = HashMap::new();
+        let mut by_host: HashMap<String, usize, BuildHasherDefault<HostHasher>> =
+            HashMap::default();
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, svc) in config.services.iter().enumerate() {
             let path = format!("services[{i}]");

@@ -3,11 +3,12 @@
 use crate::compiled::{CompiledConfig, CompiledService, KeySource};
 use crate::config::{BASIS_POINTS, CANARY_SUBSET, STABLE_SUBSET};
 
-/// Read access to the request headers the decision needs. The filter implements it over
-/// proxy-wasm host calls (one call per header actually asked for); tests implement it over a map.
+/// Read access to the request headers the decision needs. The filter implements it over the
+/// header map it read from Envoy in one host call; tests implement it over a table. Values are
+/// borrowed: the request path allocates nothing per lookup.
 pub trait RequestHeaders {
-    /// The value of header `name` (lower-case), if present.
-    fn header(&mut self, name: &str) -> Option<String>;
+    /// The value of header `name` (lower-case), if present and text.
+    fn header(&self, name: &str) -> Option<&str>;
 }
 
 /// Which DestinationRule subset a request goes to.
@@ -76,7 +77,7 @@ pub struct Decision {
 pub fn decide_route(
     config: &CompiledConfig,
     authority: Option<&str>,
-    headers: &mut impl RequestHeaders,
+    headers: &impl RequestHeaders,
     draw: u32,
 ) -> Option<Decision> {
     let (index, service) = config.service_for_authority(authority?)?;
@@ -91,28 +92,24 @@ pub fn decide_route(
 /// The decision for a request already known to address `service`.
 pub fn decide_for_service(
     service: &CompiledService,
-    headers: &mut impl RequestHeaders,
+    headers: &impl RequestHeaders,
     draw: u32,
 ) -> (Subset, Reason) {
-    let mut view = CookieCache {
-        headers,
-        cookie: None,
-    };
     if !service.header_routes.is_empty() {
         let forced = service.header_routes.iter().any(|route| {
             route
                 .matches
                 .iter()
-                .all(|m| view.value(&m.source).is_some_and(|v| m.matcher.matches(&v)))
+                .all(|m| value(headers, &m.source).is_some_and(|v| m.matcher.matches(v)))
         });
         if forced {
             return (Subset::Canary, Reason::HeaderRoute);
         }
     }
     if let Some(source) = &service.sticky {
-        if let Some(key) = view.value(source).filter(|k| !k.is_empty()) {
+        if let Some(key) = value(headers, source).filter(|k| !k.is_empty()) {
             return (
-                by_weight(sticky_bucket(&service.name, &key), service.canary_weight),
+                by_weight(sticky_bucket(&service.name, key), service.canary_weight),
                 Reason::Sticky,
             );
         }
@@ -154,22 +151,10 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Fetches each header at most once per decision and parses `cookie` at most once.
-struct CookieCache<'h, H: RequestHeaders> {
-    headers: &'h mut H,
-    cookie: Option<Option<String>>,
-}
-
-impl<H: RequestHeaders> CookieCache<'_, H> {
-    fn value(&mut self, source: &KeySource) -> Option<String> {
-        match source {
-            KeySource::Header(name) => self.headers.header(name),
-            KeySource::Cookie(name) => {
-                let headers = &mut *self.headers;
-                let cookie = self.cookie.get_or_insert_with(|| headers.header("cookie"));
-                cookie_value(cookie.as_deref()?, name).map(str::to_owned)
-            }
-        }
+fn value<'a>(headers: &'a impl RequestHeaders, source: &KeySource) -> Option<&'a str> {
+    match source {
+        KeySource::Header(name) => headers.header(name),
+        KeySource::Cookie(name) => cookie_value(headers.header("cookie")?, name),
     }
 }
 

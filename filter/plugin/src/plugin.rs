@@ -250,10 +250,8 @@ impl RequestHeaderMap {
 }
 
 impl RequestHeaders for RequestHeaderMap {
-    fn header(&mut self, name: &str) -> Option<String> {
-        self.value(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
+    fn header(&self, name: &str) -> Option<&str> {
+        self.value(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
@@ -283,7 +281,7 @@ impl HttpContext for CanaryRequest {
 impl CanaryRequest {
     fn route_request(&self) {
         let config = &self.shared.config;
-        let mut headers = RequestHeaderMap::read(self);
+        let headers = RequestHeaderMap::read(self);
         let service = headers
             .value(":authority")
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -301,7 +299,7 @@ impl CanaryRequest {
             return;
         };
         let draw = self.shared.draws.borrow_mut().next_point();
-        let (subset, reason) = decide_for_service(service, &mut headers, draw);
+        let (subset, reason) = decide_for_service(service, &headers, draw);
         // With writeStableDecision off, a stable request needs no header (the default route is
         // stable) unless the client sent one, which must not survive.
         if subset == Subset::Canary

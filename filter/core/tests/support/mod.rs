@@ -1,6 +1,7 @@
 //! Shared test support: a map-backed request view and binomial bounds.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use canary_core::RequestHeaders;
@@ -9,7 +10,7 @@ use canary_core::RequestHeaders;
 #[derive(Default)]
 pub struct MapHeaders {
     pub values: HashMap<String, String>,
-    pub asked: Vec<String>,
+    pub asked: RefCell<Vec<String>>,
 }
 
 impl MapHeaders {
@@ -19,15 +20,15 @@ impl MapHeaders {
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned()))
                 .collect(),
-            asked: Vec::new(),
+            asked: RefCell::new(Vec::new()),
         }
     }
 }
 
 impl RequestHeaders for MapHeaders {
-    fn header(&mut self, name: &str) -> Option<String> {
-        self.asked.push(name.to_owned());
-        self.values.get(name).cloned()
+    fn header(&self, name: &str) -> Option<&str> {
+        self.asked.borrow_mut().push(name.to_owned());
+        self.values.get(name).map(String::as_str)
     }
 }
 
