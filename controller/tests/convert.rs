@@ -137,7 +137,10 @@ fn the_background_analysis_is_carried_over_and_validates_and_can_be_dropped() {
         c.stderr
     );
     let r = c.rollout();
-    assert!(r.spec.strategy.canary.analysis.is_some(), "carried: the rollout keeps its metric checks");
+    assert!(
+        r.spec.strategy.canary.analysis.is_some(),
+        "carried: the rollout keeps its metric checks"
+    );
     steps::validate(&r.spec).expect("the controller accepts the converted rollout");
 
     let dropped = convert(&["--drop-analysis"]).rollout();
@@ -284,17 +287,35 @@ fn input_without_a_rollout_is_refused_with_what_to_pass() {
 fn the_fixture_analysis_template_converts_by_changing_only_its_api_version() {
     let rollout = fixture("argo/rollout/rollout.yaml");
     let analysis = fixture("argo/rollout/analysis.yaml");
-    let out = kubectl_canary(&["convert", "-f", rollout.to_str().unwrap(), "-f", analysis.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_canary(&[
+        "convert",
+        "-f",
+        rollout.to_str().unwrap(),
+        "-f",
+        analysis.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect();
-    let template = docs.iter().find(|d| d["kind"] == "AnalysisTemplate").expect("the AnalysisTemplate is converted");
+    let template = docs
+        .iter()
+        .find(|d| d["kind"] == "AnalysisTemplate")
+        .expect("the AnalysisTemplate is converted");
     assert_eq!(template["apiVersion"], "wasmcanary.io/v1alpha1");
-    let original: Value = serde_yaml::from_str(&std::fs::read_to_string(&analysis).unwrap()).unwrap();
-    assert_eq!(template["spec"], original["spec"], "the spec is carried unchanged");
-    let typed: canary_controller::analysis::AnalysisTemplate = serde_json::from_value(template.clone()).unwrap();
+    let original: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&analysis).unwrap()).unwrap();
+    assert_eq!(
+        template["spec"], original["spec"],
+        "the spec is carried unchanged"
+    );
+    let typed: canary_controller::analysis::AnalysisTemplate =
+        serde_json::from_value(template.clone()).unwrap();
     assert_eq!(typed.metadata.name.as_deref(), Some("apdex"));
 }

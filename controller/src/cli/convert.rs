@@ -157,7 +157,10 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
             out.documents.insert(
                 0,
                 Document {
-                    comment: format!("AnalysisTemplate {}: converted (apiVersion only)", name_of(o)),
+                    comment: format!(
+                        "AnalysisTemplate {}: converted (apiVersion only)",
+                        name_of(o)
+                    ),
                     object: t,
                 },
             );
