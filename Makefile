@@ -44,7 +44,8 @@ crd: ## Regenerate the CanaryRollout and AnalysisTemplate CRD YAML from the Rust
 	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
 	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- the_committed_analysistemplate_crd_is_fresh
 
-test: setup wasm cluster-build ## Run every test: unit, wasm-bindgen, controller and control plane (real API server), Envoy end-to-end
+test: setup wasm cluster-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), Envoy end-to-end
+	$(MAKE) --no-print-directory lint
 	cargo test --workspace --exclude wasm-canary-e2e
 	$(MAKE) --no-print-directory test-wasm
 	$(MAKE) --no-print-directory e2e
