@@ -20,12 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canary_cluster::{kubelet, ControlPlane};
+use canary_cluster::ControlPlane;
 use canary_controller::analysis::{AnalysisPhase, AnalysisTemplate};
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -314,28 +313,7 @@ impl Env {
     }
 }
 
-async fn play_kubelet(client: Client, ns: String) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let mut n = 10u32;
-    loop {
-        if let Ok(list) = pods.list(&ListParams::default()).await {
-            for p in list.items {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if !ready && p.metadata.deletion_timestamp.is_none() {
-                    n += 1;
-                    let ip = format!("192.0.2.{}", n % 250 + 2);
-                    let name = p.metadata.name.as_deref().unwrap_or_default();
-                    let _ = kubelet::run_pod(&client, &ns, name, &ip, true).await;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use canary_cluster::kubelet::play_kubelet;
 
 /// What istiod does with a WasmPlugin: its pluginConfig reaches the client sidecar (ECDS).
 async fn play_istiod(client: Client, ns: String, mesh: Arc<Mesh>) {

@@ -14,14 +14,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use canary_cluster::{kubelet, ControlPlane};
+use canary_cluster::ControlPlane;
 use canary_controller::analysis::AnalysisPhase;
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
 use canary_core::PluginConfig;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -302,28 +301,7 @@ impl Env {
     }
 }
 
-async fn play_kubelet(client: Client, ns: String) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let mut n = 10u32;
-    loop {
-        if let Ok(list) = pods.list(&ListParams::default()).await {
-            for p in list.items {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if !ready && p.metadata.deletion_timestamp.is_none() {
-                    n += 1;
-                    let ip = format!("192.0.2.{}", n % 250 + 2);
-                    let name = p.metadata.name.as_deref().unwrap_or_default();
-                    let _ = kubelet::run_pod(&client, &ns, name, &ip, true).await;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use canary_cluster::kubelet::play_kubelet;
 
 /// What every query to OAP must look like: POST /graphql, the fixture's query with the
 /// rollout's argument substituted, `$duration` the last 3 minutes at minute precision.

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use canary_cluster::{kubelet, ControlPlane};
+use canary_cluster::ControlPlane;
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::{
     destination_rule_resource, wasm_plugin_resource, PROMOTE_ANNOTATION,
@@ -23,7 +23,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::Client;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -66,35 +65,7 @@ fn is_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
     matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403)
 }
 
-/// Marks every Pod of the namespace Running and Ready, as a kubelet would.
-async fn play_kubelet(client: Client, ns: String) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let mut n = 10u32;
-    loop {
-        if let Ok(list) = pods.list(&ListParams::default()).await {
-            for p in list.items {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if !ready && p.metadata.deletion_timestamp.is_none() {
-                    n += 1;
-                    let ip = format!("192.0.2.{}", n % 250 + 2);
-                    let _ = kubelet::run_pod(
-                        &client,
-                        &ns,
-                        p.metadata.name.as_deref().unwrap_or_default(),
-                        &ip,
-                        true,
-                    )
-                    .await;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use canary_cluster::kubelet::play_kubelet;
 
 async fn until<T>(
     api: &Api<CanaryRollout>,

@@ -18,8 +18,7 @@ use canary_controller::leader::{run_as_leader, LeaseConfig};
 use canary_controller::reconcile::{destination_rule_resource, run_with, Context};
 use canary_controller::telemetry::{serve_on, Metrics};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,35 +52,7 @@ async fn setup(ns: &str) -> (Arc<ControlPlane>, Client, JoinHandle<()>) {
     .unwrap();
     let (c, n) = (client.clone(), ns.to_owned());
     // Plays kubelet: every Pod of the namespace becomes Running and Ready.
-    let kubelet = tokio::spawn(async move {
-        let pods: Api<Pod> = Api::namespaced(c.clone(), &n);
-        let mut ip = 10u32;
-        loop {
-            if let Ok(list) = pods.list(&ListParams::default()).await {
-                for p in list.items {
-                    let ready = p
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
-                    if !ready && p.metadata.deletion_timestamp.is_none() {
-                        ip += 1;
-                        let _ = kubelet::run_pod(
-                            &c,
-                            &n,
-                            p.metadata.name.as_deref().unwrap_or_default(),
-                            &format!("192.0.2.{}", ip % 250 + 2),
-                            true,
-                        )
-                        .await;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let kubelet = tokio::spawn(kubelet::play_kubelet(c, n));
     (plane, client, kubelet)
 }
 

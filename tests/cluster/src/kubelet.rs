@@ -107,3 +107,30 @@ pub async fn set_pod_status(
         )))?;
     Ok(())
 }
+
+/// Plays kubelet for a whole namespace until the task is dropped: every Pod that is not
+/// Ready is bound and marked Running and Ready (a 192.0.2.x IP), as a kubelet does once the
+/// containers pass their readiness probes. Polls every 100 ms; spawn it and abort it at the end
+/// of the test.
+pub async fn play_kubelet(client: Client, namespace: String) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let mut n = 10u32;
+    loop {
+        if let Ok(list) = pods.list(&kube::api::ListParams::default()).await {
+            for p in list.items {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready && p.metadata.deletion_timestamp.is_none() {
+                    n += 1;
+                    let ip = format!("192.0.2.{}", n % 250 + 2);
+                    let name = p.metadata.name.as_deref().unwrap_or_default();
+                    let _ = run_pod(&client, &namespace, name, &ip, true).await;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
