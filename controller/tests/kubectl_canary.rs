@@ -283,12 +283,24 @@ async fn the_converted_demo_runs_and_is_steered_with_kubectl_canary() {
         "{status}"
     );
 
-    // set-weight is not an override: it says how, and changes nothing.
-    let err = plugin.fails(&["set-weight", NAME, "40", "-n", NS]);
-    assert!(
-        err.contains("not a direct override") && err.contains("step 5 sets 40%"),
-        "{err}"
-    );
+    // set-weight inserts `setWeight 15` + an indefinite pause after the current pause and ends
+    // it: the weight moves to 15% and holds; promoting continues with the original steps.
+    let out = plugin.ok(&["set-weight", NAME, "15", "-n", NS]);
+    assert!(out.contains("steps 3 and 4 inserted"), "{out}");
+    until(&rollouts, "15% and holding", |r| {
+        let s = r.status.as_ref()?;
+        (s.canary_weight == 1_500 && s.phase == Phase::Paused).then_some(())
+    })
+    .await;
+    let steps = rollouts.get(NAME).await.unwrap().spec.strategy.canary.steps;
+    assert_eq!(steps.len(), 12);
+    assert_eq!(steps[2].set_weight, Some(15.0));
+    assert!(steps[3]
+        .pause
+        .as_ref()
+        .is_some_and(|p| p.duration.is_none()));
+    let err = plugin.fails(&["set-weight", NAME, "150", "-n", NS]);
+    assert!(err.contains("outside 0..100"), "{err}");
 
     // pause / resume hold and release the rollout through spec.paused.
     plugin.ok(&["pause", NAME, "-n", NS]);

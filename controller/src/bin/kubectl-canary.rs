@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use canary_controller::crd::CanaryRollout;
+use canary_controller::reconcile::PROMOTE_ANNOTATION;
 use canary_controller::reconcile::ROLLOUT_LABEL;
 use canary_controller::steps::{format_weight, weight_basis_points};
 use clap::{Args, Parser, Subcommand};
@@ -93,7 +94,8 @@ enum Command {
         /// Rollout name.
         name: String,
     },
-    /// Not a direct override: explains how to reach a weight (the weight comes from the steps).
+    /// Move to a weight now and hold there: inserts `setWeight W` and an indefinite pause after
+    /// the current step (ending the pause the rollout waits in); promote continues the steps.
     SetWeight {
         /// Rollout name.
         name: String,
@@ -326,51 +328,61 @@ async fn act(client: &Client, ns: &str, name: &str, action: Action) -> Result<()
     Ok(())
 }
 
+/// `set-weight W`: the weight comes from the steps, so this edits the steps the way a user
+/// would: `setWeight: W` and an indefinite `pause` are inserted right after the current step,
+/// and a pause the rollout is waiting in is ended. The controller then moves traffic to W
+/// (once enough canary pods are ready) and holds there until promoted; the remaining steps
+/// follow as before.
 async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Result<()> {
     let bp = weight_basis_points(weight)
         .map_err(|e| anyhow!("{e}; give a percentage such as 10 or 0.5"))?;
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
     let rollout = get_rollout(&api, name, ns).await?;
     let status = rollout.status.clone().unwrap_or_default();
+    if status.canary_hash.is_none() {
+        bail!("rollout {name} has no canary running (phase {:?}): nothing to weigh; change the pod template to start one", status.phase);
+    }
+    if rollout.spec.abort || status.aborted {
+        bail!(
+            "rollout {name} is aborted: retry it first with `kubectl canary retry {name} -n {ns}`"
+        );
+    }
+    let steps = &rollout.spec.strategy.canary.steps;
     let current = status
         .current_step_index
         .and_then(|i| usize::try_from(i).ok())
-        .unwrap_or(0);
-    let steps = &rollout.spec.strategy.canary.steps;
-    let later = steps
+        .unwrap_or(0)
+        .min(steps.len());
+    let waiting_in_pause = status.phase == canary_controller::crd::Phase::Paused
+        && steps.get(current).is_some_and(|s| s.pause.is_some());
+    let insert_at = if waiting_in_pause {
+        current + 1
+    } else {
+        (current + 1).min(steps.len())
+    };
+    let mut new_steps: Vec<serde_json::Value> = steps
         .iter()
-        .enumerate()
-        .skip(current)
-        .find(|(_, s)| s.set_weight.and_then(|w| weight_basis_points(w).ok()) == Some(bp))
-        .map(|(i, _)| i);
-    let mut how = vec![
-        format!(
-            "set-weight is not a direct override in wasm-canary: the weight is the result of the steps in \
-             spec.strategy.canary.steps (the controller writes status.canaryWeight and the WasmPlugin from them, and \
-             would undo any direct change at its next reconcile). Rollout {name} is at {} now.",
-            format_weight(status.canary_weight)
-        ),
-        "To get to that weight:".into(),
-    ];
-    match later {
-        Some(i) => how.push(format!(
-            "  - step {} sets {}: run `kubectl canary promote {name} -n {ns}` at each pause until it runs",
-            i + 1,
-            format_weight(bp)
-        )),
-        None => how.push(format!(
-            "  - edit the steps (`kubectl edit canaryrollout {name} -n {ns}`) and insert `- setWeight: {weight}` followed by \
-             `- pause: {{}}` after step {}; the controller moves to it when the current step completes (promote to skip a pause)",
-            current + 1
-        )),
+        .map(|s| serde_json::to_value(s).map_err(anyhow::Error::from))
+        .collect::<Result<_>>()?;
+    new_steps.insert(insert_at, serde_json::json!({"setWeight": weight}));
+    new_steps.insert(insert_at + 1, serde_json::json!({"pause": {}}));
+    let mut patch = serde_json::json!({"spec": {"strategy": {"canary": {"steps": new_steps}}}});
+    if waiting_in_pause {
+        patch["metadata"] = serde_json::json!({"annotations": {PROMOTE_ANNOTATION: "step"}});
     }
-    how.push(format!(
-        "  - to send all traffic back to stable now: `kubectl canary abort {name} -n {ns}`"
-    ));
-    how.push(format!(
-        "  - to finish the rollout (100%): `kubectl canary promote --full {name} -n {ns}`"
-    ));
-    bail!("{}", how.join("\n"))
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| explain(e, Some(name), ns))?;
+    println!(
+        "rollout {name}: steps {} and {} inserted (setWeight {}, pause until promoted){}; the controller moves traffic to {} once enough canary pods are ready. \
+         Your manifest's steps now differ from the cluster's: add the two steps there too, or re-applying it removes them.",
+        insert_at + 1,
+        insert_at + 2,
+        format_weight(bp),
+        if waiting_in_pause { ", current pause ended" } else { " after the current step completes" },
+        format_weight(bp)
+    );
+    Ok(())
 }
 
 async fn list(client: &Client, ns: &str, all: bool) -> Result<()> {
