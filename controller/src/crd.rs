@@ -29,6 +29,7 @@ use crate::analysis::{AnalysisRunStatus, RolloutAnalysis};
     printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stableHash"}"#,
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canaryHash"}"#,
+    printcolumn = r#"{"name":"Analysis","type":"string","jsonPath":".status.analysisRuns[*].phase"}"#,
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -29,6 +29,6 @@ fn the_crd_has_a_status_subresource_and_printer_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Phase", "Step", "Weight", "Stable", "Canary", "Message", "Age"]
+        ["Phase", "Step", "Weight", "Stable", "Canary", "Analysis", "Message", "Age"]
     );
 }
