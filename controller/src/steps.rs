@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::analysis::run::validate_metric;
-use crate::analysis::template::{resolve, SecretKeyRef};
+use crate::analysis::template::{resolve, ResolvedAnalysis, SecretKeyRef};
 use crate::analysis::{
     AnalysisPhase, AnalysisRunStatus, AnalysisTemplateSpec, Metric, RolloutAnalysis,
     TakenMeasurement,
@@ -812,6 +812,9 @@ impl Planner<'_> {
     }
 
     fn run_metrics(&self, run: &AnalysisRunStatus, stable: &str) -> Vec<Metric> {
+        if !run.spec.is_empty() {
+            return run.spec.clone();
+        }
         self.run_analysis(run)
             .and_then(|a| resolve(a, &self.obs.analysis_templates, stable, &run.canary_hash).ok())
             .map(|r| r.metrics)
@@ -838,7 +841,7 @@ impl Planner<'_> {
             name,
             canary,
             step.map(|i| i as i32),
-            &resolved.metrics,
+            &resolved,
             self.obs.now,
         );
         let metrics: Vec<&str> = resolved.metrics.iter().map(|m| m.name.as_str()).collect();
@@ -995,12 +998,22 @@ impl Planner<'_> {
             if run.canary_hash != canary || run.phase.completed() {
                 continue;
             }
-            let Some(analysis) = self.run_analysis(&run) else {
-                continue;
-            };
-            let Ok(resolved) = resolve(analysis, &self.obs.analysis_templates, &stable, &canary)
-            else {
-                continue;
+            // What the run started with; runs recorded before snapshots existed resolve anew.
+            let resolved = if run.spec.is_empty() {
+                let Some(analysis) = self.run_analysis(&run) else {
+                    continue;
+                };
+                let Ok(resolved) =
+                    resolve(analysis, &self.obs.analysis_templates, &stable, &canary)
+                else {
+                    continue;
+                };
+                resolved
+            } else {
+                ResolvedAnalysis {
+                    metrics: run.spec.clone(),
+                    secrets: run.secret_args.clone(),
+                }
             };
             let fresh = self.created_runs.contains(&run.name);
             for (metric, at) in run.next_due(&resolved.metrics) {

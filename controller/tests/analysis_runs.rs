@@ -308,3 +308,46 @@ fn limits_follow_argo_rules_including_minus_one_for_never() {
         assert_eq!(assess_metric(&metric(m.clone()), &r), want, "{m} {r:?}");
     }
 }
+
+#[test]
+fn a_running_analysis_keeps_the_template_it_started_with_when_the_template_is_edited() {
+    // count 3, interval 1m: the run needs three measurements.
+    let mut sim = Sim::new(web_metric(json!({"count": 3, "interval": "1m"})));
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(
+        p.status.analysis_runs[0].spec[0].name, "ok",
+        "the run records its resolved metrics"
+    );
+    // Someone edits the template mid-run: another URL.
+    let mut edited = web_metric(json!({"count": 3, "interval": "1m"}));
+    edited["provider"]["web"]["url"] = json!("http://127.0.0.1:1/other");
+    sim.templates = template(edited);
+    sim.now += Duration::minutes(1);
+    let mut obs = Observed {
+        template_hash: CANARY.into(),
+        replica_sets: vec![
+            ObservedReplicaSet {
+                hash: STABLE.into(),
+                replicas: 2,
+                available: 2,
+            },
+            ObservedReplicaSet {
+                hash: CANARY.into(),
+                replicas: 2,
+                available: 2,
+            },
+        ],
+        now: sim.now,
+        analysis_templates: sim.templates.clone(),
+        ..Observed::default()
+    };
+    obs.promote = None;
+    let due = plan(&sim.rollout.spec, &sim.status, &obs).measure;
+    assert_eq!(due.len(), 1, "the next measurement is due");
+    let url = serde_json::to_value(&due[0].metric).unwrap()["provider"]["web"]["url"].clone();
+    assert_eq!(
+        url,
+        json!("http://127.0.0.1:1/health"),
+        "measured as the run started, as Argo's AnalysisRun does"
+    );
+}

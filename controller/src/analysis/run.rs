@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::template::Metric;
+use std::collections::BTreeMap;
+
+use super::template::{Metric, ResolvedAnalysis, SecretKeyRef};
 use crate::steps::parse_duration;
 
 /// Default `consecutiveErrorLimit` (Argo's).
@@ -66,6 +68,15 @@ pub struct AnalysisRunStatus {
     /// Per metric.
     #[serde(default)]
     pub metrics: Vec<MetricResult>,
+    /// The metrics as resolved when the run started (arguments substituted, except
+    /// Secret-backed ones, which stay `{{ args.NAME }}` and are read at each measurement).
+    /// Like Argo's AnalysisRun, a run keeps what it started with: editing the AnalysisTemplate
+    /// affects the next run, not this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spec: Vec<Metric>,
+    /// Secret-backed arguments of `spec`: names and Secret keys only, never values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_args: BTreeMap<String, SecretKeyRef>,
 }
 
 /// What a metric has measured so far.
@@ -204,9 +215,10 @@ impl AnalysisRunStatus {
         name: &str,
         canary_hash: &str,
         step_index: Option<i32>,
-        metrics: &[Metric],
+        resolved: &ResolvedAnalysis,
         now: DateTime<Utc>,
     ) -> Self {
+        let metrics = &resolved.metrics;
         Self {
             name: name.to_owned(),
             canary_hash: canary_hash.to_owned(),
@@ -221,6 +233,8 @@ impl AnalysisRunStatus {
                     ..MetricResult::default()
                 })
                 .collect(),
+            spec: metrics.clone(),
+            secret_args: resolved.secrets.clone(),
         }
     }
 
