@@ -14,7 +14,8 @@
     missing_docs
 )]
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use canary_cluster::ControlPlane;
 use canary_controller::analysis::{AnalysisPhase, AnalysisTemplate};
 use canary_controller::crd::{CanaryRollout, Phase};
-use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
+use canary_controller::reconcile::wasm_plugin_resource;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
@@ -176,32 +177,8 @@ impl Drop for Env {
 
 impl Env {
     async fn new(ns: &str, mesh: Arc<Mesh>) -> Env {
-        let plane = ControlPlane::shared()
-            .await
-            .expect("control plane (run `make cluster-build` first)");
-        let client = plane.client().await.unwrap();
-        plane.create_namespace(&client, ns).await.unwrap();
-        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for crd in ["canaryrollout.yaml", "analysistemplate.yaml"] {
-            plane.install_crds(&crds.join(crd)).await.unwrap();
-        }
-        let dr: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-        let rule = json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "reviews", "namespace": ns},
-            "spec": {"host": "reviews", "subsets": [
-                {"name": "stable", "labels": {"app": "reviews"}},
-                {"name": "canary", "labels": {"app": "reviews"}}
-            ]}
-        });
-        dr.patch(
-            "reviews",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&rule),
-        )
-        .await
-        .unwrap();
+        let (plane, client) = support::namespace(ns).await;
+        support::reviews_destination_rule(&client, ns).await;
         let (c, n) = (client.clone(), ns.to_owned());
         let controller =
             tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });

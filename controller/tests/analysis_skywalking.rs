@@ -10,6 +10,8 @@
     missing_docs
 )]
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use canary_cluster::ControlPlane;
 use canary_controller::analysis::AnalysisPhase;
 use canary_controller::crd::{CanaryRollout, Phase};
-use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
+use canary_controller::reconcile::wasm_plugin_resource;
 use canary_core::PluginConfig;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -148,32 +150,8 @@ fn fixture(name: &str) -> Value {
 
 impl Env {
     async fn new(ns: &str) -> Env {
-        let plane = ControlPlane::shared()
-            .await
-            .expect("control plane (run `make cluster-build` first)");
-        let client = plane.client().await.unwrap();
-        plane.create_namespace(&client, ns).await.unwrap();
-        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for crd in ["canaryrollout.yaml", "analysistemplate.yaml"] {
-            plane.install_crds(&crds.join(crd)).await.unwrap();
-        }
-        let dr: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-        let rule = json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "reviews", "namespace": ns},
-            "spec": {"host": "reviews", "subsets": [
-                {"name": "stable", "labels": {"app": "reviews"}},
-                {"name": "canary", "labels": {"app": "reviews"}}
-            ]}
-        });
-        dr.patch(
-            "reviews",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&rule),
-        )
-        .await
-        .unwrap();
+        let (plane, client) = support::namespace(ns).await;
+        support::reviews_destination_rule(&client, ns).await;
         let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
         let (c, n) = (client.clone(), ns.to_owned());
         let controller =

@@ -11,9 +11,10 @@
     missing_docs
 )]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::ops::Not;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,34 +52,8 @@ impl Drop for Env {
 
 impl Env {
     async fn new(ns: &str) -> Env {
-        let plane = ControlPlane::shared()
-            .await
-            .expect("control plane (run `make cluster-build` first)");
-        let client = plane.client().await.unwrap();
-        plane.create_namespace(&client, ns).await.unwrap();
-        plane
-            .install_crds(
-                &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml"),
-            )
-            .await
-            .unwrap();
-        let dr: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-        let rule = json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "reviews", "namespace": ns},
-            "spec": {"host": "reviews", "subsets": [
-                {"name": "stable", "labels": {"app": "reviews"}},
-                {"name": "canary", "labels": {"app": "reviews"}}
-            ]}
-        });
-        dr.patch(
-            "reviews",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&rule),
-        )
-        .await
-        .unwrap();
+        let (plane, client) = support::namespace(ns).await;
+        support::reviews_destination_rule(&client, ns).await;
         let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
         let mut env = Env {
             _plane: plane,

@@ -10,11 +10,12 @@
     missing_docs
 )]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use canary_cluster::ControlPlane;
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::{
     destination_rule_resource, wasm_plugin_resource, PROMOTE_ANNOTATION,
@@ -163,15 +164,7 @@ fn the_shipped_deployment_runs_hardened_with_probes_and_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_runs_a_rollout_with_only_the_shipped_cluster_role_and_is_refused_anything_else(
 ) {
-    let plane = ControlPlane::shared()
-        .await
-        .expect("control plane (run `make cluster-build` first)");
-    let admin = plane.client().await.unwrap();
-    plane.create_namespace(&admin, NS).await.unwrap();
-    plane
-        .install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml"))
-        .await
-        .unwrap();
+    let (plane, admin) = support::namespace(NS).await;
 
     // The shipped ClusterRole, as is; a ServiceAccount in the test namespace bound to it.
     let role: ClusterRole = serde_json::from_value(shipped("ClusterRole")).unwrap();
@@ -208,20 +201,7 @@ async fn the_controller_runs_a_rollout_with_only_the_shipped_cluster_role_and_is
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let dr: Api<DynamicObject> =
-        Api::namespaced_with(admin.clone(), NS, &destination_rule_resource());
-    let rule = json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "reviews", "namespace": NS},
-        "spec": {"host": "reviews", "subsets": [{"name": "stable"}, {"name": "canary"}]}
-    });
-    dr.patch(
-        "reviews",
-        &PatchParams::apply("platform-team"),
-        &Patch::Apply(&rule),
-    )
-    .await
-    .unwrap();
+    support::reviews_destination_rule(&admin, NS).await;
 
     let kubelet = tokio::spawn(play_kubelet(admin.clone(), NS.to_owned()));
     let controller = tokio::spawn(canary_controller::reconcile::run(

@@ -9,16 +9,18 @@
     missing_docs
 )]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use canary_cluster::{kubelet, ControlPlane};
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::leader::{run_as_leader, LeaseConfig};
-use canary_controller::reconcile::{destination_rule_resource, run_with, Context};
+use canary_controller::reconcile::{run_with, Context};
 use canary_controller::telemetry::{serve_on, Metrics};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,29 +29,8 @@ use tokio::task::JoinHandle;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn setup(ns: &str) -> (Arc<ControlPlane>, Client, JoinHandle<()>) {
-    let plane = ControlPlane::shared()
-        .await
-        .expect("control plane (run `make cluster-build` first)");
-    let client = plane.client().await.unwrap();
-    plane.create_namespace(&client, ns).await.unwrap();
-    plane
-        .install_crds(
-            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml"),
-        )
-        .await
-        .unwrap();
-    let dr: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-    let rule = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "reviews", "namespace": ns},
-        "spec": {"host": "reviews", "subsets": [{"name": "stable", "labels": {"app": "reviews"}}, {"name": "canary", "labels": {"app": "reviews"}}]}});
-    dr.patch(
-        "reviews",
-        &PatchParams::apply("platform-team"),
-        &Patch::Apply(&rule),
-    )
-    .await
-    .unwrap();
+    let (plane, client) = support::namespace(ns).await;
+    support::reviews_destination_rule(&client, ns).await;
     let (c, n) = (client.clone(), ns.to_owned());
     // Plays kubelet: every Pod of the namespace becomes Running and Ready.
     let kubelet = tokio::spawn(kubelet::play_kubelet(c, n));
