@@ -165,6 +165,8 @@ struct Env {
     client: Client,
     ns: String,
     tasks: Vec<JoinHandle<()>>,
+    /// The last pluginConfig the istiod stand-in got Envoy to accept.
+    pushed: Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Env {
@@ -183,12 +185,19 @@ impl Env {
         let controller =
             tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });
         let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
-        let istiod = tokio::spawn(play_istiod(client.clone(), ns.to_owned(), mesh));
+        let pushed = Arc::new(std::sync::Mutex::new(String::new()));
+        let istiod = tokio::spawn(play_istiod(
+            client.clone(),
+            ns.to_owned(),
+            mesh,
+            pushed.clone(),
+        ));
         Env {
             _plane: plane,
             client,
             ns: ns.to_owned(),
             tasks: vec![controller, kubelet, istiod],
+            pushed,
         }
     }
 
@@ -293,7 +302,12 @@ impl Env {
 use canary_cluster::kubelet::play_kubelet;
 
 /// What istiod does with a WasmPlugin: its pluginConfig reaches the client sidecar (ECDS).
-async fn play_istiod(client: Client, ns: String, mesh: Arc<Mesh>) {
+async fn play_istiod(
+    client: Client,
+    ns: String,
+    mesh: Arc<Mesh>,
+    accepted: Arc<std::sync::Mutex<String>>,
+) {
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &wasm_plugin_resource());
     let mut pushed = String::new();
     loop {
@@ -308,6 +322,7 @@ async fn play_istiod(client: Client, ns: String, mesh: Arc<Mesh>) {
                     "the filter refused the controller's pluginConfig {config}: {push:?}"
                 );
                 pushed = config;
+                *accepted.lock().unwrap() = pushed.clone();
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -365,6 +380,23 @@ async fn run_canary(
         })
         .await;
     drop(load);
+    // istiod's push is asynchronous: measure "after" only once Envoy runs the controller's
+    // latest pluginConfig (bounded).
+    let wp: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.ns, &wasm_plugin_resource());
+    let start = tokio::time::Instant::now();
+    loop {
+        let current =
+            wp.get("reviews-canary").await.unwrap().data["spec"]["pluginConfig"].to_string();
+        if *env.pushed.lock().unwrap() == current {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "istiod stand-in never pushed {current}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // For the failure messages: which canary-cluster series Prometheus holds.
     let pa = p.addr;
     let series = tokio::task::spawn_blocking(move || {
