@@ -503,7 +503,25 @@ async fn apply_traffic(
         }
         Ok::<_, Error>(())
     };
+    // What the controller owns is already in place (spec fields and the owner reference): no
+    // write, so a resync does not touch the WasmPlugin (nor make istiod push it again).
+    let wp_current = current
+        .as_ref()
+        .and_then(|w| serde_json::to_value(w).ok())
+        .unwrap_or(Value::Null);
+    let wp_unchanged = wasm_plugin["spec"]
+        .as_object()
+        .is_some_and(|spec| spec.iter().all(|(k, v)| &wp_current["spec"][k] == v))
+        && wp_current["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| {
+                refs.iter()
+                    .any(|r| r["uid"] == wasm_plugin["metadata"]["ownerReferences"][0]["uid"])
+            });
     let apply_wp = || async {
+        if wp_unchanged {
+            return Ok::<_, Error>(());
+        }
         wp_api
             .patch(
                 &wp_name,

@@ -1,7 +1,7 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -45,7 +45,7 @@ pub struct PhaseLabels {
 
 /// The controller's metrics.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     /// Reconciles run.
     pub reconciles: Counter,
     /// Reconcile failures by kind.
@@ -65,9 +65,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("wasm_canary");
-        let m = Self {
-            registry: Mutex::new(Registry::default()),
+        let mut m = Self {
+            registry: Registry::with_prefix("wasm_canary"),
             reconciles: Counter::default(),
             errors: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
@@ -79,40 +78,39 @@ impl Default for Metrics {
             leader: Gauge::default(),
             ready: AtomicBool::new(false),
         };
-        registry.register("reconciles", "Reconciles run", m.reconciles.clone());
-        registry.register(
+        // Metric handles are shared (Arc inside): the registry holds clones of the fields.
+        let r = &mut m.registry;
+        r.register("reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(
             "reconcile_errors",
             "Reconcile failures by kind",
             m.errors.clone(),
         );
-        registry.register(
+        r.register(
             "reconcile_duration_seconds",
             "Reconcile duration",
             m.reconcile_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "rollout_phase",
             "1 for the rollout's current phase",
             m.phase.clone(),
         );
-        registry.register(
+        r.register(
             "rollout_canary_weight_basis_points",
             "Canary weight in force (10000 = 100%)",
             m.weight.clone(),
         );
-        registry.register(
+        r.register(
             "rollout_step_duration_seconds",
             "Time from a step's start to its completion",
             m.step_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "leader",
             "1 when this replica holds the leader lease",
             m.leader.clone(),
         );
-        if let Ok(mut r) = m.registry.lock() {
-            *r = registry;
-        }
         m
     }
 }
@@ -150,9 +148,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if let Ok(r) = self.registry.lock() {
-            let _ = encode(&mut out, &r);
-        }
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }

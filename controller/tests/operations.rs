@@ -65,6 +65,17 @@ async fn until(
     }
 }
 
+/// The platform team applies the rollout with image `image`.
+async fn apply_rollout(api: &Api<CanaryRollout>, ns: &str, image: &str) {
+    api.patch(
+        "reviews",
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(rollout(ns, image)),
+    )
+    .await
+    .unwrap();
+}
+
 fn weight(r: &CanaryRollout) -> u32 {
     r.status.as_ref().map_or(0, |s| s.canary_weight)
 }
@@ -109,24 +120,12 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     let a = start_replica(&client, ns, "replica-a");
     let b = start_replica(&client, ns, "replica-b");
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        "reviews",
-        &PatchParams::apply("platform-team"),
-        &Patch::Apply(rollout(ns, "reviews:v1")),
-    )
-    .await
-    .unwrap();
+    apply_rollout(&api, ns, "reviews:v1").await;
     until(&api, "the first version stable", |r| {
         r.status.as_ref().is_some_and(|s| s.phase == Phase::Healthy)
     })
     .await;
-    api.patch(
-        "reviews",
-        &PatchParams::apply("platform-team"),
-        &Patch::Apply(rollout(ns, "reviews:v2")),
-    )
-    .await
-    .unwrap();
+    apply_rollout(&api, ns, "reviews:v2").await;
     until(&api, "20%", |r| weight(r) == 2_000).await;
 
     let leader_name = holder(&client, ns).await.expect("a lease holder");
@@ -214,24 +213,12 @@ async fn metrics_show_reconciles_phase_and_weight_per_rollout_and_health_endpoin
     let ctx = Arc::new(Context::with_metrics(client.clone(), metrics.clone()));
     let controller = tokio::spawn(run_with(ctx, Some(ns.to_owned())));
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        "reviews",
-        &PatchParams::apply("platform-team"),
-        &Patch::Apply(rollout(ns, "reviews:v1")),
-    )
-    .await
-    .unwrap();
+    apply_rollout(&api, ns, "reviews:v1").await;
     until(&api, "stable", |r| {
         r.status.as_ref().is_some_and(|s| s.phase == Phase::Healthy)
     })
     .await;
-    api.patch(
-        "reviews",
-        &PatchParams::apply("platform-team"),
-        &Patch::Apply(rollout(ns, "reviews:v2")),
-    )
-    .await
-    .unwrap();
+    apply_rollout(&api, ns, "reviews:v2").await;
     until(&api, "20%", |r| {
         weight(r) == 2_000 && r.status.as_ref().is_some_and(|s| s.phase == Phase::Paused)
     })

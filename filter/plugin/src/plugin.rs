@@ -282,11 +282,9 @@ impl CanaryRequest {
     fn route_request(&self) {
         let config = &self.shared.config;
         let headers = RequestHeaderMap::read(self);
-        let service = headers
-            .value(":authority")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|authority| config.service_for_authority(authority).map(|(i, _)| i));
-        let Some((index, service)) = service.and_then(|i| config.services.get(i).map(|s| (i, s)))
+        let Some((index, service)) = headers
+            .header(":authority")
+            .and_then(|authority| config.service_for_authority(authority))
         else {
             // Not under canary: a client-sent decision header must not reach the VirtualService.
             // Removing a header that is not there changes nothing but costs a host call.
@@ -313,7 +311,10 @@ impl CanaryRequest {
                 Subset::Stable => service.stable_hash.as_deref(),
                 Subset::Canary => service.canary_hash.as_deref(),
             };
-            self.set_http_request_header(h, hash);
+            // With no hash configured for the subset, only a client-sent value needs removing.
+            if hash.is_some() || headers.contains(h) {
+                self.set_http_request_header(h, hash);
+            }
         }
         self.shared
             .count_decision(counter_index(index, subset, reason));
