@@ -46,27 +46,42 @@ pub struct CompiledConfig {
     by_host: HashMap<String, usize, BuildHasherDefault<HostHasher>>,
 }
 
-/// FNV-1a for the host index. The default SipHash guards against keys chosen to collide, but
-/// these keys come from the operator's config, not from clients (a client's `:authority` only
-/// looks up); FNV is several times cheaper on a 30-byte host, on every request.
+/// The host index's hash: eight bytes at a time, multiply-rotate (the FxHash construction used
+/// in rustc). The default SipHash guards against keys chosen to collide, but these keys come
+/// from the operator's config, not from clients (a client's `:authority` only looks up); this
+/// is several times cheaper on a 30-byte host than SipHash, and than byte-wise FNV, on every
+/// request.
 #[derive(Default)]
 pub struct HostHasher(u64);
+
+impl HostHasher {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
 
 impl Hasher for HostHasher {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
         }
-        self.0 = h;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            if let Some(dst) = w.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            // The length keeps "ab" and "ab\0" apart.
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
     }
 }
 
@@ -452,18 +467,23 @@ fn host_key(path: &str, host: &str) -> Result<String, ConfigError> {
 /// The host part of an `:authority`: port removed (`reviews:9080` -> `reviews`,
 /// `[::1]:80` -> `[::1]`), trailing dot removed. Case is left to the caller.
 pub fn authority_host(authority: &str) -> &str {
-    let host = if authority.starts_with('[') {
-        match authority.find(']') {
+    let bytes = authority.as_bytes();
+    let host = if bytes.first() == Some(&b'[') {
+        match bytes.iter().position(|&b| b == b']') {
             Some(end) => authority.get(..=end).unwrap_or(authority),
             None => authority,
         }
     } else {
-        match authority.rfind(':') {
-            Some(colon)
-                if authority
-                    .get(colon + 1..)
-                    .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
-            {
+        // A port is the digits after the last ':'; scanning back over them finds that colon in
+        // the same pass (this runs on every request).
+        let digits = bytes
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let before = bytes.len() - digits;
+        match before.checked_sub(1) {
+            Some(colon) if bytes.get(colon) == Some(&b':') => {
                 authority.get(..colon).unwrap_or(authority)
             }
             _ => authority,

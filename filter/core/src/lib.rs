@@ -13,6 +13,7 @@ pub mod config;
 pub mod decision;
 mod decode;
 pub mod error;
+pub mod header_map;
 pub mod metrics;
 pub mod regex;
 

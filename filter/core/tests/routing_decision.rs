@@ -408,3 +408,43 @@ fn cookie_values_are_found_among_many() {
     assert_eq!(cookie_value("a=", "a"), Some(""));
     assert_eq!(cookie_value("a=x=y", "a"), Some("x=y"));
 }
+
+/// The byte-level cookie parser against the obvious `split`/`trim` one, on every string up to
+/// length 6 over the characters that matter (separators, quotes, spaces, tabs, two name letters).
+#[test]
+fn cookie_parsing_agrees_with_a_split_and_trim_reference() {
+    fn reference<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+        header.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            if k.trim_ascii() != name {
+                return None;
+            }
+            let v = v.trim_ascii();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|x| x.strip_suffix('"'))
+                    .unwrap_or(v),
+            )
+        })
+    }
+    const ALPHABET: [char; 7] = ['a', 'b', '=', ';', ' ', '"', '\t'];
+    let mut checked = 0;
+    for len in 0..=6u32 {
+        for mut code in 0..7usize.pow(len) {
+            let mut s = String::new();
+            for _ in 0..len {
+                s.push(ALPHABET[code % 7]);
+                code /= 7;
+            }
+            for name in ["a", "ab", ""] {
+                assert_eq!(
+                    cookie_value(&s, name),
+                    reference(&s, name),
+                    "cookie {name:?} in {s:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300_000);
+}

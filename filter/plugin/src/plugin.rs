@@ -3,9 +3,11 @@
 //! request path makes only the calls the decision needs:
 //!
 //! client mode, covered host: ONE read of the whole request header map (`make bench` measured it
-//! cheaper than a read per header from the second header on), one write of the decision header
-//! (plus the hash header if configured). Decision counters are added up in the guest and
-//! published to Envoy once a second (`on_tick`) and when the plugin instance ends.
+//! cheaper than a read per header from the second header on), looked up in place without
+//! copying; one write of the decision header for a canary decision (or for any decision when
+//! the client sent one, or with `writeStableDecision`), plus the hash header if configured.
+//! Decision counters are added up in the guest and published to Envoy once a second
+//! (`on_tick`) and when the plugin instance ends.
 //! client mode, other host: the header map read, and a removal of the decision (and hash) header
 //! only when the client sent one.
 //! server mode: one request header write, one response header write.
@@ -17,6 +19,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use canary_core::decision::{decide_for_service, Draws, Reason, RequestHeaders, Subset};
+use canary_core::header_map::SerializedHeaders;
 use canary_core::metrics;
 use canary_core::{CompiledConfig, FilterMode};
 use proxy_wasm::hostcalls;
@@ -226,32 +229,54 @@ struct CanaryRequest {
 
 impl Context for CanaryRequest {}
 
-/// The request's headers, read with one host call. Names arrive lower-case from Envoy, as the
-/// compiled config's names are. A repeated header answers with its first value, as Envoy's
-/// single-header read does. A value that is not UTF-8 reads as absent (the per-header read
-/// panicked on it, which took the VM down).
-struct RequestHeaderMap(Vec<(String, Vec<u8>)>);
-
-impl RequestHeaderMap {
-    fn read(request: &CanaryRequest) -> Self {
-        Self(request.get_http_request_headers_bytes())
-    }
-
-    fn value(&self, name: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.value(name).is_some()
-    }
+/// The request's headers, read with one host call into the buffer the host allocates in guest
+/// memory, and looked up in place ([`SerializedHeaders`]): no copy per header. Names arrive
+/// lower-case from Envoy, as the compiled config's names are.
+struct RequestHeaderMap {
+    /// The host's buffer (allocated by the SDK's `proxy_on_memory_allocate`, freed on drop);
+    /// `None` when the read failed.
+    buf: Option<Vec<u8>>,
 }
 
-impl RequestHeaders for RequestHeaderMap {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.value(name).and_then(|v| std::str::from_utf8(v).ok())
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// The ABI call behind the SDK's `get_map_bytes`, which copies every name and value into
+    /// owned strings (and panics on an unexpected status). Integers, not the SDK's enums: a value
+    /// the host returns outside the enum must not be undefined behaviour.
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// `MapType::HttpRequestHeaders` and `Status::Ok` in the proxy-wasm ABI.
+const REQUEST_HEADERS: u32 = 0;
+const STATUS_OK: u32 = 0;
+
+impl RequestHeaderMap {
+    #[allow(unsafe_code)]
+    fn read() -> Self {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer it obtained from `proxy_on_memory_allocate(size)`,
+        // which allocates exactly `size` bytes as a boxed slice (capacity == size), so taking it
+        // back as a Vec of that length and capacity frees it with the same layout; the SDK's own
+        // reader does the same.
+        let status = unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) };
+        let buf = match (status, data.is_null()) {
+            // SAFETY: see above; `data` is non-null and owned by us from here on.
+            (STATUS_OK, false) => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+            // An empty map comes back as no buffer.
+            (STATUS_OK, true) => Some(Vec::new()),
+            _ => None,
+        };
+        Self { buf }
+    }
+
+    /// The headers, or `None` if the host did not answer with a well-formed map.
+    fn view(&self) -> Option<SerializedHeaders<'_>> {
+        SerializedHeaders::parse(self.buf.as_deref()?)
     }
 }
 
@@ -281,28 +306,33 @@ impl HttpContext for CanaryRequest {
 impl CanaryRequest {
     fn route_request(&self) {
         let config = &self.shared.config;
-        let headers = RequestHeaderMap::read(self);
+        let map = RequestHeaderMap::read();
+        let view = map.view();
+        // An unreadable map decides nothing (the request goes to the default route, stable), and
+        // any header in it is treated as client-sent, so removed.
+        let headers = view.unwrap_or(SerializedHeaders::EMPTY);
+        let client_sent = |name: &str| view.is_none() || headers.contains(name);
         let Some((index, service)) = headers
             .header(":authority")
             .and_then(|authority| config.service_for_authority(authority))
         else {
             // Not under canary: a client-sent decision header must not reach the VirtualService.
             // Removing a header that is not there changes nothing but costs a host call.
-            if headers.contains(&config.decision_header) {
+            if client_sent(&config.decision_header) {
                 self.set_http_request_header(&config.decision_header, None);
             }
-            if let Some(h) = config.hash_header.as_ref().filter(|h| headers.contains(h)) {
+            if let Some(h) = config.hash_header.as_ref().filter(|h| client_sent(h)) {
                 self.set_http_request_header(h, None);
             }
             return;
         };
         let draw = self.shared.draws.borrow_mut().next_point();
         let (subset, reason) = decide_for_service(service, &headers, draw);
-        // With writeStableDecision off, a stable request needs no header (the default route is
-        // stable) unless the client sent one, which must not survive.
+        // By default (writeStableDecision off) a stable request needs no header: the default
+        // route is stable. A client-sent one must not survive, so it is overwritten.
         if subset == Subset::Canary
             || config.write_stable_decision
-            || headers.contains(&config.decision_header)
+            || client_sent(&config.decision_header)
         {
             self.set_http_request_header(&config.decision_header, Some(subset.as_str()));
         }
@@ -312,7 +342,7 @@ impl CanaryRequest {
                 Subset::Canary => service.canary_hash.as_deref(),
             };
             // With no hash configured for the subset, only a client-sent value needs removing.
-            if hash.is_some() || headers.contains(h) {
+            if hash.is_some() || client_sent(h) {
                 self.set_http_request_header(h, hash);
             }
         }
