@@ -47,8 +47,8 @@ fn an_empty_object_is_a_client_config_with_default_headers_and_no_services() {
     assert_eq!(config.version_header, DEFAULT_VERSION_HEADER);
     assert_eq!(config.hash_header, None);
     assert!(
-        config.write_stable_decision,
-        "both decisions are written unless told otherwise"
+        !config.write_stable_decision,
+        "only canary decisions are written unless told otherwise"
     );
     assert!(config.services.is_empty());
     assert!(CompiledConfig::compile(&config).is_ok());
@@ -58,7 +58,7 @@ fn an_empty_object_is_a_client_config_with_default_headers_and_no_services() {
 fn what_the_controller_writes_is_exactly_what_the_filter_parses() {
     let written = PluginConfig {
         hash_header: Some("x-canary-hash".into()),
-        write_stable_decision: false,
+        write_stable_decision: true,
         services: vec![reviews()],
         ..PluginConfig::default()
     };

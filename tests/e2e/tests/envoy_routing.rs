@@ -262,14 +262,12 @@ fn header_values_that_are_not_utf8_do_not_break_the_filter() {
     );
 }
 
-/// `writeStableDecision: false` writes only `canary`: stable requests pass with no decision
-/// header (the default route is stable), which saves a header write on most requests. Routing
-/// is the same, and a client-sent header is still overwritten.
+/// By default only `canary` is written: stable requests pass with no decision header (the
+/// default route is stable), which saves a header write on most requests. Routing is the same,
+/// and a client-sent header is still overwritten. `writeStableDecision: true` writes both.
 #[test]
-fn without_stable_writes_routing_is_unchanged_and_client_headers_are_still_overwritten() {
-    let mut config: serde_json::Value = serde_json::from_str(&reviews_config(2_000)).unwrap();
-    config["writeStableDecision"] = false.into();
-    let mesh = Mesh::start(&config.to_string()).unwrap();
+fn only_canary_decisions_are_written_by_default_and_client_headers_are_still_overwritten() {
+    let mesh = Mesh::start(&reviews_config(2_000)).unwrap();
     let n = 4_000;
     let report = run_load(
         mesh.client_addr,
@@ -296,6 +294,25 @@ fn without_stable_writes_routing_is_unchanged_and_client_headers_are_still_overw
             "stable" => assert_eq!(header, None, "no header written for stable"),
             _ => assert_eq!(header.as_deref(), Some("canary")),
         }
+        seen.insert(version);
+    }
+    assert_eq!(seen.len(), 2);
+
+    let mut write_all: serde_json::Value = serde_json::from_str(&reviews_config(2_000)).unwrap();
+    write_all["writeStableDecision"] = true.into();
+    assert_eq!(
+        mesh.push_config(&write_all.to_string()).unwrap(),
+        Push::Accepted
+    );
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let r = http.get("reviews", "/", &[]).unwrap();
+        let version = r.header("x-app-version").unwrap().to_owned();
+        assert_eq!(
+            r.header("x-seen-x-canary-subset"),
+            Some(version.as_str()),
+            "with writeStableDecision every decision reaches upstream"
+        );
         seen.insert(version);
     }
     assert_eq!(seen.len(), 2);

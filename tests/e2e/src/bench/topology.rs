@@ -73,8 +73,8 @@ pub fn realistic_config(write_stable_decision: bool) -> String {
         })
         .collect();
     let mut config = serde_json::json!({"mode": "client", "services": services});
-    if !write_stable_decision {
-        config["writeStableDecision"] = false.into();
+    if write_stable_decision {
+        config["writeStableDecision"] = true.into();
     }
     // The optional hash header costs one more header write (a host call) per request; the
     // default config has none. BENCH_HASH_HEADER=1 measures it.
@@ -111,8 +111,8 @@ pub enum Variant {
     NoopWasm,
     /// (c) Our filter, client mode, realistic config.
     Canary,
-    /// (c') The same with `writeStableDecision: false` (only canary decisions are written).
-    CanaryLean,
+    /// (c') The same with `writeStableDecision: true` (stable decisions are written too).
+    CanaryWriteAll,
     /// (d) Envoy's native weighted routing, no filter.
     NativeWeighted,
 }
@@ -122,7 +122,7 @@ impl Variant {
         Variant::NoFilter,
         Variant::NoopWasm,
         Variant::Canary,
-        Variant::CanaryLean,
+        Variant::CanaryWriteAll,
         Variant::NativeWeighted,
     ];
 
@@ -131,7 +131,7 @@ impl Variant {
             Self::NoFilter => "a",
             Self::NoopWasm => "b",
             Self::Canary => "c",
-            Self::CanaryLean => "c'",
+            Self::CanaryWriteAll => "c'",
             Self::NativeWeighted => "d",
         }
     }
@@ -141,7 +141,7 @@ impl Variant {
             Self::NoFilter => "no filter",
             Self::NoopWasm => "no-op wasm",
             Self::Canary => "wasm-canary",
-            Self::CanaryLean => "wasm-canary, no stable writes",
+            Self::CanaryWriteAll => "wasm-canary, stable written too",
             Self::NativeWeighted => "native weighted",
         }
     }
@@ -234,15 +234,15 @@ pub fn start_under_test(
     let filters = match variant {
         Variant::NoFilter | Variant::NativeWeighted => vec![],
         Variant::NoopWasm => vec![wasm_filter(&modules.noop, "")],
-        Variant::Canary => vec![wasm_filter(&modules.canary, &realistic_config(true))],
-        Variant::CanaryLean => vec![wasm_filter(&modules.canary, &realistic_config(false))],
+        Variant::Canary => vec![wasm_filter(&modules.canary, &realistic_config(false))],
+        Variant::CanaryWriteAll => vec![wasm_filter(&modules.canary, &realistic_config(true))],
     };
     let clusters = match upstream {
         Some(addr) => vec![cluster("stable", addr), cluster("canary", addr)],
         None => vec![],
     };
     let config = bootstrap(
-        serde_json::json!({"id": format!("bench-{}", variant.letter().replace('\'', "-lean")), "cluster": "bench"}),
+        serde_json::json!({"id": format!("bench-{}", variant.letter().replace('\'', "-write-all")), "cluster": "bench"}),
         vec![listener(
             LISTENER,
             http_connection_manager(routes(mode, variant), filters),
@@ -253,7 +253,7 @@ pub fn start_under_test(
         &format!(
             "bench-{}-{}",
             mode.as_str(),
-            variant.letter().replace('\'', "-lean")
+            variant.letter().replace('\'', "-write-all")
         ),
         &config,
         options,
