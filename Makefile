@@ -66,6 +66,8 @@ e2e: setup wasm oci ## The filter in a real Envoy: routing, stickiness, live rel
 
 bench: setup wasm ## Measure throughput, latency and CPU with/without the filter; writes bench/RESULTS.md
 	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-noop-filter
+	cargo build --release -p wasm-canary-core --example request_path
+	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-core --example request_path
 	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md \
 	  --noop target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_noop_filter.wasm $(BENCH_ARGS)
 

@@ -35,6 +35,29 @@ pub fn request_headers() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The benchmark request as the filter sees it: wrk's headers under Envoy's names, plus the
+/// pseudo-headers and the headers the connection manager adds before filters run.
+pub fn envoy_request_headers() -> Vec<(String, String)> {
+    let mut out = vec![
+        (":authority".to_owned(), target_host()),
+        (":path".to_owned(), "/".to_owned()),
+        (":method".to_owned(), "GET".to_owned()),
+        (":scheme".to_owned(), "http".to_owned()),
+    ];
+    out.extend(
+        request_headers()
+            .into_iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+    );
+    out.push(("x-forwarded-proto".to_owned(), "http".to_owned()));
+    out.push((
+        "x-request-id".to_owned(),
+        "8c1f3f4e-2b7d-4a59-9c1e-5d0a6b7e8f90".to_owned(),
+    ));
+    out
+}
+
 /// `Host` of the benchmark requests: the longest form of the target service's hosts.
 pub fn target_host() -> String {
     format!("svc-{TARGET_SERVICE}.ns.svc.cluster.local")

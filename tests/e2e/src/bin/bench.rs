@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use wasm_canary_e2e::envoy::{Envoy, EnvoyOptions};
 use wasm_canary_e2e::http::Client;
 
-use report::{FileInfo, ModeResult, Sample};
+use report::{FileInfo, ModeResult, RequestPath, Sample};
 use topology::{Mode, Modules, Variant};
 
 const USAGE: &str = "\
@@ -176,12 +176,13 @@ fn main() -> anyhow::Result<()> {
         per_mode * args.modes.len() as u64
     );
 
+    let path = request_path();
     let mut results = Vec::new();
     for &mode in &args.modes {
         results.push(run_mode(mode, &modules, &load, &args)?);
     }
 
-    let mut text = report::markdown(&ctx, &results);
+    let mut text = report::markdown(&ctx, &results, &path);
     match &args.out {
         Some(path) => {
             if let Some(notes) = std::fs::read_to_string(path)
@@ -411,4 +412,81 @@ fn file_info(path: &Path) -> anyhow::Result<FileInfo> {
         bytes,
         sha256,
     })
+}
+
+/// Times the filter's request path outside Envoy, natively and in V8 (see
+/// `filter/core/examples/request_path.rs`). `make bench` builds both; a missing build or a
+/// missing `node` leaves its row empty with the reason, it does not stop the benchmark.
+fn request_path() -> RequestPath {
+    let root = wasm_canary_e2e::workspace_root();
+    let native = root.join("target/release/examples/request_path");
+    let wasm = root.join("target/wasm32-wasip1/wasm-release/examples/request_path.wasm");
+    let mut args = vec![topology::realistic_config(false)];
+    args.extend(
+        topology::envoy_request_headers()
+            .into_iter()
+            .map(|(k, v)| format!("{k}: {v}")),
+    );
+    let mut notes = Vec::new();
+    let mut run = |label: &str, cmd: &mut Command| -> Option<[f64; 4]> {
+        eprintln!("bench: timing the request path ({label})");
+        match cmd.output() {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let parsed = parse_request_path(&text);
+                if parsed.is_none() {
+                    notes.push(format!("{label}: unreadable output {text:?}"));
+                }
+                parsed
+            }
+            Ok(out) => {
+                notes.push(format!(
+                    "{label}: exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                notes.push(format!("{label}: could not run ({e})"));
+                None
+            }
+        }
+    };
+    let native_row = run("native", Command::new(&native).args(&args));
+    let v8_row = run(
+        "V8",
+        Command::new("node")
+            .arg("--no-warnings")
+            .arg(root.join("bench/wasi-run.mjs"))
+            .arg(&wasm)
+            .args(&args),
+    );
+    RequestPath {
+        native: native_row,
+        v8: v8_row,
+        note: (!notes.is_empty()).then(|| {
+            format!(
+                "Not measured: {} (`make bench` builds both examples; the V8 row needs `node`).",
+                notes.join("; ")
+            )
+        }),
+    }
+}
+
+/// Reads `request_path parse_ns=.. lookup_ns=.. decide_ns=.. total_ns=..`.
+fn parse_request_path(text: &str) -> Option<[f64; 4]> {
+    let line = text.lines().find(|l| l.starts_with("request_path "))?;
+    let field = |name: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    Some([
+        field("parse_ns")?,
+        field("lookup_ns")?,
+        field("decide_ns")?,
+        field("total_ns")?,
+    ])
 }
