@@ -23,14 +23,16 @@ const USAGE: &str = "\
 Usage: bench [options]
 
 Runs the same wrk load against Envoy with (a) no filter, (b) a no-op wasm filter, (c) the
-wasm-canary filter (client mode, 20-service config) and (d) native weighted routing,
-interleaved a b c d a b c d ..., in two modes (direct, upstream), and writes a markdown report.
+wasm-canary filter (client mode, 20-service config), (c') the same writing stable decisions too
+and (d) native weighted routing, interleaved a b c c' d a b c c' d ..., in two modes (direct,
+upstream); times the filter's request path outside Envoy (native and V8); writes a markdown
+report.
 
 Options:
   --out PATH          report file (default: print to stdout). Text below the line
                       '<!-- notes -->' in an existing file is kept.
-  --reps N            measured runs per variant and mode (default 3)
-  --secs S            seconds per run (default 8)
+  --reps N            measured runs per variant and mode (default 5)
+  --secs S            seconds per run (default 6)
   --warmup S          one unmeasured run per variant first, seconds (default 2)
   --connections N     wrk connections (default 16)
   --modes LIST        comma-separated: direct,upstream (default both)
@@ -62,8 +64,8 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     let root = wasm_canary_e2e::workspace_root();
     let mut a = Args {
         out: None,
-        reps: 3,
-        secs: 8,
+        reps: 5,
+        secs: 6,
         warmup: 2,
         connections: 16,
         modes: vec![Mode::Direct, Mode::Upstream],
@@ -166,9 +168,10 @@ fn main() -> anyhow::Result<()> {
         load_cpu: args.load_cpu,
         target_host: topology::target_host(),
     };
-    let per_mode = 4 * (args.reps as u64 * args.secs + args.warmup);
+    let variants = Variant::ALL.len() as u64;
+    let per_mode = variants * (args.reps as u64 * args.secs + args.warmup);
     eprintln!(
-        "bench: {} mode(s) x 4 variants x {} reps x {} s (+{} s warm-up each): about {} s",
+        "bench: {} mode(s) x {variants} variants x {} reps x {} s (+{} s warm-up each): about {} s",
         args.modes.len(),
         args.reps,
         args.secs,
