@@ -124,7 +124,7 @@ pub struct CanaryStep {
     /// Percentage of traffic to the canary, 0..=100; fractions allowed down to 0.01 (e.g. 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_weight: Option<f64>,
-    /// Wait: for `duration` (e.g. `30s`, `10m`, `1h`, or seconds as an integer), or until promoted.
+    /// Wait: for `duration` (seconds as an integer, or a Go duration: `30s`, `10m`, `1h30m`), or until promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseStep>,
     /// Send requests matching headers to the canary whatever the weight (Argo's setHeaderRoute).

@@ -675,3 +675,55 @@ fn one_promote_ends_one_pause_not_the_next_one_too() {
     );
     assert_eq!(next.status.phase, Phase::Paused);
 }
+
+/// Durations as Argo Rollouts reads them: integers are seconds, strings follow Go's
+/// `time.ParseDuration` (cases from Go's own tests, non-negative ones).
+#[test]
+fn durations_parse_like_argo_and_go() {
+    use canary_controller::steps::parse_duration;
+    use std::time::Duration;
+    let ok = |v: serde_json::Value, want: Duration| {
+        assert_eq!(parse_duration(&v), Ok(want), "{v}");
+    };
+    let ms = Duration::from_millis;
+    let ns = Duration::from_nanos;
+    let s = Duration::from_secs;
+    ok(serde_json::json!(30), s(30));
+    ok(serde_json::json!("30"), s(30));
+    ok(serde_json::json!("0"), s(0));
+    ok(serde_json::json!("5s"), s(5));
+    ok(serde_json::json!("+5s"), s(5));
+    ok(serde_json::json!("1478s"), s(1478));
+    ok(serde_json::json!("5.6s"), ms(5600));
+    ok(serde_json::json!("5.s"), s(5));
+    ok(serde_json::json!(".5s"), ms(500));
+    ok(serde_json::json!("1.004s"), ms(1004));
+    ok(serde_json::json!("100.00100s"), ms(100_001));
+    ok(serde_json::json!("10ns"), ns(10));
+    ok(serde_json::json!("11us"), ns(11_000));
+    ok(serde_json::json!("12µs"), ns(12_000));
+    ok(serde_json::json!("13ms"), ms(13));
+    ok(serde_json::json!("15m"), s(900));
+    ok(serde_json::json!("16h"), s(16 * 3600));
+    ok(serde_json::json!("1m30s"), s(90));
+    ok(serde_json::json!("3h30m"), s(3 * 3600 + 1800));
+    ok(serde_json::json!("10.5s4m"), ms(250_500));
+    ok(serde_json::json!("1.5h"), s(5400));
+    ok(
+        serde_json::json!("1h2m3s4ms5us6ns"),
+        s(3723) + ns(4_005_006),
+    );
+    ok(serde_json::json!("39h9m14.425s"), ms(140_954_425));
+    ok(
+        serde_json::json!(".3333333333333333333h"),
+        ns(1_199_999_999_999),
+    );
+    for bad in [
+        "", "3x", "-5s", "-", "s", ".", "-.", ".s", "+.s", "1h-2m", "3 s", "5d", "1e3s",
+    ] {
+        let err = parse_duration(&serde_json::json!(bad)).unwrap_err();
+        assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+    }
+    assert!(parse_duration(&serde_json::json!(-5)).is_err());
+    assert!(parse_duration(&serde_json::json!(true)).is_err());
+}

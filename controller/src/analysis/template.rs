@@ -70,7 +70,7 @@ pub struct SecretKeyRef {
 pub struct Metric {
     /// Name, unique in the template.
     pub name: String,
-    /// Time between measurements (`30s`, `5m`, `1h`). Without it (and without `count`) the
+    /// Time between measurements (a Go duration: `30s`, `5m`, `1m30s`). Without it (and without `count`) the
     /// metric is measured once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
