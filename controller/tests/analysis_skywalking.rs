@@ -37,6 +37,7 @@ const SERVICE: &str = "canary|reviews|bookinfo|cluster-1|-";
 struct FakeOap {
     url: String,
     requests: Arc<Mutex<Vec<(String, Value)>>>,
+    apdex: Arc<Mutex<Vec<i64>>>,
     task: JoinHandle<()>,
 }
 
@@ -84,8 +85,14 @@ impl FakeOap {
         FakeOap {
             url,
             requests,
+            apdex,
             task,
         }
+    }
+
+    /// What the following queries answer.
+    fn set_apdex(&self, values: Vec<i64>) {
+        *self.apdex.lock().unwrap() = values;
     }
 }
 
@@ -127,7 +134,7 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, Vec<u
 }
 
 struct Env {
-    _plane: Arc<ControlPlane>,
+    plane: Arc<ControlPlane>,
     client: Client,
     ns: String,
     controller: JoinHandle<()>,
@@ -157,7 +164,7 @@ impl Env {
         let controller =
             tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });
         Env {
-            _plane: plane,
+            plane,
             client,
             ns: ns.to_owned(),
             controller,
@@ -398,5 +405,47 @@ async fn the_fixture_rollout_aborts_to_weight_zero_when_skywalking_apdex_drops_b
         oap.requests.lock().unwrap().len(),
         taken,
         "no queries after the abort"
+    );
+
+    // The service is fixed; `kubectl canary retry` starts the same canary again from step 0 with
+    // a fresh analysis, which now passes, and the canary is promoted.
+    oap.set_apdex(vec![9950, 9990]);
+    let v1 = status.stable_hash.clone().unwrap();
+    let v2 = status.canary_hash.clone().unwrap();
+    let (kubeconfig, ns) = (env.plane.kubeconfig_path().to_owned(), env.ns.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
+            .args(["retry", "reviews-rollout", "-n", &ns])
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl canary retry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("retrying"));
+    let status = env
+        .until("the retried canary to be promoted", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Healthy && s.stable_hash.as_deref() == Some(v2.as_str()))
+                .then(|| s.clone())
+        })
+        .await;
+    assert_ne!(v1, v2);
+    assert!(!status.analysis_aborted && !status.aborted);
+    let run = &status.analysis_runs[0];
+    assert_eq!(run.phase, AnalysisPhase::Successful, "{run:#?}");
+    assert_eq!(
+        (run.metrics[0].failed, run.metrics[0].error),
+        (0, 0),
+        "a fresh run, not the failed one's counts: {run:#?}"
+    );
+    assert!(
+        !env.rollout().await.spec.abort,
+        "retry leaves spec.abort unset"
     );
 }
