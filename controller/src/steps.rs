@@ -1078,6 +1078,12 @@ impl Planner<'_> {
                 ResolvedAnalysis {
                     metrics: run.spec.clone(),
                     secrets: run.secret_args.clone(),
+                    dry_run: run
+                        .metrics
+                        .iter()
+                        .filter(|m| m.dry_run)
+                        .map(|m| m.name.clone())
+                        .collect(),
                 }
             };
             let fresh = self.created_runs.contains(&run.name);

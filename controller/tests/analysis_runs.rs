@@ -78,6 +78,11 @@ impl Sim {
 
     /// One reconcile: plan; take what is due with `phase`; plan again with it.
     fn reconcile(&mut self, phase: AnalysisPhase) -> Plan {
+        self.reconcile_with(|_| phase)
+    }
+
+    /// The same, each metric measuring the phase `phase_of(metric name)` gives.
+    fn reconcile_with(&mut self, phase_of: impl Fn(&str) -> AnalysisPhase) -> Plan {
         let sets = vec![
             ObservedReplicaSet {
                 hash: STABLE.into(),
@@ -103,7 +108,8 @@ impl Sim {
             obs.measurements = p
                 .measure
                 .iter()
-                .map(|m| TakenMeasurement {
+                .map(|m| (m, phase_of(&m.metric.name)))
+                .map(|(m, phase)| TakenMeasurement {
                     run: m.run.clone(),
                     metric: m.metric.name.clone(),
                     measurement: Measurement {
@@ -350,4 +356,83 @@ fn a_running_analysis_keeps_the_template_it_started_with_when_the_template_is_ed
         json!("http://127.0.0.1:1/health"),
         "measured as the run started, as Argo's AnalysisRun does"
     );
+}
+
+/// Argo's dry run: a metric named in `dryRun` is measured and recorded, its failure reported in
+/// the run's message, but it neither aborts nor pauses the rollout.
+#[test]
+fn a_dry_run_metric_is_recorded_but_its_failure_does_not_stop_the_rollout() {
+    let mut sim = Sim::new(web_metric(json!({})));
+    let check = sim.templates.get_mut("check").unwrap();
+    let mut latency = check.metrics[0].clone();
+    latency.name = "new-latency".into();
+    check.metrics.push(latency);
+    check.dry_run = vec![serde_json::from_value(json!({"metricName": "new-latency"})).unwrap()];
+    let phase_of = |m: &str| {
+        if m == "new-latency" {
+            AnalysisPhase::Failed
+        } else {
+            AnalysisPhase::Successful
+        }
+    };
+    sim.reconcile_with(phase_of);
+    let p = sim.reconcile_with(phase_of);
+    assert_eq!(p.status.phase, Phase::Healthy, "{:?}", p.status.message);
+    assert_eq!(p.status.stable_hash.as_deref(), Some(CANARY));
+    let run = &p.status.analysis_runs[0];
+    assert_eq!(run.phase, AnalysisPhase::Successful);
+    let dry = run
+        .metrics
+        .iter()
+        .find(|m| m.name == "new-latency")
+        .unwrap();
+    assert!(dry.dry_run);
+    assert_eq!((dry.phase, dry.failed), (AnalysisPhase::Failed, 1));
+    let message = run.message.as_deref().unwrap();
+    assert!(
+        message.contains("dry run, not acted on: new-latency Failed"),
+        "{message}"
+    );
+
+    // Without the dry run the same measurements abort.
+    let mut sim = Sim::new(web_metric(json!({})));
+    let check = sim.templates.get_mut("check").unwrap();
+    let mut latency = check.metrics[0].clone();
+    latency.name = "new-latency".into();
+    check.metrics.push(latency);
+    sim.reconcile_with(phase_of);
+    let p = sim.reconcile_with(phase_of);
+    assert_eq!(p.status.phase, Phase::Aborted, "{:?}", p.status.message);
+}
+
+/// `dryRun` on the rollout's analysis, as a regular expression over whole names; a pattern that
+/// selects no metric is refused before any traffic moves (a typo must not make a metric act).
+#[test]
+fn a_rollout_level_dry_run_takes_a_regex_and_refuses_one_that_matches_nothing() {
+    let mut sim = Sim::new(web_metric(json!({})));
+    let steps = &mut sim.rollout.spec.strategy.canary.steps;
+    let mut step: serde_json::Value = serde_json::to_value(&steps[1]).unwrap();
+    step["analysis"]["dryRun"] = json!([{"metricName": ".*"}]);
+    steps[1] = serde_json::from_value(step.clone()).unwrap();
+    sim.reconcile(AnalysisPhase::Failed);
+    let p = sim.reconcile(AnalysisPhase::Failed);
+    assert_eq!(
+        p.status.phase,
+        Phase::Healthy,
+        "every metric dry: the run completes Successful whatever it found ({:?})",
+        p.status.message
+    );
+    assert!(p.status.analysis_runs[0].metrics[0].dry_run);
+
+    let mut sim = Sim::new(web_metric(json!({})));
+    step["analysis"]["dryRun"] = json!([{"metricName": "latncy"}]);
+    sim.rollout.spec.strategy.canary.steps[1] = serde_json::from_value(step).unwrap();
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.phase, Phase::Degraded);
+    let m = p.status.message.unwrap();
+    assert!(
+        m.contains("dryRun[0].metricName") && m.contains("matches no metric"),
+        "{m}"
+    );
+    assert!(p.traffic.is_none());
 }

@@ -85,6 +85,9 @@ pub struct AnalysisRunStatus {
 pub struct MetricResult {
     /// Metric name.
     pub name: String,
+    /// Dry run: measured and recorded, never acted on (its phase does not count for the run).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Phase.
     #[serde(default)]
     pub phase: AnalysisPhase,
@@ -230,6 +233,7 @@ impl AnalysisRunStatus {
                 .iter()
                 .map(|m| MetricResult {
                     name: m.name.clone(),
+                    dry_run: resolved.dry_run.contains(&m.name),
                     ..MetricResult::default()
                 })
                 .collect(),
@@ -313,9 +317,24 @@ impl AnalysisRunStatus {
     }
 
     /// The run's phase from its metrics: Failed, else Error, else Inconclusive, else Running
-    /// while any runs, else Successful.
+    /// while any runs, else Successful. Dry-run metrics do not count, unless every metric is
+    /// one: then the run is Successful once they have all completed, whatever they found.
     pub fn assess(&mut self) {
-        let phases: Vec<AnalysisPhase> = self.metrics.iter().map(|m| m.phase).collect();
+        let acting: Vec<&MetricResult> = self.metrics.iter().filter(|m| !m.dry_run).collect();
+        let phases: Vec<AnalysisPhase> = if acting.is_empty() {
+            self.metrics
+                .iter()
+                .map(|m| {
+                    if m.phase.completed() {
+                        AnalysisPhase::Successful
+                    } else {
+                        m.phase
+                    }
+                })
+                .collect()
+        } else {
+            acting.iter().map(|m| m.phase).collect()
+        };
         let worst = [
             AnalysisPhase::Failed,
             AnalysisPhase::Error,
@@ -330,10 +349,22 @@ impl AnalysisRunStatus {
             }
             None => AnalysisPhase::Running,
         };
+        let dry_findings = self
+            .metrics
+            .iter()
+            .filter(|m| {
+                m.dry_run
+                    && matches!(
+                        m.phase,
+                        AnalysisPhase::Failed | AnalysisPhase::Error | AnalysisPhase::Inconclusive
+                    )
+            })
+            .map(|m| format!("{} {:?}", m.name, m.phase))
+            .collect::<Vec<_>>();
         self.message = self
             .metrics
             .iter()
-            .find(|m| Some(m.phase) == worst)
+            .find(|m| !m.dry_run && Some(m.phase) == worst)
             .map(|m| {
                 format!(
                     "metric {} {:?}{}",
@@ -345,6 +376,13 @@ impl AnalysisRunStatus {
                         .unwrap_or_default()
                 )
             });
+        if !dry_findings.is_empty() {
+            let note = format!("dry run, not acted on: {}", dry_findings.join(", "));
+            self.message = Some(match self.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
     }
 
     /// Ends a run that measures indefinitely (the rollout promoted): metrics without a verdict

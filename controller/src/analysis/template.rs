@@ -27,6 +27,18 @@ pub struct AnalysisTemplateSpec {
     pub args: Vec<Argument>,
     /// The metrics, all measured in parallel.
     pub metrics: Vec<Metric>,
+    /// Metrics measured and recorded but never acted on (Argo's dry run): their failures do not
+    /// abort or pause the rollout. For trying a new metric on real canaries first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<DryRun>,
+}
+
+/// Selects metrics for a dry run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    /// A metric name, or a regular expression matching whole names (`.*` for all metrics).
+    pub metric_name: String,
 }
 
 /// A template argument.
@@ -191,6 +203,10 @@ pub struct RolloutAnalysis {
     /// Background analysis only: the step index from which it runs (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting_step: Option<i32>,
+    /// Metrics of this analysis to run dry (recorded, never acted on), in addition to the
+    /// templates' own `dryRun`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<DryRun>,
 }
 
 /// A template reference.
@@ -233,6 +249,8 @@ pub struct ResolvedAnalysis {
     pub metrics: Vec<Metric>,
     /// Secret-backed arguments by name.
     pub secrets: BTreeMap<String, SecretKeyRef>,
+    /// Names of the metrics that run dry.
+    pub dry_run: BTreeSet<String>,
 }
 
 /// Resolves a rollout's analysis against its templates (by name). `stable`/`canary` are the
@@ -314,8 +332,49 @@ pub fn resolve(
                 .map_err(|e| format!("AnalysisTemplate {name}: metric {}: {e}", m.name))?;
             out.metrics.push(metric);
         }
+        for (i, d) in template.dry_run.iter().enumerate() {
+            let matched = dry_run_matches(&d.metric_name, &template.metrics)
+                .map_err(|e| format!("AnalysisTemplate {name}: dryRun[{i}].metricName: {e}"))?;
+            out.dry_run.extend(matched);
+        }
+    }
+    for (i, d) in analysis.dry_run.iter().enumerate() {
+        let matched = dry_run_matches(&d.metric_name, &out.metrics)
+            .map_err(|e| format!("dryRun[{i}].metricName: {e}"))?;
+        out.dry_run.extend(matched);
     }
     Ok(out)
+}
+
+/// The names of `metrics` that `pattern` selects: the name itself, or a regular expression
+/// matching whole names. A pattern that selects nothing is refused (a typo would otherwise
+/// make a metric act when it was meant to run dry).
+fn dry_run_matches(pattern: &str, metrics: &[Metric]) -> Result<Vec<String>, String> {
+    let exact: Vec<String> = metrics
+        .iter()
+        .filter(|m| m.name == pattern)
+        .map(|m| m.name.clone())
+        .collect();
+    if !exact.is_empty() {
+        return Ok(exact);
+    }
+    let re = canary_core::regex::Regex::new(pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
+    let matched: Vec<String> = metrics
+        .iter()
+        .filter(|m| re.is_match(&m.name))
+        .map(|m| m.name.clone())
+        .collect();
+    if matched.is_empty() {
+        return Err(format!(
+            "{pattern:?} matches no metric (metrics: {})",
+            metrics
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(matched)
 }
 
 /// Replaces `{{ args.NAME }}` (spaces optional) in every string of `v`. Names in `pending` are

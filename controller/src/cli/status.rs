@@ -245,8 +245,9 @@ pub fn render(
                 let last: String = last.chars().take(40).collect();
                 out.push(
                     format!(
-                        "    {:<14} {:<12?} {}/{} ok, {} failed, {} inconclusive, {} error ({} in a row)  last {}",
-                        m.name, m.phase, m.successful, m.count, m.failed, m.inconclusive, m.error, m.consecutive_errors, last
+                        "    {:<14} {:<12?} {}/{} ok, {} failed, {} inconclusive, {} error ({} in a row)  last {}{}",
+                        m.name, m.phase, m.successful, m.count, m.failed, m.inconclusive, m.error, m.consecutive_errors, last,
+                        if m.dry_run { "  (dry run)" } else { "" }
                     )
                     .trim_end()
                     .to_owned(),
