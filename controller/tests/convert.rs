@@ -21,7 +21,10 @@ use serde_json::{json, Value};
 fn fixture(path: &str) -> PathBuf {
     let root = std::env::var("WASM_CANARY_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/work/shared/fixtures/tse-gitops-demo"));
+        .unwrap_or_else(|_| {
+            // The fixtures sit next to the checkout (../shared), as on the CI machine.
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tse-gitops-demo")
+        });
     root.join(path)
 }
 
@@ -318,4 +321,61 @@ fn the_fixture_analysis_template_converts_by_changing_only_its_api_version() {
     let typed: canary_controller::analysis::AnalysisTemplate =
         serde_json::from_value(template.clone()).unwrap();
     assert_eq!(typed.metadata.name.as_deref(), Some("apdex"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "everything of the fixture's template has an equivalent"
+    );
+}
+
+/// Argo fields with no equivalent (a provider we lack, measurementRetention) are named on
+/// stderr, not pruned silently by the API server; dryRun carries over.
+#[test]
+fn analysis_template_fields_without_an_equivalent_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.yaml");
+    std::fs::write(
+        &template,
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: mixed, namespace: bookinfo}
+spec:
+  args: []
+  dryRun: [{metricName: latency}]
+  measurementRetention: [{metricName: latency, limit: 20}]
+  metrics:
+  - name: latency
+    interval: 1m30s
+    successCondition: result[0] < 0.5
+    provider:
+      prometheus: {address: "http://prometheus:9090", query: "vector(0.1)"}
+  - name: errors
+    successCondition: result < 1
+    provider:
+      datadog: {query: "sum:errors{*}", interval: 5m}
+"#,
+    )
+    .unwrap();
+    let rollout = fixture("argo/rollout/rollout.yaml");
+    let out = kubectl_canary(&[
+        "convert",
+        "-f",
+        rollout.to_str().unwrap(),
+        "-f",
+        template.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("AnalysisTemplate mixed: spec.measurementRetention: not supported"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("AnalysisTemplate mixed: spec.metrics[1].provider.datadog: not supported"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("dryRun"), "dryRun carries over: {stderr}");
+    assert!(
+        !stderr.contains("spec.args"),
+        "an empty list loses nothing: {stderr}"
+    );
 }

@@ -31,7 +31,10 @@ const NAME: &str = "reviews-rollout";
 fn fixture(path: &str) -> PathBuf {
     let root = std::env::var("WASM_CANARY_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/work/shared/fixtures/tse-gitops-demo"));
+        .unwrap_or_else(|_| {
+            // The fixtures sit next to the checkout (../shared), as on the CI machine.
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tse-gitops-demo")
+        });
     root.join(path)
 }
 

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Context, Result};
+use canary_controller::analysis::AnalysisTemplateSpec;
 use canary_controller::crd::CanaryRollout;
 use canary_controller::steps;
 use canary_core::config::{DEFAULT_DECISION_HEADER, POD_TEMPLATE_HASH_LABEL};
@@ -154,6 +155,25 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
             if let Some(m) = t.as_object_mut() {
                 m.remove("status");
             }
+            // Same schema, but not every Argo field has an equivalent here: name each one the
+            // API server would prune, rather than let it vanish.
+            match serde_json::from_value::<AnalysisTemplateSpec>(t["spec"].clone())
+                .map_err(|e| e.to_string())
+                .and_then(|typed| serde_json::to_value(typed).map_err(|e| e.to_string()))
+            {
+                Ok(kept) => {
+                    for path in missing_paths(&t["spec"], &kept, "spec") {
+                        out.notes.push(format!(
+                            "AnalysisTemplate {}: {path}: not supported, dropped by the API server",
+                            name_of(o)
+                        ));
+                    }
+                }
+                Err(e) => out.notes.push(format!(
+                    "AnalysisTemplate {}: spec does not fit wasmcanary.io's schema: {e}",
+                    name_of(o)
+                )),
+            }
             out.documents.insert(
                 0,
                 Document {
@@ -193,6 +213,33 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
         out.notes.push(format!("{api} {}: {why}", names.join(", ")));
     }
     Ok(out)
+}
+
+/// The paths of `original` that `kept` lacks (objects by key, arrays by index).
+fn missing_paths(original: &Value, kept: &Value, at: &str) -> Vec<String> {
+    match (original, kept) {
+        (Value::Object(o), Value::Object(k)) => o
+            .iter()
+            .flat_map(|(key, v)| match k.get(key) {
+                Some(kv) => missing_paths(v, kv, &format!("{at}.{key}")),
+                // Null and empty lists/maps carry nothing; omitting them loses nothing.
+                None if v.is_null()
+                    || v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(Map::is_empty) =>
+                {
+                    Vec::new()
+                }
+                None => vec![format!("{at}.{key}")],
+            })
+            .collect(),
+        (Value::Array(o), Value::Array(k)) => o
+            .iter()
+            .zip(k)
+            .enumerate()
+            .flat_map(|(i, (v, kv))| missing_paths(v, kv, &format!("{at}[{i}]")))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn note(out: &mut Conversion, rollout: &str, text: impl AsRef<str>) {
