@@ -383,6 +383,59 @@ async fn the_converted_demo_runs_and_is_steered_with_kubectl_canary() {
         "the watch printed the promotion as a line: {seen:#?}"
     );
 
+    // --watch on a terminal (a pty from util-linux `script`): the whole status redrawn in place
+    // (cursor home, clear) at every refresh, instead of appended lines.
+    let mut tty_watch = Command::new("script")
+        .args([
+            "-qfec",
+            &format!(
+                "{} status {NAME} -n {NS} --watch --interval 0.3",
+                env!("CARGO_BIN_EXE_kubectl-canary")
+            ),
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", plane.kubeconfig_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux `script` (Debian: bsdutils, essential)");
+    let mut tty_out = tty_watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut tty_out, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    const CLEAR: &str = "\x1b[H\x1b[J";
+    let mut screen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && screen.matches(CLEAR).count() < 3 {
+        if let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {
+            screen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    let _ = tty_watch.kill();
+    let _ = tty_watch.wait();
+    let frames: Vec<&str> = screen.split(CLEAR).skip(1).collect();
+    assert!(
+        frames.len() >= 3,
+        "at least three redraws in place on a terminal: {screen:?}"
+    );
+    for frame in &frames[..2] {
+        assert!(
+            frame.contains("Rollout:") && frame.contains("(refreshing every 0.3s"),
+            "each redraw is the whole status: {frame:?}"
+        );
+        assert!(
+            !frame.contains("phase=Healthy"),
+            "no appended summary lines on a terminal: {frame:?}"
+        );
+    }
+
     // The controller's own objects, for the record: the client WasmPlugin and the subsets.
     let wp: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &wasm_plugin_resource());
     let client_plugin = wp.get(&format!("{NAME}-canary")).await.unwrap();
