@@ -40,9 +40,9 @@ wasm: setup ## Build the filter for wasm32-wasip1, optimise it, check it is <= 2
 oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to build/oci
 	python3 filter/oci_image.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
 
-crd: ## Regenerate the CanaryRollout and AnalysisTemplate CRD YAML from the Rust types (committed; tests check them)
+crd: ## Regenerate the CanaryRollout, AnalysisTemplate and ClusterAnalysisTemplate CRD YAML from the Rust types (committed; tests check them)
 	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
-	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- the_committed_analysistemplate_crd_is_fresh
+	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- crd_is_fresh
 
 test: setup wasm cluster-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), Envoy end-to-end
 	$(MAKE) --no-print-directory lint

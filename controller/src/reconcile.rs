@@ -24,8 +24,10 @@ use canary_core::config::POD_TEMPLATE_HASH_LABEL;
 use canary_core::PluginConfig;
 
 use crate::analysis::provider;
+use crate::analysis::template::AnalysisTemplateRef;
 use crate::analysis::{
-    AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, Measurement, TakenMeasurement,
+    AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Measurement,
+    TakenMeasurement,
 };
 use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
 use crate::hash::pod_template_hash;
@@ -304,33 +306,38 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     })))
 }
 
-/// The AnalysisTemplates the rollout references (a missing one is left out; the plan says so).
+/// The AnalysisTemplates and ClusterAnalysisTemplates the rollout references, keyed as
+/// [`AnalysisTemplateRef::key`] (a missing one is left out; the plan says so).
 async fn analysis_templates(
     client: &Client,
     ns: &str,
     rollout: &CanaryRollout,
 ) -> Result<BTreeMap<String, AnalysisTemplateSpec>> {
     let canary = &rollout.spec.strategy.canary;
-    let names: std::collections::BTreeSet<&str> = canary
+    let refs: BTreeMap<String, &AnalysisTemplateRef> = canary
         .analysis
         .iter()
         .chain(canary.steps.iter().filter_map(|s| s.analysis.as_ref()))
-        .flat_map(|a| a.templates.iter().map(|t| t.template_name.as_str()))
+        .flat_map(|a| a.templates.iter().map(|t| (t.key(), t)))
         .collect();
     let mut out = BTreeMap::new();
-    if names.is_empty() {
-        return Ok(out);
-    }
-    let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), ns);
-    for name in names {
-        match api.get(name).await {
-            Ok(t) => {
-                out.insert(name.to_owned(), t.spec);
+    let namespaced: Api<AnalysisTemplate> = Api::namespaced(client.clone(), ns);
+    let cluster: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
+    for (key, t) in refs {
+        let name = t.template_name.as_str();
+        let got = if t.cluster_scope {
+            cluster.get(name).await.map(|c| c.spec.template)
+        } else {
+            namespaced.get(name).await.map(|t| t.spec)
+        };
+        match got {
+            Ok(spec) => {
+                out.insert(key, spec);
             }
-            // A plain 404 (not a Status) also means the AnalysisTemplate CRD is not installed:
-            // the template is missing either way, and the plan says so in the status.
+            // A plain 404 (not a Status) also means the CRD is not installed: the template is
+            // missing either way, and the plan says so in the status.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("reading AnalysisTemplate {name}"))(e)),
+            Err(e) => return Err(kube_err(format!("reading {}", t.describe()))(e)),
         }
     }
     Ok(out)

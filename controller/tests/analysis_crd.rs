@@ -2,13 +2,30 @@
 //! (this test with WASM_CANARY_WRITE_CRDS=1).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use canary_controller::analysis::AnalysisTemplate;
+use canary_controller::analysis::{AnalysisTemplate, ClusterAnalysisTemplate};
 use kube::CustomResourceExt;
 
 #[test]
 fn the_committed_analysistemplate_crd_is_fresh() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/analysistemplate.yaml");
-    let generated = serde_yaml::to_string(&AnalysisTemplate::crd()).unwrap();
+    check_fresh("analysistemplate.yaml", &AnalysisTemplate::crd());
+}
+
+#[test]
+fn the_committed_clusteranalysistemplate_crd_is_fresh() {
+    check_fresh(
+        "clusteranalysistemplate.yaml",
+        &ClusterAnalysisTemplate::crd(),
+    );
+}
+
+fn check_fresh(
+    file: &str,
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crds")
+        .join(file);
+    let generated = serde_yaml::to_string(crd).unwrap();
     if std::env::var_os("WASM_CANARY_WRITE_CRDS").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }

@@ -436,3 +436,26 @@ fn a_rollout_level_dry_run_takes_a_regex_and_refuses_one_that_matches_nothing() 
     );
     assert!(p.traffic.is_none());
 }
+
+/// `clusterScope: true` reads a ClusterAnalysisTemplate, never the namespace's template of the
+/// same name, and says which kind is missing.
+#[test]
+fn a_cluster_scoped_reference_uses_only_the_cluster_template() {
+    let mut sim = Sim::new(web_metric(json!({})));
+    let steps = &mut sim.rollout.spec.strategy.canary.steps;
+    let mut step: serde_json::Value = serde_json::to_value(&steps[1]).unwrap();
+    step["analysis"]["templates"] = json!([{"templateName": "check", "clusterScope": true}]);
+    steps[1] = serde_json::from_value(step).unwrap();
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.phase, Phase::Degraded);
+    let m = p.status.message.unwrap();
+    assert!(m.contains("ClusterAnalysisTemplate check not found"), "{m}");
+    assert!(p.traffic.is_none());
+
+    let spec = sim.templates.remove("check").unwrap();
+    sim.templates
+        .insert("ClusterAnalysisTemplate/check".into(), spec);
+    sim.reconcile(AnalysisPhase::Successful);
+    let p = sim.reconcile(AnalysisPhase::Successful);
+    assert_eq!(p.status.phase, Phase::Healthy, "{:?}", p.status.message);
+}

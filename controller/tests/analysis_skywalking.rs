@@ -220,8 +220,10 @@ impl Env {
             .unwrap();
     }
 
-    /// The fixture's objects in this namespace, pointing at `oap`; healthy on v1.
-    async fn fixture_healthy_on_v1(&self, oap: &FakeOap) {
+    /// The fixture's objects in this namespace, pointing at `oap`; healthy on v1. With
+    /// `cluster_scope` the template is a ClusterAnalysisTemplate named after the namespace,
+    /// referenced with `clusterScope: true`.
+    async fn fixture_healthy_on_v1(&self, oap: &FakeOap, cluster_scope: bool) {
         let ns = &self.ns;
         let deployment = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -246,18 +248,40 @@ impl Env {
         let metric = &mut template["spec"]["metrics"][0];
         metric["interval"] = "1s".into();
         metric["provider"]["skywalking"]["address"] = json!(oap.url);
-        let templates: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            ns,
-            &kube::api::ApiResource::erase::<canary_controller::analysis::AnalysisTemplate>(&()),
-        );
-        self.apply(&templates, "apdex", &template).await;
+        let template_name = if cluster_scope {
+            template["kind"] = "ClusterAnalysisTemplate".into();
+            template["metadata"]["name"] = json!(ns);
+            template["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("namespace");
+            let templates: Api<DynamicObject> = Api::all_with(
+                self.client.clone(),
+                &kube::api::ApiResource::erase::<
+                    canary_controller::analysis::ClusterAnalysisTemplate,
+                >(&()),
+            );
+            self.apply(&templates, ns, &template).await;
+            ns.clone()
+        } else {
+            let templates: Api<DynamicObject> = Api::namespaced_with(
+                self.client.clone(),
+                ns,
+                &kube::api::ApiResource::erase::<canary_controller::analysis::AnalysisTemplate>(&()),
+            );
+            self.apply(&templates, "apdex", &template).await;
+            "apdex".to_owned()
+        };
 
         let mut rollout = fixture("rollout.yaml");
         rollout["apiVersion"] = "wasmcanary.io/v1alpha1".into();
         rollout["kind"] = "CanaryRollout".into();
         rollout["metadata"]["namespace"] = json!(ns);
         let canary = &mut rollout["spec"]["strategy"]["canary"];
+        if cluster_scope {
+            canary["analysis"]["templates"] =
+                json!([{"templateName": template_name, "clusterScope": true}]);
+        }
         let istio = canary["trafficRouting"]["istio"].take();
         canary["trafficRouting"] = json!({"wasm": {
             "service": istio["virtualService"]["name"],
@@ -323,10 +347,12 @@ fn assert_skywalking_queries(requests: &[(String, Value)]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fixture_rollout_promotes_when_skywalking_apdex_stays_above_9900() {
+async fn the_fixture_rollout_promotes_when_skywalking_apdex_stays_above_9900_from_a_cluster_template(
+) {
     let oap = FakeOap::start(vec![9950, 9990, 9970]).await;
     let env = Env::new("analysis-sw-pass").await;
-    env.fixture_healthy_on_v1(&oap).await;
+    // The template as a ClusterAnalysisTemplate this time: one platform-wide definition.
+    env.fixture_healthy_on_v1(&oap, true).await;
     let v1 = env.rollout().await.status.unwrap().stable_hash.unwrap();
     env.set_image("reviews:v2").await;
 
@@ -364,7 +390,7 @@ async fn the_fixture_rollout_promotes_when_skywalking_apdex_stays_above_9900() {
 async fn the_fixture_rollout_aborts_to_weight_zero_when_skywalking_apdex_drops_below_9900() {
     let oap = FakeOap::start(vec![9950, 9800]).await;
     let env = Env::new("analysis-sw-fail").await;
-    env.fixture_healthy_on_v1(&oap).await;
+    env.fixture_healthy_on_v1(&oap, false).await;
     env.set_image("reviews:v2").await;
 
     // Traffic reached the canary before the analysis judged it...

@@ -352,6 +352,16 @@ spec:
     successCondition: result < 1
     provider:
       datadog: {query: "sum:errors{*}", interval: 5m}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: ClusterAnalysisTemplate
+metadata: {name: success-rate}
+spec:
+  metrics:
+  - name: success-rate
+    successCondition: result[0] >= 0.99
+    provider:
+      prometheus: {address: "http://prometheus:9090", query: "vector(1)"}
 "#,
     )
     .unwrap();
@@ -378,4 +388,18 @@ spec:
         !stderr.contains("spec.args"),
         "an empty list loses nothing: {stderr}"
     );
+    let docs: Vec<Value> =
+        serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
+            .map(|d| Value::deserialize(d).unwrap())
+            .filter(|v| !v.is_null())
+            .collect();
+    let cluster = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterAnalysisTemplate")
+        .expect("the ClusterAnalysisTemplate is converted");
+    assert_eq!(cluster["apiVersion"], "wasmcanary.io/v1alpha1");
+    assert!(cluster["metadata"].get("namespace").is_none(), "{cluster}");
+    let typed: canary_controller::analysis::ClusterAnalysisTemplate =
+        serde_json::from_value(cluster.clone()).unwrap();
+    assert_eq!(typed.spec.template.metrics[0].name, "success-rate");
 }

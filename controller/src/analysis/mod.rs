@@ -15,4 +15,7 @@ pub mod run;
 pub mod template;
 
 pub use run::{AnalysisPhase, AnalysisRunStatus, Measurement, MetricResult, TakenMeasurement};
-pub use template::{AnalysisTemplate, AnalysisTemplateSpec, Metric, RolloutAnalysis};
+pub use template::{
+    AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, ClusterAnalysisTemplateSpec,
+    Metric, RolloutAnalysis,
+};

@@ -33,6 +33,23 @@ pub struct AnalysisTemplateSpec {
     pub dry_run: Vec<DryRun>,
 }
 
+/// The same metrics, cluster-scoped: shared by every namespace's rollouts (platform-wide checks
+/// such as a success rate), referenced with `clusterScope: true`. Argo's ClusterAnalysisTemplate.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "wasmcanary.io",
+    version = "v1alpha1",
+    kind = "ClusterAnalysisTemplate",
+    category = "all",
+    printcolumn = r#"{"name":"Metrics","type":"string","jsonPath":".spec.metrics[*].name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct ClusterAnalysisTemplateSpec {
+    /// Exactly an AnalysisTemplate's spec.
+    #[serde(flatten)]
+    pub template: AnalysisTemplateSpec,
+}
+
 /// Selects metrics for a dry run.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -213,8 +230,33 @@ pub struct RolloutAnalysis {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisTemplateRef {
-    /// `metadata.name` of an AnalysisTemplate.
+    /// `metadata.name` of an AnalysisTemplate in the rollout's namespace, or of a
+    /// ClusterAnalysisTemplate with `clusterScope: true`.
     pub template_name: String,
+    /// The template is a ClusterAnalysisTemplate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_scope: bool,
+}
+
+impl AnalysisTemplateRef {
+    /// The key of the referenced template in the map [`resolve`] takes: the name, or
+    /// `ClusterAnalysisTemplate/NAME` (a name cannot contain `/`, so the two never collide).
+    pub fn key(&self) -> String {
+        if self.cluster_scope {
+            format!("ClusterAnalysisTemplate/{}", self.template_name)
+        } else {
+            self.template_name.clone()
+        }
+    }
+
+    /// What to call it in messages.
+    pub fn describe(&self) -> String {
+        if self.cluster_scope {
+            format!("ClusterAnalysisTemplate {}", self.template_name)
+        } else {
+            format!("AnalysisTemplate {}", self.template_name)
+        }
+    }
 }
 
 /// An argument value given by the rollout.
@@ -293,10 +335,10 @@ pub fn resolve(
     let mut out = ResolvedAnalysis::default();
     let mut names = BTreeSet::new();
     for t in &analysis.templates {
-        let name = &t.template_name;
+        let what = t.describe();
         let template = templates
-            .get(name)
-            .ok_or_else(|| format!("AnalysisTemplate {name} not found"))?;
+            .get(&t.key())
+            .ok_or_else(|| format!("{what} not found"))?;
         let mut values = BTreeMap::new();
         let mut secrets = BTreeSet::new();
         for arg in &template.args {
@@ -313,7 +355,7 @@ pub fn resolve(
                 values.insert(arg.name.clone(), v.clone());
             } else {
                 return Err(format!(
-                    "AnalysisTemplate {name}: argument {} has no value (give it in the rollout's analysis args)",
+                    "{what}: argument {} has no value (give it in the rollout's analysis args)",
                     arg.name
                 ));
             }
@@ -321,20 +363,20 @@ pub fn resolve(
         for m in &template.metrics {
             if !names.insert(m.name.clone()) {
                 return Err(format!(
-                    "AnalysisTemplate {name}: metric {} appears twice in this analysis",
+                    "{what}: metric {} appears twice in this analysis",
                     m.name
                 ));
             }
             let json = serde_json::to_value(m).map_err(|e| e.to_string())?;
             let json = substitute_value(&json, &values, &secrets)
-                .map_err(|e| format!("AnalysisTemplate {name}: metric {}: {e}", m.name))?;
+                .map_err(|e| format!("{what}: metric {}: {e}", m.name))?;
             let metric: Metric = serde_json::from_value(json)
-                .map_err(|e| format!("AnalysisTemplate {name}: metric {}: {e}", m.name))?;
+                .map_err(|e| format!("{what}: metric {}: {e}", m.name))?;
             out.metrics.push(metric);
         }
         for (i, d) in template.dry_run.iter().enumerate() {
             let matched = dry_run_matches(&d.metric_name, &template.metrics)
-                .map_err(|e| format!("AnalysisTemplate {name}: dryRun[{i}].metricName: {e}"))?;
+                .map_err(|e| format!("{what}: dryRun[{i}].metricName: {e}"))?;
             out.dry_run.extend(matched);
         }
     }

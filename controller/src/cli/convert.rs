@@ -148,7 +148,10 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
             continue;
         }
         // Argo's AnalysisTemplate schema is ours: only the apiVersion changes.
-        if group_of(api) == "argoproj.io" && kind == "AnalysisTemplate" && !opts.drop_analysis {
+        if group_of(api) == "argoproj.io"
+            && matches!(kind, "AnalysisTemplate" | "ClusterAnalysisTemplate")
+            && !opts.drop_analysis
+        {
             let mut t = o.clone();
             t["apiVersion"] = Value::from("wasmcanary.io/v1alpha1");
             t["metadata"] = clean_metadata(&o["metadata"], o["metadata"]["namespace"].as_str());
@@ -164,23 +167,20 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
                 Ok(kept) => {
                     for path in missing_paths(&t["spec"], &kept, "spec") {
                         out.notes.push(format!(
-                            "AnalysisTemplate {}: {path}: not supported, dropped by the API server",
+                            "{kind} {}: {path}: not supported, dropped by the API server",
                             name_of(o)
                         ));
                     }
                 }
                 Err(e) => out.notes.push(format!(
-                    "AnalysisTemplate {}: spec does not fit wasmcanary.io's schema: {e}",
+                    "{kind} {}: spec does not fit wasmcanary.io's schema: {e}",
                     name_of(o)
                 )),
             }
             out.documents.insert(
                 0,
                 Document {
-                    comment: format!(
-                        "AnalysisTemplate {}: converted (apiVersion only)",
-                        name_of(o)
-                    ),
+                    comment: format!("{kind} {}: converted (apiVersion only)", name_of(o)),
                     object: t,
                 },
             );

@@ -20,7 +20,11 @@ pub async fn namespace(ns: &str) -> (Arc<ControlPlane>, Client) {
     let client = plane.client().await.unwrap();
     plane.create_namespace(&client, ns).await.unwrap();
     let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for crd in ["canaryrollout.yaml", "analysistemplate.yaml"] {
+    for crd in [
+        "canaryrollout.yaml",
+        "analysistemplate.yaml",
+        "clusteranalysistemplate.yaml",
+    ] {
         plane.install_crds(&crds.join(crd)).await.unwrap();
     }
     (plane, client)
