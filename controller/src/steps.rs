@@ -1084,6 +1084,7 @@ impl Planner<'_> {
                         .filter(|m| m.dry_run)
                         .map(|m| m.name.clone())
                         .collect(),
+                    retention: BTreeMap::new(),
                 }
             };
             let fresh = self.created_runs.contains(&run.name);

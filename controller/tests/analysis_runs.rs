@@ -459,3 +459,82 @@ fn a_cluster_scoped_reference_uses_only_the_cluster_template() {
     let p = sim.reconcile(AnalysisPhase::Successful);
     assert_eq!(p.status.phase, Phase::Healthy, "{:?}", p.status.message);
 }
+
+/// `measurementRetention` (template, then rollout, which wins) sets how many of a metric's
+/// latest measurements the status keeps; the default is 10; limits outside 1..=100 are refused.
+#[test]
+fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
+    use canary_controller::analysis::template::resolve;
+    use canary_controller::analysis::AnalysisRunStatus;
+    let mut templates = template(web_metric(json!({"count": 20, "interval": "1s"})));
+    let check = templates.get_mut("check").unwrap();
+    let mut other = check.metrics[0].clone();
+    other.name = "other".into();
+    check.metrics.push(other);
+    check.measurement_retention =
+        vec![serde_json::from_value(json!({"metricName": ".*", "limit": 3})).unwrap()];
+    let analysis: canary_controller::analysis::RolloutAnalysis = serde_json::from_value(json!({
+        "templates": [{"templateName": "check"}],
+        "measurementRetention": [{"metricName": "other", "limit": 5}]
+    }))
+    .unwrap();
+    let resolved = resolve(&analysis, &templates, STABLE, CANARY).unwrap();
+    let mut run = AnalysisRunStatus::start("background", CANARY, None, &resolved, t0());
+    for i in 0..15 {
+        for name in ["ok", "other"] {
+            run.record(
+                &resolved.metrics,
+                name,
+                Measurement {
+                    phase: AnalysisPhase::Successful,
+                    value: Some(i.to_string()),
+                    started_at: (t0() + Duration::seconds(i)).to_rfc3339(),
+                    ..Measurement::default()
+                },
+            );
+        }
+    }
+    let kept = |name: &str| -> Vec<String> {
+        run.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .measurements
+            .iter()
+            .map(|m| m.value.clone().unwrap())
+            .collect()
+    };
+    assert_eq!(kept("ok"), ["12", "13", "14"], "the template's 3");
+    assert_eq!(kept("other").len(), 5, "the rollout's 5 wins");
+    assert_eq!(run.metrics[0].count, 15, "counts are not trimmed");
+
+    let mut plain = template(web_metric(json!({"count": 20, "interval": "1s"})));
+    let resolved = resolve(&analysis_of("check"), &plain, STABLE, CANARY).unwrap();
+    let mut run = AnalysisRunStatus::start("background", CANARY, None, &resolved, t0());
+    for i in 0..15 {
+        run.record(
+            &resolved.metrics,
+            "ok",
+            Measurement {
+                phase: AnalysisPhase::Successful,
+                started_at: (t0() + Duration::seconds(i)).to_rfc3339(),
+                ..Measurement::default()
+            },
+        );
+    }
+    assert_eq!(run.metrics[0].measurements.len(), 10, "the default");
+
+    for limit in [0, 101] {
+        plain.get_mut("check").unwrap().measurement_retention =
+            vec![serde_json::from_value(json!({"metricName": "ok", "limit": limit})).unwrap()];
+        let err = resolve(&analysis_of("check"), &plain, STABLE, CANARY).unwrap_err();
+        assert!(
+            err.contains("measurementRetention[0].limit") && err.contains("1..=100"),
+            "{err}"
+        );
+    }
+}
+
+fn analysis_of(template: &str) -> canary_controller::analysis::RolloutAnalysis {
+    serde_json::from_value(json!({"templates": [{"templateName": template}]})).unwrap()
+}

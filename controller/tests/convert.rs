@@ -327,8 +327,8 @@ fn the_fixture_analysis_template_converts_by_changing_only_its_api_version() {
     );
 }
 
-/// Argo fields with no equivalent (a provider we lack, measurementRetention) are named on
-/// stderr, not pruned silently by the API server; dryRun carries over.
+/// Argo fields with no equivalent (a provider we lack, consecutiveSuccessLimit) are named on
+/// stderr, not pruned silently by the API server; dryRun and measurementRetention carry over.
 #[test]
 fn analysis_template_fields_without_an_equivalent_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,6 +345,7 @@ spec:
   metrics:
   - name: latency
     interval: 1m30s
+    consecutiveSuccessLimit: 3
     successCondition: result[0] < 0.5
     provider:
       prometheus: {address: "http://prometheus:9090", query: "vector(0.1)"}
@@ -376,8 +377,14 @@ spec:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("AnalysisTemplate mixed: spec.measurementRetention: not supported"),
+        stderr.contains(
+            "AnalysisTemplate mixed: spec.metrics[0].consecutiveSuccessLimit: not supported"
+        ),
         "{stderr}"
+    );
+    assert!(
+        !stderr.contains("measurementRetention"),
+        "measurementRetention carries over: {stderr}"
     );
     assert!(
         stderr.contains("AnalysisTemplate mixed: spec.metrics[1].provider.datadog: not supported"),

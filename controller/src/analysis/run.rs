@@ -88,6 +88,9 @@ pub struct MetricResult {
     /// Dry run: measured and recorded, never acted on (its phase does not count for the run).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Measurements kept in `measurements` when not the default (`measurementRetention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<i32>,
     /// Phase.
     #[serde(default)]
     pub phase: AnalysisPhase,
@@ -234,6 +237,10 @@ impl AnalysisRunStatus {
                 .map(|m| MetricResult {
                     name: m.name.clone(),
                     dry_run: resolved.dry_run.contains(&m.name),
+                    retention: resolved
+                        .retention
+                        .get(&m.name)
+                        .and_then(|n| i32::try_from(*n).ok()),
                     ..MetricResult::default()
                 })
                 .collect(),
@@ -305,7 +312,11 @@ impl AnalysisRunStatus {
             r.consecutive_errors = 0;
         }
         r.measurements.push(measurement);
-        let excess = r.measurements.len().saturating_sub(MEASUREMENTS_KEPT);
+        let kept = r
+            .retention
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(MEASUREMENTS_KEPT);
+        let excess = r.measurements.len().saturating_sub(kept);
         r.measurements.drain(..excess);
         if let Some(m) = metrics.iter().find(|m| m.name == metric) {
             r.phase = assess_metric(m, r);

@@ -31,7 +31,24 @@ pub struct AnalysisTemplateSpec {
     /// abort or pause the rollout. For trying a new metric on real canaries first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dry_run: Vec<DryRun>,
+    /// How many of a metric's latest measurements the run's status keeps (default 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurement_retention: Vec<MeasurementRetention>,
 }
+
+/// Measurements to keep for some metrics.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasurementRetention {
+    /// A metric name, or a regular expression matching whole names.
+    pub metric_name: String,
+    /// Latest measurements kept, 1 to 100 (the status lives in etcd, whose objects are capped
+    /// at 1.5 MiB).
+    pub limit: i32,
+}
+
+/// The most measurements `measurementRetention` may keep per metric.
+pub const MAX_MEASUREMENTS_KEPT: i32 = 100;
 
 /// The same metrics, cluster-scoped: shared by every namespace's rollouts (platform-wide checks
 /// such as a success rate), referenced with `clusterScope: true`. Argo's ClusterAnalysisTemplate.
@@ -224,6 +241,9 @@ pub struct RolloutAnalysis {
     /// templates' own `dryRun`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dry_run: Vec<DryRun>,
+    /// Measurements to keep per metric, over the templates' own `measurementRetention`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurement_retention: Vec<MeasurementRetention>,
 }
 
 /// A template reference.
@@ -293,6 +313,8 @@ pub struct ResolvedAnalysis {
     pub secrets: BTreeMap<String, SecretKeyRef>,
     /// Names of the metrics that run dry.
     pub dry_run: BTreeSet<String>,
+    /// Measurements kept, by metric name, where not the default.
+    pub retention: BTreeMap<String, usize>,
 }
 
 /// Resolves a rollout's analysis against its templates (by name). `stable`/`canary` are the
@@ -379,13 +401,49 @@ pub fn resolve(
                 .map_err(|e| format!("{what}: dryRun[{i}].metricName: {e}"))?;
             out.dry_run.extend(matched);
         }
+        retain(
+            &mut out.retention,
+            &template.measurement_retention,
+            &template.metrics,
+            &what,
+        )?;
     }
     for (i, d) in analysis.dry_run.iter().enumerate() {
         let matched = dry_run_matches(&d.metric_name, &out.metrics)
             .map_err(|e| format!("dryRun[{i}].metricName: {e}"))?;
         out.dry_run.extend(matched);
     }
+    // The rollout's settings come last, so they win.
+    retain(
+        &mut out.retention,
+        &analysis.measurement_retention,
+        &out.metrics.clone(),
+        "analysis",
+    )?;
     Ok(out)
+}
+
+fn retain(
+    into: &mut BTreeMap<String, usize>,
+    rules: &[MeasurementRetention],
+    metrics: &[Metric],
+    what: &str,
+) -> Result<(), String> {
+    for (i, r) in rules.iter().enumerate() {
+        let field = format!("{what}: measurementRetention[{i}]");
+        if !(1..=MAX_MEASUREMENTS_KEPT).contains(&r.limit) {
+            return Err(format!(
+                "{field}.limit: {} is outside 1..={MAX_MEASUREMENTS_KEPT}",
+                r.limit
+            ));
+        }
+        let matched = dry_run_matches(&r.metric_name, metrics)
+            .map_err(|e| format!("{field}.metricName: {e}"))?;
+        for name in matched {
+            into.insert(name, usize::try_from(r.limit).unwrap_or(1));
+        }
+    }
+    Ok(())
 }
 
 /// The names of `metrics` that `pattern` selects: the name itself, or a regular expression
