@@ -24,7 +24,7 @@ use canary_core::config::POD_TEMPLATE_HASH_LABEL;
 use canary_core::PluginConfig;
 
 use crate::analysis::provider;
-use crate::analysis::template::AnalysisTemplateRef;
+use crate::analysis::template::{AnalysisTemplateRef, RolloutFields};
 use crate::analysis::{
     AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Measurement,
     TakenMeasurement,
@@ -225,6 +225,7 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         generation: rollout.metadata.generation,
         now: Utc::now(),
         analysis_templates: analysis_templates(client, &ns, &rollout).await?,
+        rollout_fields: RolloutFields::from_meta(&rollout.metadata),
         measurements: Vec::new(),
     };
     let status = rollout.status.clone().unwrap_or_default();

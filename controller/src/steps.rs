@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::analysis::run::validate_metric;
-use crate::analysis::template::{resolve, ResolvedAnalysis, SecretKeyRef};
+use crate::analysis::template::{resolve, ResolvedAnalysis, RolloutFields, SecretKeyRef};
 use crate::analysis::{
     AnalysisPhase, AnalysisRunStatus, AnalysisTemplateSpec, Metric, RolloutAnalysis,
     TakenMeasurement,
@@ -76,6 +76,8 @@ pub struct Observed {
     pub now: DateTime<Utc>,
     /// The AnalysisTemplates the rollout references, by name (absent: not found).
     pub analysis_templates: BTreeMap<String, AnalysisTemplateSpec>,
+    /// The rollout's own fields, for arguments with `valueFrom.fieldRef`.
+    pub rollout_fields: RolloutFields,
     /// Measurements taken for this plan (those the previous plan with the same status asked for).
     pub measurements: Vec<TakenMeasurement>,
 }
@@ -355,11 +357,12 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
 pub fn validate_analysis(
     spec: &CanaryRolloutSpec,
     templates: &BTreeMap<String, AnalysisTemplateSpec>,
+    fields: &RolloutFields,
 ) -> Result<(), String> {
     let canary = &spec.strategy.canary;
     let check = |where_: String, a: &RolloutAnalysis, finite: bool| -> Result<(), String> {
-        let resolved =
-            resolve(a, templates, "stable", "canary").map_err(|e| format!("{where_}: {e}"))?;
+        let resolved = resolve(a, templates, "stable", "canary", fields)
+            .map_err(|e| format!("{where_}: {e}"))?;
         for m in &resolved.metrics {
             validate_metric(m).map_err(|e| format!("{where_}: {e}"))?;
             if finite && crate::analysis::run::effective_count(m).is_none() {
@@ -410,8 +413,8 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
         created_runs: Vec::new(),
     };
     p.status.observed_generation = obs.generation;
-    if let Err(message) =
-        validate(spec).and_then(|()| validate_analysis(spec, &obs.analysis_templates))
+    if let Err(message) = validate(spec)
+        .and_then(|()| validate_analysis(spec, &obs.analysis_templates, &obs.rollout_fields))
     {
         p.status.phase = Phase::Degraded;
         p.status.message = Some(message);
@@ -881,7 +884,16 @@ impl Planner<'_> {
             return run.spec.clone();
         }
         self.run_analysis(run)
-            .and_then(|a| resolve(a, &self.obs.analysis_templates, stable, &run.canary_hash).ok())
+            .and_then(|a| {
+                resolve(
+                    a,
+                    &self.obs.analysis_templates,
+                    stable,
+                    &run.canary_hash,
+                    &self.obs.rollout_fields,
+                )
+                .ok()
+            })
             .map(|r| r.metrics)
             .unwrap_or_default()
     }
@@ -897,9 +909,16 @@ impl Planner<'_> {
                 .get(i)
                 .and_then(|s| s.analysis.as_ref()),
         };
-        let Some(resolved) =
-            analysis.and_then(|a| resolve(a, &self.obs.analysis_templates, stable, canary).ok())
-        else {
+        let Some(resolved) = analysis.and_then(|a| {
+            resolve(
+                a,
+                &self.obs.analysis_templates,
+                stable,
+                canary,
+                &self.obs.rollout_fields,
+            )
+            .ok()
+        }) else {
             return;
         };
         let run = AnalysisRunStatus::start(
@@ -1068,9 +1087,13 @@ impl Planner<'_> {
                 let Some(analysis) = self.run_analysis(&run) else {
                     continue;
                 };
-                let Ok(resolved) =
-                    resolve(analysis, &self.obs.analysis_templates, &stable, &canary)
-                else {
+                let Ok(resolved) = resolve(
+                    analysis,
+                    &self.obs.analysis_templates,
+                    &stable,
+                    &canary,
+                    &self.obs.rollout_fields,
+                ) else {
                     continue;
                 };
                 resolved

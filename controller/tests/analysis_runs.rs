@@ -478,7 +478,7 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
         "measurementRetention": [{"metricName": "other", "limit": 5}]
     }))
     .unwrap();
-    let resolved = resolve(&analysis, &templates, STABLE, CANARY).unwrap();
+    let resolved = resolve(&analysis, &templates, STABLE, CANARY, &Default::default()).unwrap();
     let mut run = AnalysisRunStatus::start("background", CANARY, None, &resolved, t0());
     for i in 0..15 {
         for name in ["ok", "other"] {
@@ -509,7 +509,14 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
     assert_eq!(run.metrics[0].count, 15, "counts are not trimmed");
 
     let mut plain = template(web_metric(json!({"count": 20, "interval": "1s"})));
-    let resolved = resolve(&analysis_of("check"), &plain, STABLE, CANARY).unwrap();
+    let resolved = resolve(
+        &analysis_of("check"),
+        &plain,
+        STABLE,
+        CANARY,
+        &Default::default(),
+    )
+    .unwrap();
     let mut run = AnalysisRunStatus::start("background", CANARY, None, &resolved, t0());
     for i in 0..15 {
         run.record(
@@ -527,7 +534,14 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
     for limit in [0, 101] {
         plain.get_mut("check").unwrap().measurement_retention =
             vec![serde_json::from_value(json!({"metricName": "ok", "limit": limit})).unwrap()];
-        let err = resolve(&analysis_of("check"), &plain, STABLE, CANARY).unwrap_err();
+        let err = resolve(
+            &analysis_of("check"),
+            &plain,
+            STABLE,
+            CANARY,
+            &Default::default(),
+        )
+        .unwrap_err();
         assert!(
             err.contains("measurementRetention[0].limit") && err.contains("1..=100"),
             "{err}"
@@ -537,4 +551,67 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
 
 fn analysis_of(template: &str) -> canary_controller::analysis::RolloutAnalysis {
     serde_json::from_value(json!({"templates": [{"templateName": template}]})).unwrap()
+}
+
+/// `valueFrom.fieldRef` reads the rollout's own metadata, in the downward API's syntax.
+#[test]
+fn arguments_can_come_from_the_rollouts_own_fields() {
+    use canary_controller::analysis::template::{resolve, RolloutFields};
+    let mut templates = template(web_metric(json!({})));
+    let check = templates.get_mut("check").unwrap();
+    check.args = vec![
+        serde_json::from_value(json!({"name": "app"})).unwrap(),
+        serde_json::from_value(json!({"name": "ns"})).unwrap(),
+    ];
+    check.metrics[0].provider.web.as_mut().unwrap().url =
+        "http://127.0.0.1:1/health/{{ args.ns }}/{{ args.app }}".into();
+    let fields = RolloutFields {
+        name: "reviews".into(),
+        namespace: "bookinfo".into(),
+        labels: BTreeMap::from([("app".into(), "reviews-v".into())]),
+        ..RolloutFields::default()
+    };
+    let analysis = |app_path: &str| -> canary_controller::analysis::RolloutAnalysis {
+        serde_json::from_value(json!({
+            "templates": [{"templateName": "check"}],
+            "args": [
+                {"name": "app", "valueFrom": {"fieldRef": {"fieldPath": app_path}}},
+                {"name": "ns", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+            ]
+        }))
+        .unwrap()
+    };
+    let resolved = resolve(
+        &analysis("metadata.labels['app']"),
+        &templates,
+        STABLE,
+        CANARY,
+        &fields,
+    )
+    .unwrap();
+    assert_eq!(
+        resolved.metrics[0].provider.web.as_ref().unwrap().url,
+        "http://127.0.0.1:1/health/bookinfo/reviews-v"
+    );
+    let err = resolve(
+        &analysis("metadata.labels['team']"),
+        &templates,
+        STABLE,
+        CANARY,
+        &fields,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("args app: valueFrom.fieldRef") && err.contains("no label \"team\""),
+        "{err}"
+    );
+    let err = resolve(
+        &analysis("spec.replicas"),
+        &templates,
+        STABLE,
+        CANARY,
+        &fields,
+    )
+    .unwrap_err();
+    assert!(err.contains("is not supported"), "{err}");
 }

@@ -300,6 +300,73 @@ pub struct RolloutArgumentValueFrom {
     /// `Stable` or `Latest` (the canary): that version's `rollouts-pod-template-hash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template_hash_value: Option<String>,
+    /// A field of the rollout itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<FieldRef>,
+}
+
+/// A field of the rollout, in the downward API's syntax.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldRef {
+    /// `metadata.name`, `metadata.namespace`, `metadata.labels['KEY']` or
+    /// `metadata.annotations['KEY']`.
+    pub field_path: String,
+}
+
+/// The rollout's own fields an argument can read (`valueFrom.fieldRef`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutFields {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl RolloutFields {
+    /// From the rollout's metadata.
+    pub fn from_meta(meta: &kube::api::ObjectMeta) -> Self {
+        Self {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The value at `path`; errors say what is supported or missing.
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        let keyed = |prefix: &str| -> Option<&str> {
+            let rest = path.strip_prefix(prefix)?.strip_prefix("['")?;
+            rest.strip_suffix("']")
+        };
+        match path {
+            "metadata.name" => Ok(self.name.clone()),
+            "metadata.namespace" => Ok(self.namespace.clone()),
+            _ => {
+                if let Some(k) = keyed("metadata.labels") {
+                    self.labels
+                        .get(k)
+                        .cloned()
+                        .ok_or_else(|| format!("the rollout has no label {k:?}"))
+                } else if let Some(k) = keyed("metadata.annotations") {
+                    self.annotations
+                        .get(k)
+                        .cloned()
+                        .ok_or_else(|| format!("the rollout has no annotation {k:?}"))
+                } else {
+                    Err(format!(
+                        "fieldPath {path:?} is not supported: use metadata.name, metadata.namespace, \
+                         metadata.labels['KEY'] or metadata.annotations['KEY']"
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// The metrics of a run with every argument it can know substituted; `secrets` are the
@@ -324,30 +391,32 @@ pub fn resolve(
     templates: &BTreeMap<String, AnalysisTemplateSpec>,
     stable: &str,
     canary: &str,
+    fields: &RolloutFields,
 ) -> Result<ResolvedAnalysis, String> {
     if analysis.templates.is_empty() {
         return Err("templates must name at least one AnalysisTemplate".into());
     }
     let mut given = BTreeMap::new();
     for a in &analysis.args {
-        let value = match (
-            &a.value,
-            a.value_from
-                .as_ref()
-                .and_then(|v| v.pod_template_hash_value.as_deref()),
-        ) {
-            (Some(v), None) => v.clone(),
-            (None, Some("Stable")) => stable.to_owned(),
-            (None, Some("Latest")) => canary.to_owned(),
-            (None, Some(other)) => {
+        let from = a.value_from.as_ref();
+        let hash = from.and_then(|v| v.pod_template_hash_value.as_deref());
+        let field = from.and_then(|v| v.field_ref.as_ref());
+        let value = match (&a.value, hash, field) {
+            (Some(v), None, None) => v.clone(),
+            (None, Some("Stable"), None) => stable.to_owned(),
+            (None, Some("Latest"), None) => canary.to_owned(),
+            (None, Some(other), None) => {
                 return Err(format!(
                     "args {}: podTemplateHashValue {other:?} must be Stable or Latest",
                     a.name
                 ))
             }
+            (None, None, Some(f)) => fields
+                .get(&f.field_path)
+                .map_err(|e| format!("args {}: valueFrom.fieldRef: {e}", a.name))?,
             _ => {
                 return Err(format!(
-                    "args {}: set exactly one of value, valueFrom",
+                    "args {}: set exactly one of value, valueFrom.podTemplateHashValue, valueFrom.fieldRef",
                     a.name
                 ))
             }
