@@ -879,21 +879,29 @@ impl Planner<'_> {
         }
     }
 
+    /// `analysis` against the observed templates and the rollout's fields.
+    fn resolve(
+        &self,
+        analysis: &RolloutAnalysis,
+        stable: &str,
+        canary: &str,
+    ) -> Option<ResolvedAnalysis> {
+        resolve(
+            analysis,
+            &self.obs.analysis_templates,
+            stable,
+            canary,
+            &self.obs.rollout_fields,
+        )
+        .ok()
+    }
+
     fn run_metrics(&self, run: &AnalysisRunStatus, stable: &str) -> Vec<Metric> {
         if !run.spec.is_empty() {
             return run.spec.clone();
         }
         self.run_analysis(run)
-            .and_then(|a| {
-                resolve(
-                    a,
-                    &self.obs.analysis_templates,
-                    stable,
-                    &run.canary_hash,
-                    &self.obs.rollout_fields,
-                )
-                .ok()
-            })
+            .and_then(|a| self.resolve(a, stable, &run.canary_hash))
             .map(|r| r.metrics)
             .unwrap_or_default()
     }
@@ -909,16 +917,7 @@ impl Planner<'_> {
                 .get(i)
                 .and_then(|s| s.analysis.as_ref()),
         };
-        let Some(resolved) = analysis.and_then(|a| {
-            resolve(
-                a,
-                &self.obs.analysis_templates,
-                stable,
-                canary,
-                &self.obs.rollout_fields,
-            )
-            .ok()
-        }) else {
+        let Some(resolved) = analysis.and_then(|a| self.resolve(a, stable, canary)) else {
             return;
         };
         let run = AnalysisRunStatus::start(
@@ -1087,27 +1086,16 @@ impl Planner<'_> {
                 let Some(analysis) = self.run_analysis(&run) else {
                     continue;
                 };
-                let Ok(resolved) = resolve(
-                    analysis,
-                    &self.obs.analysis_templates,
-                    &stable,
-                    &canary,
-                    &self.obs.rollout_fields,
-                ) else {
+                let Some(resolved) = self.resolve(analysis, &stable, &canary) else {
                     continue;
                 };
                 resolved
             } else {
+                // Dry run and retention were recorded per metric when the run started.
                 ResolvedAnalysis {
                     metrics: run.spec.clone(),
                     secrets: run.secret_args.clone(),
-                    dry_run: run
-                        .metrics
-                        .iter()
-                        .filter(|m| m.dry_run)
-                        .map(|m| m.name.clone())
-                        .collect(),
-                    retention: BTreeMap::new(),
+                    ..ResolvedAnalysis::default()
                 }
             };
             let fresh = self.created_runs.contains(&run.name);

@@ -76,6 +76,22 @@ impl Sim {
         }
     }
 
+    /// A second metric in the template, a copy of the first named `name`.
+    fn add_metric(&mut self, name: &str) {
+        let check = self.templates.get_mut("check").unwrap();
+        let mut m = check.metrics[0].clone();
+        m.name = name.into();
+        check.metrics.push(m);
+    }
+
+    /// Sets `field` of the analysis step (step 1) to `value`.
+    fn set_step_analysis(&mut self, field: &str, value: serde_json::Value) {
+        let steps = &mut self.rollout.spec.strategy.canary.steps;
+        let mut step = serde_json::to_value(&steps[1]).unwrap();
+        step["analysis"][field] = value;
+        steps[1] = serde_json::from_value(step).unwrap();
+    }
+
     /// One reconcile: plan; take what is due with `phase`; plan again with it.
     fn reconcile(&mut self, phase: AnalysisPhase) -> Plan {
         self.reconcile_with(|_| phase)
@@ -239,17 +255,21 @@ fn no_measurement_is_taken_before_initial_delay_or_before_the_interval_passes() 
     );
 }
 
+/// The rollout stopped before any traffic moved; its message.
+fn refused(p: Plan) -> String {
+    assert_eq!(p.status.phase, Phase::Degraded);
+    assert!(p.traffic.is_none());
+    p.status.message.unwrap()
+}
+
 #[test]
 fn a_condition_that_does_not_compile_refuses_the_rollout_before_any_traffic_moves() {
     let mut sim = Sim::new(web_metric(json!({"successCondition": "result >"})));
-    let p = sim.reconcile(AnalysisPhase::Successful);
-    assert_eq!(p.status.phase, Phase::Degraded);
-    let m = p.status.message.unwrap();
+    let m = refused(sim.reconcile(AnalysisPhase::Successful));
     assert!(
         m.contains("steps[1].analysis") && m.contains("does not compile"),
         "{m}"
     );
-    assert!(p.traffic.is_none());
 }
 
 #[test]
@@ -363,11 +383,9 @@ fn a_running_analysis_keeps_the_template_it_started_with_when_the_template_is_ed
 #[test]
 fn a_dry_run_metric_is_recorded_but_its_failure_does_not_stop_the_rollout() {
     let mut sim = Sim::new(web_metric(json!({})));
-    let check = sim.templates.get_mut("check").unwrap();
-    let mut latency = check.metrics[0].clone();
-    latency.name = "new-latency".into();
-    check.metrics.push(latency);
-    check.dry_run = vec![serde_json::from_value(json!({"metricName": "new-latency"})).unwrap()];
+    sim.add_metric("new-latency");
+    sim.templates.get_mut("check").unwrap().dry_run =
+        vec![serde_json::from_value(json!({"metricName": "new-latency"})).unwrap()];
     let phase_of = |m: &str| {
         if m == "new-latency" {
             AnalysisPhase::Failed
@@ -396,10 +414,7 @@ fn a_dry_run_metric_is_recorded_but_its_failure_does_not_stop_the_rollout() {
 
     // Without the dry run the same measurements abort.
     let mut sim = Sim::new(web_metric(json!({})));
-    let check = sim.templates.get_mut("check").unwrap();
-    let mut latency = check.metrics[0].clone();
-    latency.name = "new-latency".into();
-    check.metrics.push(latency);
+    sim.add_metric("new-latency");
     sim.reconcile_with(phase_of);
     let p = sim.reconcile_with(phase_of);
     assert_eq!(p.status.phase, Phase::Aborted, "{:?}", p.status.message);
@@ -410,10 +425,7 @@ fn a_dry_run_metric_is_recorded_but_its_failure_does_not_stop_the_rollout() {
 #[test]
 fn a_rollout_level_dry_run_takes_a_regex_and_refuses_one_that_matches_nothing() {
     let mut sim = Sim::new(web_metric(json!({})));
-    let steps = &mut sim.rollout.spec.strategy.canary.steps;
-    let mut step: serde_json::Value = serde_json::to_value(&steps[1]).unwrap();
-    step["analysis"]["dryRun"] = json!([{"metricName": ".*"}]);
-    steps[1] = serde_json::from_value(step.clone()).unwrap();
+    sim.set_step_analysis("dryRun", json!([{"metricName": ".*"}]));
     sim.reconcile(AnalysisPhase::Failed);
     let p = sim.reconcile(AnalysisPhase::Failed);
     assert_eq!(
@@ -425,16 +437,12 @@ fn a_rollout_level_dry_run_takes_a_regex_and_refuses_one_that_matches_nothing() 
     assert!(p.status.analysis_runs[0].metrics[0].dry_run);
 
     let mut sim = Sim::new(web_metric(json!({})));
-    step["analysis"]["dryRun"] = json!([{"metricName": "latncy"}]);
-    sim.rollout.spec.strategy.canary.steps[1] = serde_json::from_value(step).unwrap();
-    let p = sim.reconcile(AnalysisPhase::Successful);
-    assert_eq!(p.status.phase, Phase::Degraded);
-    let m = p.status.message.unwrap();
+    sim.set_step_analysis("dryRun", json!([{"metricName": "latncy"}]));
+    let m = refused(sim.reconcile(AnalysisPhase::Successful));
     assert!(
         m.contains("dryRun[0].metricName") && m.contains("matches no metric"),
         "{m}"
     );
-    assert!(p.traffic.is_none());
 }
 
 /// `clusterScope: true` reads a ClusterAnalysisTemplate, never the namespace's template of the
@@ -442,15 +450,12 @@ fn a_rollout_level_dry_run_takes_a_regex_and_refuses_one_that_matches_nothing() 
 #[test]
 fn a_cluster_scoped_reference_uses_only_the_cluster_template() {
     let mut sim = Sim::new(web_metric(json!({})));
-    let steps = &mut sim.rollout.spec.strategy.canary.steps;
-    let mut step: serde_json::Value = serde_json::to_value(&steps[1]).unwrap();
-    step["analysis"]["templates"] = json!([{"templateName": "check", "clusterScope": true}]);
-    steps[1] = serde_json::from_value(step).unwrap();
-    let p = sim.reconcile(AnalysisPhase::Successful);
-    assert_eq!(p.status.phase, Phase::Degraded);
-    let m = p.status.message.unwrap();
+    sim.set_step_analysis(
+        "templates",
+        json!([{"templateName": "check", "clusterScope": true}]),
+    );
+    let m = refused(sim.reconcile(AnalysisPhase::Successful));
     assert!(m.contains("ClusterAnalysisTemplate check not found"), "{m}");
-    assert!(p.traffic.is_none());
 
     let spec = sim.templates.remove("check").unwrap();
     sim.templates
@@ -465,7 +470,6 @@ fn a_cluster_scoped_reference_uses_only_the_cluster_template() {
 #[test]
 fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
     use canary_controller::analysis::template::resolve;
-    use canary_controller::analysis::AnalysisRunStatus;
     let mut templates = template(web_metric(json!({"count": 20, "interval": "1s"})));
     let check = templates.get_mut("check").unwrap();
     let mut other = check.metrics[0].clone();
@@ -479,21 +483,7 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
     }))
     .unwrap();
     let resolved = resolve(&analysis, &templates, STABLE, CANARY, &Default::default()).unwrap();
-    let mut run = AnalysisRunStatus::start("background", CANARY, None, &resolved, t0());
-    for i in 0..15 {
-        for name in ["ok", "other"] {
-            run.record(
-                &resolved.metrics,
-                name,
-                Measurement {
-                    phase: AnalysisPhase::Successful,
-                    value: Some(i.to_string()),
-                    started_at: (t0() + Duration::seconds(i)).to_rfc3339(),
-                    ..Measurement::default()
-                },
-            );
-        }
-    }
+    let run = fifteen_successes(&resolved, &["ok", "other"]);
     let kept = |name: &str| -> Vec<String> {
         run.metrics
             .iter()
@@ -517,18 +507,7 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
         &Default::default(),
     )
     .unwrap();
-    let mut run = AnalysisRunStatus::start("background", CANARY, None, &resolved, t0());
-    for i in 0..15 {
-        run.record(
-            &resolved.metrics,
-            "ok",
-            Measurement {
-                phase: AnalysisPhase::Successful,
-                started_at: (t0() + Duration::seconds(i)).to_rfc3339(),
-                ..Measurement::default()
-            },
-        );
-    }
+    let run = fifteen_successes(&resolved, &["ok"]);
     assert_eq!(run.metrics[0].measurements.len(), 10, "the default");
 
     for limit in [0, 101] {
@@ -547,6 +526,35 @@ fn measurement_retention_keeps_the_latest_n_and_is_bounded() {
             "{err}"
         );
     }
+}
+
+/// A run of `resolved` with 15 successful measurements of each of `metrics`, valued 0..15.
+fn fifteen_successes(
+    resolved: &canary_controller::analysis::template::ResolvedAnalysis,
+    metrics: &[&str],
+) -> canary_controller::analysis::AnalysisRunStatus {
+    let mut run = canary_controller::analysis::AnalysisRunStatus::start(
+        "background",
+        CANARY,
+        None,
+        resolved,
+        t0(),
+    );
+    for i in 0..15 {
+        for name in metrics {
+            run.record(
+                &resolved.metrics,
+                name,
+                Measurement {
+                    phase: AnalysisPhase::Successful,
+                    value: Some(i.to_string()),
+                    started_at: (t0() + Duration::seconds(i)).to_rfc3339(),
+                    ..Measurement::default()
+                },
+            );
+        }
+    }
+    run
 }
 
 fn analysis_of(template: &str) -> canary_controller::analysis::RolloutAnalysis {

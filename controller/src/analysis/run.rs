@@ -237,10 +237,7 @@ impl AnalysisRunStatus {
                 .map(|m| MetricResult {
                     name: m.name.clone(),
                     dry_run: resolved.dry_run.contains(&m.name),
-                    retention: resolved
-                        .retention
-                        .get(&m.name)
-                        .and_then(|n| i32::try_from(*n).ok()),
+                    retention: resolved.retention.get(&m.name).copied(),
                     ..MetricResult::default()
                 })
                 .collect(),

@@ -381,7 +381,7 @@ pub struct ResolvedAnalysis {
     /// Names of the metrics that run dry.
     pub dry_run: BTreeSet<String>,
     /// Measurements kept, by metric name, where not the default.
-    pub retention: BTreeMap<String, usize>,
+    pub retention: BTreeMap<String, i32>,
 }
 
 /// Resolves a rollout's analysis against its templates (by name). `stable`/`canary` are the
@@ -465,11 +465,12 @@ pub fn resolve(
                 .map_err(|e| format!("{what}: metric {}: {e}", m.name))?;
             out.metrics.push(metric);
         }
-        for (i, d) in template.dry_run.iter().enumerate() {
-            let matched = dry_run_matches(&d.metric_name, &template.metrics)
-                .map_err(|e| format!("{what}: dryRun[{i}].metricName: {e}"))?;
-            out.dry_run.extend(matched);
-        }
+        mark_dry_run(
+            &mut out.dry_run,
+            &template.dry_run,
+            &template.metrics,
+            &what,
+        )?;
         retain(
             &mut out.retention,
             &template.measurement_retention,
@@ -477,23 +478,39 @@ pub fn resolve(
             &what,
         )?;
     }
-    for (i, d) in analysis.dry_run.iter().enumerate() {
-        let matched = dry_run_matches(&d.metric_name, &out.metrics)
-            .map_err(|e| format!("dryRun[{i}].metricName: {e}"))?;
-        out.dry_run.extend(matched);
-    }
-    // The rollout's settings come last, so they win.
+    // The rollout's settings come last, so its retention wins.
+    mark_dry_run(
+        &mut out.dry_run,
+        &analysis.dry_run,
+        &out.metrics,
+        "analysis",
+    )?;
     retain(
         &mut out.retention,
         &analysis.measurement_retention,
-        &out.metrics.clone(),
+        &out.metrics,
         "analysis",
     )?;
     Ok(out)
 }
 
+fn mark_dry_run(
+    into: &mut BTreeSet<String>,
+    rules: &[DryRun],
+    metrics: &[Metric],
+    what: &str,
+) -> Result<(), String> {
+    for (i, d) in rules.iter().enumerate() {
+        into.extend(
+            selected_metrics(&d.metric_name, metrics)
+                .map_err(|e| format!("{what}: dryRun[{i}].metricName: {e}"))?,
+        );
+    }
+    Ok(())
+}
+
 fn retain(
-    into: &mut BTreeMap<String, usize>,
+    into: &mut BTreeMap<String, i32>,
     rules: &[MeasurementRetention],
     metrics: &[Metric],
     what: &str,
@@ -506,19 +523,19 @@ fn retain(
                 r.limit
             ));
         }
-        let matched = dry_run_matches(&r.metric_name, metrics)
-            .map_err(|e| format!("{field}.metricName: {e}"))?;
-        for name in matched {
-            into.insert(name, usize::try_from(r.limit).unwrap_or(1));
+        for name in selected_metrics(&r.metric_name, metrics)
+            .map_err(|e| format!("{field}.metricName: {e}"))?
+        {
+            into.insert(name, r.limit);
         }
     }
     Ok(())
 }
 
 /// The names of `metrics` that `pattern` selects: the name itself, or a regular expression
-/// matching whole names. A pattern that selects nothing is refused (a typo would otherwise
-/// make a metric act when it was meant to run dry).
-fn dry_run_matches(pattern: &str, metrics: &[Metric]) -> Result<Vec<String>, String> {
+/// matching whole names (`dryRun`, `measurementRetention`). A pattern that selects nothing is
+/// refused (a typo would otherwise make a metric act when it was meant to run dry).
+fn selected_metrics(pattern: &str, metrics: &[Metric]) -> Result<Vec<String>, String> {
     let exact: Vec<String> = metrics
         .iter()
         .filter(|m| m.name == pattern)

@@ -16,7 +16,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use canary_core::decision::{decide_for_service, Draws, RequestHeaders};
+use canary_core::decision::{decide_for_service, decide_route, Draws, RequestHeaders};
 use canary_core::header_map::{serialize, SerializedHeaders};
 use canary_core::CompiledConfig;
 
@@ -75,17 +75,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         subset as u32
     });
     let total = time(&mut || {
-        let Some(h) = SerializedHeaders::parse(black_box(&buf)) else {
-            return 0;
-        };
-        let Some((_, svc)) = h
-            .header(":authority")
-            .and_then(|a| config.service_for_authority(a))
-        else {
-            return 0;
-        };
-        let (subset, _) = decide_for_service(svc, &h, draws.next_point());
-        subset as u32
+        SerializedHeaders::parse(black_box(&buf))
+            .and_then(|h| decide_route(&config, h.header(":authority"), &h, draws.next_point()))
+            .map_or(0, |d| d.subset as u32)
     });
     println!(
         "request_path parse_ns={parse:.1} lookup_ns={lookup:.1} decide_ns={decide:.1} total_ns={total:.1}"
