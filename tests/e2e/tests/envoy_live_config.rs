@@ -1,6 +1,11 @@
 //! Live reconfiguration, the way istiod pushes a WasmPlugin's pluginConfig: new weights take
 //! effect under load without a failed request, bad configs are refused while the previous one
 //! keeps serving, and many pushes do not grow Envoy's memory.
+//!
+//! No assertion here depends on how fast this machine is: every response names the config that
+//! decided it (each push carries its own stable/canary hashes, which the filter writes into the
+//! hash header and the app echoes back), so the split is judged per config, not per time window,
+//! and each step is held until enough responses decided by its config have been seen.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,125 +13,205 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wasm_canary_e2e::assert_binomial;
-use wasm_canary_e2e::mesh::{reviews_config, Mesh, Push};
+use wasm_canary_e2e::mesh::{reviews_config, Mesh, Push, CANARY_HASH, STABLE_HASH};
+
+/// What decided a response: the push (config generation) and the subset it chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Decision {
+    generation: usize,
+    canary: bool,
+}
 
 /// One response seen by the background load.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Seen {
     at: Instant,
+    /// Which keep-alive connection sent it (requests on one connection are sequential).
+    connection: usize,
+    /// Served by the canary app (`x-app-version`).
     canary: bool,
     ok: bool,
+    /// From the echoed hash header; `None` when the config carries the shared hashes.
+    decided: Option<Decision>,
+}
+
+/// The hash header the test configs set; the app echoes it back as `x-seen-<name>`.
+const ECHOED_HASH: &str = "x-seen-x-canary-pod-template-hash";
+
+/// `reviews_config(weight)` whose hashes name generation `g` (valid label values), so every
+/// response tells which push decided it.
+fn generation_config(weight: u32, g: usize) -> String {
+    reviews_config(weight)
+        .replace(STABLE_HASH, &format!("stable-{g}"))
+        .replace(CANARY_HASH, &format!("canary-{g}"))
+}
+
+fn decision_of(hash: Option<&str>) -> Option<Decision> {
+    let (subset, generation) = hash?.split_once('-')?;
+    Some(Decision {
+        generation: generation.parse().ok()?,
+        canary: subset == "canary",
+    })
+}
+
+/// Responses seen so far, shared between the load and the test body.
+struct Recorder(Mutex<Vec<Seen>>);
+
+impl Recorder {
+    fn count(&self, f: impl Fn(&Seen) -> bool) -> usize {
+        self.0.lock().unwrap().iter().filter(|s| f(s)).count()
+    }
+
+    /// Waits until `f` holds for at least `n` responses; fails after a deadline generous enough
+    /// for a loaded 2-core machine (the load runs thousands of requests a second when idle).
+    fn wait_for(&self, n: usize, what: &str, f: impl Fn(&Seen) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let have = self.count(&f);
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: only {have} of {n} responses within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Runs `connections` keep-alive clients against the mesh until `body` returns (bounded by a
-/// 120 s deadline and by the requests each connection sends), recording every response.
-fn under_load<T>(mesh: &Mesh, connections: usize, body: impl FnOnce() -> T) -> (T, Vec<Seen>) {
+/// 180 s deadline and by the requests each connection sends), recording every response.
+fn under_load<T>(
+    mesh: &Mesh,
+    connections: usize,
+    body: impl FnOnce(&Recorder) -> T,
+) -> (T, Vec<Seen>) {
     let stop = AtomicBool::new(false);
-    let seen = Mutex::new(Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let recorder = Recorder(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(180);
     let result = std::thread::scope(|s| {
-        for _ in 0..connections {
-            s.spawn(|| {
+        for connection in 0..connections {
+            let (stop, recorder) = (&stop, &recorder);
+            s.spawn(move || {
                 let mut http = mesh.http();
-                let mut local = Vec::new();
-                while !stop.load(Ordering::Relaxed)
-                    && Instant::now() < deadline
-                    && local.len() < 2_000_000
-                {
+                for _ in 0..2_000_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                        break;
+                    }
                     let r = http.get("reviews:9080", "/", &[]);
-                    let at = Instant::now();
-                    local.push(match r {
+                    let seen = match r {
                         Ok(r) => Seen {
-                            at,
+                            at: Instant::now(),
+                            connection,
                             canary: r.header("x-app-version") == Some("canary"),
                             ok: r.status == 200,
+                            decided: decision_of(r.header(ECHOED_HASH)),
                         },
                         Err(_) => Seen {
-                            at,
+                            at: Instant::now(),
+                            connection,
                             canary: false,
                             ok: false,
+                            decided: None,
                         },
-                    });
+                    };
+                    recorder.0.lock().unwrap().push(seen);
                 }
-                seen.lock().unwrap().extend(local);
             });
         }
         // Let the load reach steady state before acting: wait for responses, not for time.
-        while seen.lock().unwrap().is_empty()
-            && mesh.client.stat("http.outbound.downstream_rq_completed") < 200
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let r = body();
+        recorder.wait_for(200, "load before the first push", |_| true);
+        let r = body(&recorder);
         stop.store(true, Ordering::Relaxed);
         r
     });
-    let mut seen = seen.into_inner().unwrap();
-    seen.sort_by_key(|s| s.at);
-    (result, seen)
+    (result, recorder.0.into_inner().unwrap())
 }
 
 #[test]
-fn weight_changes_under_load_take_effect_within_a_second_without_a_failed_request() {
-    let mesh = Mesh::start(&reviews_config(0)).unwrap();
-    let steps = [1_000u32, 5_000, 10_000, 0];
-    let hold = Duration::from_millis(2_500);
-    let (pushes, seen) = under_load(&mesh, 4, || {
+fn weight_changes_under_load_take_effect_without_a_failed_request() {
+    let mesh = Mesh::start(&generation_config(0, 0)).unwrap();
+    let weights = [0u32, 1_000, 5_000, 10_000, 0];
+    // Responses each config must decide before the next push: enough for a binomial check at
+    // 10% to tell 10% from, say, 7% or 13%.
+    let per_step = 2_000;
+    let (pushes, seen) = under_load(&mesh, 4, |recorder| {
         let mut pushes = Vec::new();
-        for weight in steps {
-            let at = Instant::now();
-            assert_eq!(
-                mesh.push_config(&reviews_config(weight)).unwrap(),
-                Push::Accepted
+        for (g, &weight) in weights.iter().enumerate() {
+            if g > 0 {
+                assert_eq!(
+                    mesh.push_config(&generation_config(weight, g)).unwrap(),
+                    Push::Accepted
+                );
+            }
+            pushes.push(Instant::now());
+            recorder.wait_for(
+                per_step,
+                &format!("config {g} ({weight} bp) deciding"),
+                |s| s.decided.is_some_and(|d| d.generation == g),
             );
-            pushes.push((at, weight));
-            std::thread::sleep(hold); // holding each weight is the scenario, not a readiness wait
         }
         pushes
     });
-    let failed = seen.iter().filter(|s| !s.ok).count();
-    assert_eq!(
-        failed,
-        0,
-        "no failed request across {} responses during {} pushes",
+
+    let failed: Vec<&Seen> = seen.iter().filter(|s| !s.ok).collect();
+    assert!(
+        failed.is_empty(),
+        "no failed request across {} responses during {} pushes; first failures: {:?}",
         seen.len(),
-        steps.len()
+        weights.len() - 1,
+        &failed[..failed.len().min(3)]
     );
-    for (i, (at, weight)) in pushes.iter().enumerate() {
-        // From one second after the push until the next push, the split is the new one.
-        let from = *at + Duration::from_secs(1);
-        let to = pushes.get(i + 1).map(|(t, _)| *t).unwrap_or(Instant::now());
-        let window: Vec<&Seen> = seen.iter().filter(|s| s.at >= from && s.at < to).collect();
-        let n = window.len() as u64;
+    // Every response was decided by one of the pushed configs and went where it said.
+    for s in &seen {
+        let d = s
+            .decided
+            .unwrap_or_else(|| panic!("a response with no decision: {s:?}"));
+        assert!(d.generation < weights.len(), "{s:?}");
+        assert_eq!(d.canary, s.canary, "served by the subset decided: {s:?}");
+    }
+    // A config, once replaced, never decides again on a connection that has seen a newer one.
+    for connection in 0..4 {
+        let generations: Vec<usize> = seen
+            .iter()
+            .filter(|s| s.connection == connection)
+            .filter_map(|s| s.decided.map(|d| d.generation))
+            .collect();
         assert!(
-            n >= 500,
-            "enough responses to judge the split at {weight} bp: {n}"
+            generations.windows(2).all(|w| w[0] <= w[1]),
+            "connection {connection} went back to an older config"
         );
-        let canary = window.iter().filter(|s| s.canary).count() as u64;
+    }
+    // Each config's split is its weight (0% and 100% exactly).
+    for (g, &weight) in weights.iter().enumerate() {
+        let decided: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.decided.is_some_and(|d| d.generation == g))
+            .collect();
+        let n = decided.len() as u64;
+        let canary = decided.iter().filter(|s| s.canary).count() as u64;
         match weight {
-            0 => assert_eq!(canary, 0, "1 s after setting 0%, nobody reaches canary"),
-            10_000 => assert_eq!(
-                canary, n,
-                "1 s after setting 100%, everybody reaches canary"
-            ),
+            0 => assert_eq!(canary, 0, "config {g} at 0%: nobody reaches canary"),
+            10_000 => assert_eq!(canary, n, "config {g} at 100%: everybody reaches canary"),
             w => assert_binomial(
                 canary,
                 n,
-                f64::from(*w) / 10_000.0,
-                &format!("split 1 s after setting {w} bp"),
+                f64::from(w) / 10_000.0,
+                &format!("config {g} at {w} bp"),
             ),
         }
-        // And the change is visible well inside that second: the first response of the new
-        // split (for 0 -> 10%: the first canary) arrives promptly.
-        if *weight == 1_000 {
-            let first = seen
-                .iter()
-                .find(|s| s.at >= *at && s.canary)
-                .expect("a canary response after 0 -> 10%");
-            assert!(
-                first.at - *at < Duration::from_secs(1),
-                "first canary response {:?} after the push",
-                first.at - *at
+    }
+    // How long each push took to decide its first response: information, not an assertion
+    // (latency belongs to `make bench`).
+    for (g, at) in pushes.iter().enumerate().skip(1) {
+        if let Some(first) = seen
+            .iter()
+            .find(|s| s.decided.is_some_and(|d| d.generation == g))
+        {
+            eprintln!(
+                "config {g}: first response it decided {:?} after Envoy accepted it",
+                first.at.saturating_duration_since(*at)
             );
         }
     }
@@ -143,7 +228,7 @@ fn invalid_configs_are_rejected_naming_the_field_while_the_previous_config_keeps
         (r#"["not", "an", "object"]"#.to_owned(), "(root)"),
         (r#"{"services":[{"name":"a","hosts":["reviews"],"sticky":{"query":"user"}}]}"#.to_owned(), "services[0].sticky"),
     ];
-    let (rejected, seen) = under_load(&mesh, 2, || {
+    let (rejected, seen) = under_load(&mesh, 2, |_| {
         bad.iter()
             .map(|(config, _)| mesh.push_config(config).unwrap())
             .collect::<Vec<_>>()

@@ -40,10 +40,14 @@ observed canary share is within 5 standard deviations of its weight; 1 otherwise
 reason); 2 for bad arguments; 130 when interrupted (Ctrl-C or SIGTERM stop the load
 and every Envoy).
 
-usage: demo [--step-seconds N] [--steps P,P,...] [--clients N] [--canary-status CODE]
+usage: demo [--step-seconds N] [--min-requests N] [--steps P,P,...] [--clients N]
+            [--canary-status CODE]
 
 options:
   --step-seconds N   how long each weight is held, in seconds (default 4)
+  --min-requests N   hold each weight also until N user requests were counted, so
+                     its split is judged on enough traffic (default 1000); a step
+                     that cannot reach N within 120 s more fails the demo
   --steps P,P,...    canary weights in percent, in order (default 0,10,50,100)
   --clients N        keep-alive user clients sending requests (default 4)
   --canary-status C  make the canary app answer with status C (e.g. 500), to see
@@ -56,6 +60,8 @@ From the repository: `make demo` (sets up, builds the filter, runs this), or
 /// What the command line asked for.
 struct Options {
     step: Duration,
+    /// User requests each step counts at least before it ends.
+    min_requests: u64,
     /// Canary weights in basis points.
     weights: Vec<u32>,
     clients: usize,
@@ -68,6 +74,7 @@ impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Option<Options>> {
         let mut options = Options {
             step: Duration::from_secs(4),
+            min_requests: 1_000,
             weights: vec![0, 1_000, 5_000, 10_000],
             clients: 4,
             canary_status: 200,
@@ -80,8 +87,13 @@ impl Options {
             if name == "-h" || name == "--help" {
                 return Ok(None);
             }
-            const TAKES_A_VALUE: [&str; 4] =
-                ["--step-seconds", "--steps", "--clients", "--canary-status"];
+            const TAKES_A_VALUE: [&str; 5] = [
+                "--step-seconds",
+                "--min-requests",
+                "--steps",
+                "--clients",
+                "--canary-status",
+            ];
             if !TAKES_A_VALUE.contains(&name.as_str()) {
                 bail!("unknown option {name}");
             }
@@ -99,6 +111,15 @@ impl Options {
                             format!("--step-seconds {value}: expected seconds in (0, 600]")
                         })?;
                     options.step = Duration::from_secs_f64(secs);
+                }
+                "--min-requests" => {
+                    options.min_requests = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 10_000_000)
+                        .with_context(|| {
+                            format!("--min-requests {value}: expected 0..=10000000")
+                        })?;
                 }
                 "--steps" => {
                     options.weights = value
@@ -253,7 +274,7 @@ fn run(options: &Options, out: &Display, interrupted: &AtomicBool) -> anyhow::Re
          filter in server mode from the pod's rollouts-pod-template-hash label"
     )));
 
-    let hold_all = options.step.mul_f64(weights.len() as f64);
+    let hold_all = (options.step + MAX_EXTRA_HOLD).mul_f64(weights.len() as f64);
     let mut load = UserLoad::start(
         &mesh,
         options.clients,
@@ -310,7 +331,10 @@ fn run(options: &Options, out: &Display, interrupted: &AtomicBool) -> anyhow::Re
             i,
             weights.len(),
             weight,
-            options.step,
+            Hold {
+                at_least: options.step,
+                min_requests: options.min_requests,
+            },
             interrupted,
         )?;
         results.push(StepResult {
@@ -473,14 +497,24 @@ fn follow_sticky_user(
     Ok(())
 }
 
-/// Holds one weight for `hold`, redrawing its row, and checks what it saw.
+/// How long a step is held: `at_least`, and until `min_requests` user requests were counted.
+#[derive(Clone, Copy)]
+struct Hold {
+    at_least: Duration,
+    min_requests: u64,
+}
+
+/// How much longer than `--step-seconds` a step may wait for `--min-requests`.
+const MAX_EXTRA_HOLD: Duration = Duration::from_secs(120);
+
+/// Holds one weight as `hold` says, redrawing its row, and checks what it saw.
 fn hold_step(
     out: &Display,
     load: &UserLoad,
     step: usize,
     steps: usize,
     weight: u32,
-    hold: Duration,
+    hold: Hold,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<StepCounts> {
     let tally = load.tally(step).context("step tally")?;
@@ -499,7 +533,11 @@ fn hold_step(
     let start = Instant::now();
     let mut last_good = (StepCounts::default(), Duration::ZERO);
     loop {
-        std::thread::sleep(line.tick().min(hold.saturating_sub(start.elapsed())));
+        std::thread::sleep(
+            line.tick()
+                .min(hold.at_least.saturating_sub(start.elapsed()))
+                .max(Duration::from_millis(5)),
+        );
         let elapsed = start.elapsed();
         let counts = tally.counts();
         // Ctrl-C reaches the Envoys too (same process group): requests failing after it are
@@ -523,10 +561,24 @@ fn hold_step(
                 tally.first_failure().unwrap_or_default()
             );
         }
-        if elapsed >= hold {
+        if elapsed >= hold.at_least + MAX_EXTRA_HOLD && counts.requests < hold.min_requests {
+            line.finish(&row(counts, elapsed, RowState::Failed));
+            bail!(
+                "only {} user requests completed at canaryWeight {weight} in {:.0} s (--min-requests {}): \
+                 the load stalled or this machine is too busy to judge the split",
+                counts.requests,
+                elapsed.as_secs_f64(),
+                hold.min_requests
+            );
+        }
+        if elapsed >= hold.at_least && counts.requests >= hold.min_requests {
             load.pause_counting();
-            // Responses to requests sent during the step may still be arriving.
-            std::thread::sleep(Duration::from_millis(20));
+            // Responses to requests sent during the step may still be arriving: wait for each
+            // (a request has its own timeout, so this ends).
+            let settle = Instant::now();
+            while !tally.settled() && settle.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let counts = tally.counts();
             let verdict = judge(weight, counts);
             let state = if verdict.is_ok() && counts.failures == 0 {

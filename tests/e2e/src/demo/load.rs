@@ -21,6 +21,8 @@ const BETWEEN_STEPS: usize = usize::MAX;
 /// What one step of the rollout saw. Counters only grow.
 #[derive(Default)]
 pub struct StepTally {
+    /// Requests sent while this step was live; `requests` counts those that completed.
+    pub sent: AtomicU64,
     pub requests: AtomicU64,
     pub canary: AtomicU64,
     /// Responses with a status outside 2xx, transport errors, and 2xx responses that carry no
@@ -38,7 +40,21 @@ pub struct StepCounts {
     pub failures: u64,
 }
 
+/// Adds one to a counter when dropped: after the response has been classified.
+struct CompletedOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for CompletedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 impl StepTally {
+    /// True once every request sent during the step has completed and been counted.
+    pub fn settled(&self) -> bool {
+        self.requests.load(Ordering::Acquire) >= self.sent.load(Ordering::Acquire)
+    }
+
     pub fn counts(&self) -> StepCounts {
         StepCounts {
             requests: self.requests.load(Ordering::Relaxed),
@@ -86,11 +102,16 @@ impl UserLoad {
                             return;
                         }
                         let step = live_step.load(Ordering::Acquire);
+                        let tally = tallies.get(step);
+                        if let Some(tally) = tally {
+                            tally.sent.fetch_add(1, Ordering::AcqRel);
+                        }
                         let result = http.get(REVIEWS_HOST, "/", &[]);
-                        let Some(tally) = tallies.get(step) else {
+                        let Some(tally) = tally else {
                             continue;
                         };
-                        tally.requests.fetch_add(1, Ordering::Relaxed);
+                        // Counted last, so `requests == sent` means every outcome is counted.
+                        let _completed = CompletedOnDrop(&tally.requests);
                         match result {
                             Ok(r) if (200..300).contains(&r.status) => {
                                 match r.header(VERSION_TAG) {
