@@ -44,7 +44,7 @@ crd: ## Regenerate the CanaryRollout, AnalysisTemplate and ClusterAnalysisTempla
 	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
 	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- crd_is_fresh
 
-test: setup wasm cluster-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), Envoy end-to-end
+test: setup wasm cluster-build mesh-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars, Envoy end-to-end
 	$(MAKE) --no-print-directory lint
 	cargo test --workspace --exclude wasm-canary-e2e
 	$(MAKE) --no-print-directory test-wasm
@@ -87,3 +87,4 @@ clean: ## Remove build outputs (keeps the venv)
 	rm -rf build/oci build/*.wasm
 
 -include tests/cluster/cluster.mk
+-include tests/mesh/mesh.mk

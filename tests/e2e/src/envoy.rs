@@ -29,6 +29,9 @@ pub struct EnvoyOptions {
     pub log_level: &'static str,
     /// Run pinned to this CPU (`taskset`), for benchmarks.
     pub cpu: Option<u32>,
+    /// `--service-node` (the node id Envoy presents to its xDS server); default: the name.
+    /// An Istio sidecar's must be `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+    pub service_node: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -37,6 +40,7 @@ impl Default for EnvoyOptions {
             concurrency: 1,
             log_level: "info",
             cpu: None,
+            service_node: None,
         }
     }
 }
@@ -82,7 +86,7 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--disable-hot-restart")
             .arg("--service-node")
-            .arg(name)
+            .arg(options.service_node.as_deref().unwrap_or(name))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

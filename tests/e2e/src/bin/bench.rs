@@ -217,6 +217,7 @@ fn run_mode(
         concurrency: 1,
         log_level: "warn",
         cpu: Some(cpu),
+        ..EnvoyOptions::default()
     };
     let upstream = match mode {
         Mode::Upstream => Some(topology::start_upstream(&pinned(args.load_cpu))?),

@@ -1,0 +1,270 @@
+//! The seed's Bookinfo shape in a real mesh: a caller (productpage) and `reviews` pods of
+//! several versions, each pod a small app behind its own server-side sidecar, plus the
+//! manifests a user applies from `wasm-plugin/`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use canary_cluster::ControlPlane;
+use kube::Client;
+use serde_json::{json, Value};
+use wasm_canary_e2e::app::App;
+use wasm_canary_e2e::envoy::Envoy;
+
+use crate::objects;
+use crate::sidecar::{self, Pod};
+use crate::Istiod;
+
+/// The port of Service `reviews` (Bookinfo's), which the caller's outbound listener binds
+/// on the caller's own loopback address.
+pub const REVIEWS_PORT: u16 = 9080;
+
+/// The label that gives each proxy its own `Sidecar` resource (and so its own address).
+const POD_LABEL: &str = "wasm-canary.io/pod";
+
+/// One `reviews` pod: its app, its sidecar, its pod-template hash.
+pub struct ReviewsPod {
+    pub pod: Pod,
+    pub version: String,
+    pub hash: String,
+    pub app: App,
+    pub sidecar: Envoy,
+}
+
+/// A running Bookinfo slice. Dropping it stops every sidecar and app it started (the API
+/// objects go with the test's namespace or control plane).
+pub struct Bookinfo {
+    pub namespace: String,
+    pub caller: Envoy,
+    pub caller_pod: Pod,
+    /// Where requests from "productpage" to `reviews` enter the caller's sidecar.
+    pub caller_addr: SocketAddr,
+    pub reviews: Vec<ReviewsPod>,
+}
+
+/// A version of `reviews` to run: its `version` label and `rollouts-pod-template-hash`.
+#[derive(Debug, Clone, Copy)]
+pub struct Version<'a> {
+    pub version: &'a str,
+    pub hash: &'a str,
+}
+
+impl Bookinfo {
+    /// Lays out namespace `ns` (Service `reviews`, a WorkloadEntry and a `Sidecar` per pod),
+    /// then starts one `reviews` pod per entry of `versions` and the caller, and waits until
+    /// the caller's sidecar has its outbound listener for `reviews`.
+    pub async fn start(
+        plane: &ControlPlane,
+        client: &Client,
+        istiod: &Istiod,
+        ns: &str,
+        versions: &[Version<'_>],
+    ) -> anyhow::Result<Bookinfo> {
+        plane.create_namespace(client, ns).await?;
+        let ips = loopback_subnet(versions.len() + 1)?;
+        objects::apply(
+            client,
+            ns,
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "reviews", "labels": {"app": "reviews"}},
+                "spec": {"selector": {"app": "reviews"},
+                         "ports": [{"name": "http", "port": REVIEWS_PORT, "targetPort": REVIEWS_PORT}]}
+            }),
+        )
+        .await?;
+
+        let mut reviews = Vec::new();
+        for (i, v) in versions.iter().enumerate() {
+            let name = format!("reviews-{}-{i}", v.version);
+            let pod = Pod {
+                labels: labels(&[
+                    ("app", "reviews"),
+                    ("version", v.version),
+                    ("rollouts-pod-template-hash", v.hash),
+                    (POD_LABEL, &name),
+                ]),
+                name,
+                namespace: ns.to_owned(),
+                ip: ips[i + 1],
+            };
+            let app = App::start(v.version)?;
+            register_server_pod(client, &pod, app.addr).await?;
+            reviews.push((pod, *v, app));
+        }
+        let caller_pod = Pod {
+            name: "productpage-0".to_owned(),
+            namespace: ns.to_owned(),
+            labels: labels(&[
+                ("app", "productpage"),
+                ("version", "v1"),
+                (POD_LABEL, "productpage-0"),
+            ]),
+            ip: ips[0],
+        };
+        objects::apply(
+            client,
+            ns,
+            &json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                "metadata": {"name": caller_pod.name},
+                "spec": {
+                    "workloadSelector": {"labels": {POD_LABEL: caller_pod.name}},
+                    "egress": [{"bind": caller_pod.ip.to_string(), "captureMode": "NONE", "hosts": ["./*"]}]
+                }
+            }),
+        )
+        .await?;
+
+        let mut pods = Vec::new();
+        for (pod, v, app) in reviews {
+            let sidecar = sidecar::start(istiod, &pod)
+                .with_context(|| format!("starting the sidecar of {}", pod.name))?;
+            pods.push(ReviewsPod {
+                pod,
+                version: v.version.to_owned(),
+                hash: v.hash.to_owned(),
+                app,
+                sidecar,
+            });
+        }
+        let caller =
+            sidecar::start(istiod, &caller_pod).context("starting the caller's sidecar")?;
+        let caller_addr = SocketAddr::from((caller_pod.ip, REVIEWS_PORT));
+        let bookinfo = Bookinfo {
+            namespace: ns.to_owned(),
+            caller,
+            caller_pod,
+            caller_addr,
+            reviews: pods,
+        };
+        bookinfo.wait_for_caller_listener(Duration::from_secs(60))?;
+        Ok(bookinfo)
+    }
+
+    fn wait_for_caller_listener(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if std::net::TcpStream::connect_timeout(&self.caller_addr, Duration::from_secs(1))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "the caller's sidecar has no listener on {} after {timeout:?}; log tail:\n{}",
+                self.caller_addr,
+                self.caller.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50)); // polling interval
+        }
+    }
+
+    /// A keep-alive client into the caller's sidecar (as productpage calling `reviews`).
+    pub fn http(&self) -> wasm_canary_e2e::http::Client {
+        wasm_canary_e2e::http::Client::new(self.caller_addr)
+    }
+
+    /// The `reviews` pod whose app answered (by the app's name, its version).
+    pub fn pod_of_version(&self, version: &str) -> Option<&ReviewsPod> {
+        self.reviews.iter().find(|p| p.version == version)
+    }
+}
+
+/// A user's manifests from `wasm-plugin/` for namespace `ns`, with the WasmPlugins' `url`
+/// pointing at `wasm` on this machine (`file://`, as on a node with the module baked in).
+pub fn user_manifests(wasm: &Path, ns: &str) -> anyhow::Result<Vec<Value>> {
+    let dir = wasm_canary_e2e::workspace_root().join("wasm-plugin");
+    let mut out = Vec::new();
+    for file in [
+        "destinationrule.yaml",
+        "virtualservice.yaml",
+        "client-wasmplugin.yaml",
+        "server-wasmplugin.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file))
+            .with_context(|| format!("reading wasm-plugin/{file}"))?;
+        let documents: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .map_err(|e| anyhow::anyhow!("parsing wasm-plugin/{file}: {e}"))?;
+        for mut d in documents.into_iter().filter(|d| !d.is_null()) {
+            d["metadata"]["namespace"] = Value::from(ns);
+            if d["kind"] == "WasmPlugin" {
+                d["spec"]["url"] = Value::from(format!("file://{}", wasm.display()));
+            }
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// What a server pod needs in the API: a WorkloadEntry at its address with its labels (so
+/// istiod puts it among `reviews`' endpoints) and a `Sidecar` binding its inbound listener to
+/// that address and forwarding to the app.
+async fn register_server_pod(client: &Client, pod: &Pod, app: SocketAddr) -> anyhow::Result<()> {
+    let ip = pod.ip.to_string();
+    objects::apply(
+        client,
+        &pod.namespace,
+        &json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": pod.name},
+            "spec": {"address": ip, "labels": pod.labels, "serviceAccount": "default"}
+        }),
+    )
+    .await?;
+    objects::apply(
+        client,
+        &pod.namespace,
+        &json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": pod.name},
+            "spec": {
+                "workloadSelector": {"labels": {POD_LABEL: pod.name}},
+                "ingress": [{
+                    "port": {"number": REVIEWS_PORT, "protocol": "HTTP", "name": "http"},
+                    "bind": ip,
+                    "defaultEndpoint": app.to_string(),
+                    "captureMode": "NONE"
+                }],
+                // Outbound listeners would bind this address too; a server pod calls nothing.
+                "egress": [{"bind": ip, "captureMode": "NONE", "hosts": ["istio-system/*"]}]
+            }
+        }),
+    )
+    .await
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// `n` loopback addresses in a /24 of 127.0.0.0/8 picked at random, where port
+/// [`REVIEWS_PORT`] is free on each (another test may be running its own mesh).
+fn loopback_subnet(n: usize) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for attempt in 0..50u64 {
+        let x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(attempt.wrapping_mul(1442695040888963407));
+        let (a, b) = (100 + (x >> 33) % 100, (x >> 17) % 256);
+        let ips: Vec<Ipv4Addr> = (1..=n)
+            .map(|i| Ipv4Addr::new(127, a as u8, b as u8, i as u8))
+            .collect();
+        let free = ips
+            .iter()
+            .all(|ip| TcpListener::bind((*ip, REVIEWS_PORT)).is_ok());
+        if free {
+            return Ok(ips);
+        }
+    }
+    anyhow::bail!("no loopback /24 with port {REVIEWS_PORT} free after 50 tries")
+}
