@@ -204,6 +204,27 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
             unchanged.join(", ")
         ));
     }
+    // istiod reads an object labelled `istio.io/rev` only if it runs that revision; the
+    // WasmPlugin the controller writes has no such label, so every revision reads it. Without
+    // this note a user on another revision gets a VirtualService and DestinationRule that
+    // istiod silently ignores: requests spread over every pod of the service.
+    let mut revisions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in &out.documents {
+        if let Some(rev) = d.object["metadata"]["labels"]["istio.io/rev"].as_str() {
+            let (_, kind) = kind_of(&d.object);
+            revisions
+                .entry(rev.to_owned())
+                .or_default()
+                .push(format!("{kind}/{}", name_of(&d.object)));
+        }
+    }
+    for (rev, names) in revisions {
+        out.notes.push(format!(
+            "{}: label istio.io/rev={rev} kept: only an istiod of revision {rev} reads them; \
+             remove the label if your istiod runs another revision, or traffic ignores the subsets",
+            names.join(", ")
+        ));
+    }
     for (api, names) in ignored {
         let why = if api.contains("tetrate.io") {
             "TSB wrappers ignored: they do not change with the rollout; keep applying them as before"

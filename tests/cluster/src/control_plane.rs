@@ -184,6 +184,45 @@ impl ControlPlane {
     /// A client that authenticates as ServiceAccount `namespace/name` with a token from
     /// the TokenRequest API, so RBAC applies to it as to a pod running as that account.
     pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> Result<Client> {
+        let token = self.service_account_token(namespace, name).await?;
+        let mut config = self.config().await?;
+        config.auth_info =
+            serde_json::from_value::<AuthInfo>(json!({ "token": token })).map_err(|e| {
+                Error::Kubeconfig {
+                    path: self.kubeconfig.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        client_from(config)
+    }
+
+    /// Writes a kubeconfig at `path` that authenticates as ServiceAccount `namespace/name`
+    /// (a TokenRequest token valid for an hour), for a process the test runs as that account,
+    /// e.g. the controller with only its shipped RBAC.
+    pub async fn write_kubeconfig_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let token = self.service_account_token(namespace, name).await?;
+        let invalid = |message: String| Error::Kubeconfig {
+            path: self.kubeconfig.clone(),
+            message,
+        };
+        let mut kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| invalid(e.to_string()))?;
+        for named in &mut kubeconfig.auth_infos {
+            named.auth_info = Some(
+                serde_json::from_value::<AuthInfo>(json!({ "token": token }))
+                    .map_err(|e| invalid(e.to_string()))?,
+            );
+        }
+        let text = serde_saphyr::to_string(&kubeconfig).map_err(|e| invalid(e.to_string()))?;
+        std::fs::write(path, text).map_err(Error::io(format!("writing {}", path.display())))
+    }
+
+    async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
         let admin = self.client().await?;
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
@@ -199,17 +238,9 @@ impl ControlPlane {
                 "requesting a token for ServiceAccount {namespace}/{name}"
             )))?
             .status
-            .map(|status| status.token)
+            .and_then(|status| status.token)
             .unwrap_or_default();
-        let mut config = self.config().await?;
-        config.auth_info =
-            serde_json::from_value::<AuthInfo>(json!({ "token": token })).map_err(|e| {
-                Error::Kubeconfig {
-                    path: self.kubeconfig.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        client_from(config)
+        Ok(token)
     }
 
     /// Creates (server-side applies) namespace `name`.

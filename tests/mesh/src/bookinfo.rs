@@ -23,7 +23,7 @@ use crate::Istiod;
 pub const REVIEWS_PORT: u16 = 9080;
 
 /// The label that gives each proxy its own `Sidecar` resource (and so its own address).
-const POD_LABEL: &str = "wasm-canary.io/pod";
+pub const POD_LABEL: &str = "wasm-canary.io/pod";
 
 /// One `reviews` pod: its app, its sidecar, its pod-template hash.
 pub struct ReviewsPod {
@@ -43,6 +43,8 @@ pub struct Bookinfo {
     /// Where requests from "productpage" to `reviews` enter the caller's sidecar.
     pub caller_addr: SocketAddr,
     pub reviews: Vec<ReviewsPod>,
+    /// Where further pods of this mesh get their addresses (see [`crate::kubelet`]).
+    pub subnet: std::sync::Arc<Subnet>,
 }
 
 /// A version of `reviews` to run: its `version` label and `rollouts-pod-template-hash`.
@@ -64,7 +66,7 @@ impl Bookinfo {
         versions: &[Version<'_>],
     ) -> anyhow::Result<Bookinfo> {
         plane.create_namespace(client, ns).await?;
-        let ips = loopback_subnet(versions.len() + 1)?;
+        let subnet = std::sync::Arc::new(Subnet::pick()?);
         objects::apply(
             client,
             ns,
@@ -89,7 +91,7 @@ impl Bookinfo {
                 ]),
                 name,
                 namespace: ns.to_owned(),
-                ip: ips[i + 1],
+                ip: subnet.allocate()?,
             };
             let app = App::start(v.version)?;
             register_server_pod(client, &pod, app.addr).await?;
@@ -103,7 +105,7 @@ impl Bookinfo {
                 ("version", "v1"),
                 (POD_LABEL, "productpage-0"),
             ]),
-            ip: ips[0],
+            ip: subnet.allocate()?,
         };
         objects::apply(
             client,
@@ -121,7 +123,7 @@ impl Bookinfo {
 
         let mut pods = Vec::new();
         for (pod, v, app) in reviews {
-            let sidecar = sidecar::start(istiod, &pod)
+            let sidecar = sidecar::start(istiod.grpc, &pod)
                 .with_context(|| format!("starting the sidecar of {}", pod.name))?;
             pods.push(ReviewsPod {
                 pod,
@@ -132,7 +134,7 @@ impl Bookinfo {
             });
         }
         let caller =
-            sidecar::start(istiod, &caller_pod).context("starting the caller's sidecar")?;
+            sidecar::start(istiod.grpc, &caller_pod).context("starting the caller's sidecar")?;
         let caller_addr = SocketAddr::from((caller_pod.ip, REVIEWS_PORT));
         let bookinfo = Bookinfo {
             namespace: ns.to_owned(),
@@ -140,6 +142,7 @@ impl Bookinfo {
             caller_pod,
             caller_addr,
             reviews: pods,
+            subnet,
         };
         bookinfo.wait_for_caller_listener(Duration::from_secs(60))?;
         Ok(bookinfo)
@@ -203,7 +206,11 @@ pub fn user_manifests(wasm: &Path, ns: &str) -> anyhow::Result<Vec<Value>> {
 /// What a server pod needs in the API: a WorkloadEntry at its address with its labels (so
 /// istiod puts it among `reviews`' endpoints) and a `Sidecar` binding its inbound listener to
 /// that address and forwarding to the app.
-async fn register_server_pod(client: &Client, pod: &Pod, app: SocketAddr) -> anyhow::Result<()> {
+pub async fn register_server_pod(
+    client: &Client,
+    pod: &Pod,
+    app: SocketAddr,
+) -> anyhow::Result<()> {
     let ip = pod.ip.to_string();
     objects::apply(
         client,
@@ -244,27 +251,52 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `n` loopback addresses in a /24 of 127.0.0.0/8 picked at random, where port
-/// [`REVIEWS_PORT`] is free on each (another test may be running its own mesh).
-fn loopback_subnet(n: usize) -> anyhow::Result<Vec<Ipv4Addr>> {
-    let seed = std::process::id() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    for attempt in 0..50u64 {
-        let x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(attempt.wrapping_mul(1442695040888963407));
-        let (a, b) = (100 + (x >> 33) % 100, (x >> 17) % 256);
-        let ips: Vec<Ipv4Addr> = (1..=n)
-            .map(|i| Ipv4Addr::new(127, a as u8, b as u8, i as u8))
-            .collect();
-        let free = ips
-            .iter()
-            .all(|ip| TcpListener::bind((*ip, REVIEWS_PORT)).is_ok());
-        if free {
-            return Ok(ips);
+/// Loopback addresses for the pods of one mesh: a /24 of 127.0.0.0/8 picked at random (another
+/// test may run its own mesh), handed out in order, each checked free on [`REVIEWS_PORT`].
+#[derive(Debug)]
+pub struct Subnet {
+    prefix: [u8; 3],
+    next: std::sync::atomic::AtomicU8,
+}
+
+impl Subnet {
+    /// Picks a /24 where the first addresses have [`REVIEWS_PORT`] free.
+    pub fn pick() -> anyhow::Result<Subnet> {
+        let seed = u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        for attempt in 0..50u64 {
+            let x = seed
+                .wrapping_add(attempt)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let prefix = [127, 100 + ((x >> 40) % 100) as u8, ((x >> 20) % 256) as u8];
+            let free = (1..=8).all(|i| {
+                TcpListener::bind((
+                    Ipv4Addr::new(prefix[0], prefix[1], prefix[2], i),
+                    REVIEWS_PORT,
+                ))
+                .is_ok()
+            });
+            if free {
+                return Ok(Subnet {
+                    prefix,
+                    next: std::sync::atomic::AtomicU8::new(1),
+                });
+            }
+        }
+        anyhow::bail!("no loopback /24 with port {REVIEWS_PORT} free after 50 tries")
+    }
+
+    /// The next address whose [`REVIEWS_PORT`] is free.
+    pub fn allocate(&self) -> anyhow::Result<Ipv4Addr> {
+        loop {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            anyhow::ensure!(i < 255, "loopback subnet exhausted");
+            let ip = Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], i);
+            if TcpListener::bind((ip, REVIEWS_PORT)).is_ok() {
+                return Ok(ip);
+            }
         }
     }
-    anyhow::bail!("no loopback /24 with port {REVIEWS_PORT} free after 50 tries")
 }

@@ -29,12 +29,24 @@ pub struct Istiod {
     monitoring: SocketAddr,
     ctrlz_port: u16,
     starts: u32,
+    revision: String,
 }
 
 impl Istiod {
     /// Prepares the cluster for istiod (namespace `istio-system`, mTLS off mesh-wide), then
     /// starts istiod and waits until `/ready` answers 200.
     pub async fn start(plane: &ControlPlane, client: &Client) -> anyhow::Result<Istiod> {
+        Self::start_revision(plane, client, "default").await
+    }
+
+    /// Like [`Istiod::start`], as control plane revision `revision`: istiod then reads only
+    /// config objects labelled `istio.io/rev: <revision>` or not labelled at all (the seed's
+    /// Istio objects carry `istio.io/rev: tsb`).
+    pub async fn start_revision(
+        plane: &ControlPlane,
+        client: &Client,
+        revision: &str,
+    ) -> anyhow::Result<Istiod> {
         prepare_cluster(plane, client).await?;
         let dir = tempfile::Builder::new().prefix("istiod-").tempdir()?;
         let [grpc, http, monitoring, ctrlz] = free_ports::<4>()?;
@@ -47,6 +59,7 @@ impl Istiod {
             monitoring: SocketAddr::from((Ipv4Addr::LOCALHOST, monitoring)),
             ctrlz_port: ctrlz,
             starts: 0,
+            revision: revision.to_owned(),
         };
         istiod.write_mesh_config()?;
         istiod.spawn()?;
@@ -108,7 +121,7 @@ impl Istiod {
             .args(["--ctrlz_address", "127.0.0.1", "--ctrlz_port"])
             .arg(self.ctrlz_port.to_string())
             .args(["--log_output_level", "default:info"])
-            .env("REVISION", "default")
+            .env("REVISION", &self.revision)
             .env("CLUSTER_ID", "Kubernetes")
             .env("POD_NAMESPACE", "istio-system")
             .env("POD_NAME", "istiod-0")

@@ -21,6 +21,7 @@
 
 pub mod bookinfo;
 pub mod istiod;
+pub mod kubelet;
 pub mod objects;
 pub mod sidecar;
 

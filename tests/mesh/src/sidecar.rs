@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde_json::json;
 use wasm_canary_e2e::envoy::{Envoy, EnvoyOptions};
 
-use crate::Istiod;
+use std::net::SocketAddr;
 
 /// The Istio version the sidecars report (istiod gates some features on it).
 const PROXY_ISTIO_VERSION: &str = "1.28.0";
@@ -42,7 +42,7 @@ impl Pod {
 }
 
 /// The bootstrap: node identity and metadata, admin on 127.0.0.1 (port 0), ADS to istiod.
-pub fn bootstrap(istiod: &Istiod, pod: &Pod) -> String {
+pub fn bootstrap(xds: SocketAddr, pod: &Pod) -> String {
     json!({
         "node": {
             "id": pod.node_id(),
@@ -84,18 +84,38 @@ pub fn bootstrap(istiod: &Istiod, pod: &Pod) -> String {
                 }
             },
             "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": istiod.grpc.ip().to_string(), "port_value": istiod.grpc.port()}}}}]}]}
+                "socket_address": {"address": xds.ip().to_string(), "port_value": xds.port()}}}}]}]}
         }]}
     })
     .to_string()
 }
 
-/// Starts the sidecar of `pod` (one worker thread) and waits until Envoy is LIVE, i.e. has
+/// Starts the sidecar of `pod` (one worker thread), connected to istiod's plaintext xDS
+/// address `xds` ([`crate::Istiod::grpc`]), and waits until Envoy is LIVE, i.e. has
 /// its first listeners and clusters from istiod.
-pub fn start(istiod: &Istiod, pod: &Pod) -> anyhow::Result<Envoy> {
+pub fn start(xds: SocketAddr, pod: &Pod) -> anyhow::Result<Envoy> {
     let options = EnvoyOptions {
         service_node: Some(pod.node_id()),
         ..EnvoyOptions::default()
     };
-    Envoy::start(&pod.name, &bootstrap(istiod, pod), &options, |_| Ok(()))
+    Envoy::start(&pod.name, &bootstrap(xds, pod), &options, |_| Ok(()))
+}
+
+/// The `pluginConfig`s of the wasm filters a sidecar runs now, by ECDS resource name (Istio
+/// names them `<namespace>.<WasmPlugin>~istio-translated-wasmplugin`), read from its admin
+/// `config_dump` (ECDS part only: a NACKed listener elsewhere does not hide them).
+pub fn running_plugin_configs(envoy: &Envoy) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let r = wasm_canary_e2e::http::admin_get(envoy.admin, "/config_dump?resource=ecds_filters")?;
+    anyhow::ensure!(r.status == 200, "config_dump: {} {}", r.status, r.body);
+    let dump: serde_json::Value = serde_json::from_str(&r.body)?;
+    let mut out = Vec::new();
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        let filter = &c["ecds_filter"];
+        let name = filter["name"].as_str().unwrap_or_default().to_owned();
+        let configuration = &filter["typed_config"]["config"]["configuration"];
+        let text = configuration["value"].as_str().unwrap_or("{}");
+        let value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        out.push((name, value));
+    }
+    Ok(out)
 }
