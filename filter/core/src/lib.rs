@@ -4,10 +4,13 @@
 //! - [`compiled`]: validation and compilation, done once per config.
 //! - [`decision`]: the routing decision, a pure function of (config, request view, draw).
 //! - [`metrics`]: the names of the counters the filter exports.
+//! - [`binomial`]: exact binomial acceptance regions, to check that a split is what its weight
+//!   says (used by the tests and the controller; not linked into the filter).
 //!
 //! No proxy-wasm types appear here, so everything is tested natively and under
 //! `wasm32-unknown-unknown` with wasm-bindgen-test.
 
+pub mod binomial;
 pub mod compiled;
 pub mod config;
 pub mod decision;
