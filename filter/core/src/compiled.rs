@@ -10,8 +10,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::regex::Regex;
 
 use crate::config::{
-    CanaryService, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey, StringMatch,
-    BASIS_POINTS,
+    is_label_value, CanaryService, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey,
+    StringMatch, BASIS_POINTS,
 };
 use crate::error::ConfigError;
 
@@ -432,11 +432,7 @@ fn optional_label_value(path: &str, value: Option<&str>) -> Result<Option<String
     if v.is_empty() {
         return Ok(None);
     }
-    if v.len() > 63
-        || !v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if !is_label_value(v) {
         return Err(ConfigError::new(
             path,
             format!("\"{v}\" is not a Kubernetes label value (at most 63 of [A-Za-z0-9._-])"),

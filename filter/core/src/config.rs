@@ -23,6 +23,17 @@ pub const DEFAULT_VERSION_HEADER: &str = "x-rollouts-pod-template-hash";
 /// The pod label Argo Rollouts (and our controller) put on every pod of a ReplicaSet.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "rollouts-pod-template-hash";
 
+/// Whether `value` is a Kubernetes label value as the filter accepts one: 1 to 63 characters of
+/// `[A-Za-z0-9._-]`. Pod-template hashes must be, in config and in node metadata; that also
+/// makes them safe header values (no CR, LF, NUL or spaces).
+pub fn is_label_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Value written into the decision header for the stable version.
 pub const STABLE_SUBSET: &str = "stable";
 

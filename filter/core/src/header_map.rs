@@ -154,6 +154,11 @@ pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    // Adversarial buffers against a reference decoder: tests/header_map_buffers.rs.
+
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     fn sample() -> Vec<u8> {
         serialize(&[
             (":authority", b"reviews.bookinfo.svc.cluster.local"),
@@ -252,30 +257,5 @@ mod tests {
         assert!(SerializedHeaders::parse(&huge_value).is_none());
 
         assert!(SerializedHeaders::parse(&[1, 0, 0]).is_none());
-    }
-
-    #[test]
-    fn arbitrary_bytes_never_panic() {
-        // A cheap fuzz: every buffer from a fixed generator parses or is refused, and lookups on
-        // what parses stay inside it.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let len = (state % 48) as usize;
-            let mut buf: Vec<u8> = (0..len)
-                .map(|i| (state.rotate_left(i as u32 * 5) & 0xff) as u8)
-                .collect();
-            if len >= 4 {
-                // Small counts, so the table is sometimes consistent.
-                buf[0] = (state % 4) as u8;
-                buf[1..4].fill(0);
-            }
-            if let Some(h) = SerializedHeaders::parse(&buf) {
-                let _ = h.header("a");
-                assert_eq!(h.iter().count(), h.len());
-            }
-        }
     }
 }

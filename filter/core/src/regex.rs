@@ -221,8 +221,23 @@ impl Regex {
         self.nfa_match(text)
     }
 
+    /// The work a full match of `text` does, without the literal prefilter: the match result,
+    /// and the number of simulation steps (NFA threads advanced over a character, plus states
+    /// visited while following epsilon moves), each a bounded amount of work. At most a
+    /// constant times `(characters + 1) x program size`: linear in the text, whatever the
+    /// pattern. For tests and benchmarks; the request path runs the same simulation uncounted.
+    pub fn match_work(&self, text: &str) -> (bool, u64) {
+        let mut steps = 0u64;
+        let matched = self.simulate(text, &mut steps);
+        (matched, steps)
+    }
+
     /// The Pike simulation of the whole program over `text`.
     fn nfa_match(&self, text: &str) -> bool {
+        self.simulate(text, &mut ())
+    }
+
+    fn simulate(&self, text: &str, tally: &mut impl Tally) -> bool {
         let n = self.program.len();
         let mut current = Threads::new(n);
         let mut next = Threads::new(n);
@@ -234,6 +249,7 @@ impl Regex {
             0,
             at_start,
             chars.peek().is_none(),
+            tally,
         );
         while let Some(c) = chars.next() {
             let c = if self.case_insensitive {
@@ -244,11 +260,12 @@ impl Regex {
             at_start = false;
             let at_end = chars.peek().is_none();
             next.clear();
+            tally.add(current.len);
             for i in 0..current.len {
                 let pc = current.dense.get(i).copied().unwrap_or(0);
                 if let Some(Inst::Char(class)) = self.program.get(pc) {
                     if class.contains(c) {
-                        add_thread(&self.program, &mut next, pc + 1, at_start, at_end);
+                        add_thread(&self.program, &mut next, pc + 1, at_start, at_end, tally);
                     }
                 }
             }
@@ -302,11 +319,36 @@ impl Threads {
     }
 }
 
+/// Counts simulation steps for [`Regex::match_work`]. The request path passes `()`, whose
+/// count compiles to nothing.
+trait Tally {
+    fn add(&mut self, steps: usize);
+}
+
+impl Tally for () {
+    #[inline(always)]
+    fn add(&mut self, _: usize) {}
+}
+
+impl Tally for u64 {
+    fn add(&mut self, steps: usize) {
+        *self = self.saturating_add(steps as u64);
+    }
+}
+
 /// Adds `pc` and everything reachable from it by epsilon moves. Iterative: a deep pattern
 /// cannot exhaust the wasm stack.
-fn add_thread(program: &[Inst], set: &mut Threads, pc: usize, at_start: bool, at_end: bool) {
+fn add_thread(
+    program: &[Inst],
+    set: &mut Threads,
+    pc: usize,
+    at_start: bool,
+    at_end: bool,
+    tally: &mut impl Tally,
+) {
     let mut stack = vec![pc];
     while let Some(pc) = stack.pop() {
+        tally.add(1);
         if !set.insert(pc) {
             continue;
         }
@@ -787,6 +829,9 @@ impl Parser {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod required_literal_tests {
     use super::{Literal, Regex};
+
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn the_literal_search_agrees_with_str_contains() {

@@ -13,7 +13,8 @@ mod support;
 
 use canary_core::decision::{cookie_value, decide_for_service};
 use canary_core::{
-    authority_host, decide_route, sticky_bucket, CompiledConfig, Draws, Reason, Subset,
+    authority_host, decide_route, sticky_bucket, CompiledConfig, Draws, Reason, RequestHeaders,
+    Subset,
 };
 use support::{assert_binomial, MapHeaders};
 
@@ -269,21 +270,57 @@ fn users_on_canary_stay_on_canary_as_the_weight_grows() {
     }
 }
 
+/// Every statistical test below runs over these many seeds (for the draws) or key sets (for
+/// sticky buckets), each checked on its own, and then over all of them pooled (more power
+/// against a small bias).
+const SEEDS: u64 = 24;
+
+/// The statistical checks in this file: per seed, 3 (sticky weights) + 1 (two services) +
+/// 3 (draw weights) + 4 (draw thresholds), and the same 11 once more pooled.
+const CHECKS: u64 = 11 * (SEEDS + 1);
+
+/// The false-alarm budget of this whole file: a correct implementation fails ANY check here
+/// with probability at most 1e-6 (a union bound over `CHECKS` checks, each at
+/// `1e-6 / CHECKS`, about 3.6e-9; exact binomial regions).
+const FALSE_ALARM_PER_CHECK: f64 = 1e-6 / CHECKS as f64;
+
+/// Asserts each seed's count, then the pooled count, at [`FALSE_ALARM_PER_CHECK`].
+fn assert_binomial_per_seed(counts: &[u64], n_per_seed: u64, p: f64, what: &str) {
+    for (seed, &count) in counts.iter().enumerate() {
+        assert_binomial(
+            count,
+            n_per_seed,
+            p,
+            FALSE_ALARM_PER_CHECK,
+            &format!("{what}, seed {seed}"),
+        );
+    }
+    assert_binomial(
+        counts.iter().sum(),
+        n_per_seed * counts.len() as u64,
+        p,
+        FALSE_ALARM_PER_CHECK,
+        &format!("{what}, {} seeds pooled", counts.len()),
+    );
+}
+
 #[test]
 fn sticky_users_split_in_the_configured_proportion() {
-    let n = 20_000u64;
+    let n = 2_000u64;
     for weight in [50u32, 1_000, 5_000] {
         let c = config(weight);
-        let canary = (0..n)
-            .filter(|i| {
-                decide(&c, "reviews", &[("x-user-id", &format!("u{i}"))], 0)
-                    .unwrap()
-                    .0
-                    == Subset::Canary
+        let service = &c.services[0];
+        let counts: Vec<u64> = (0..SEEDS)
+            .map(|seed| {
+                (0..n)
+                    .filter(|i| {
+                        sticky_decision(service, &format!("s{seed}-u{i}")) == Subset::Canary
+                    })
+                    .count() as u64
             })
-            .count() as u64;
-        assert_binomial(
-            canary,
+            .collect();
+        assert_binomial_per_seed(
+            &counts,
             n,
             f64::from(weight) / 10_000.0,
             &format!("sticky users at {weight} bp"),
@@ -291,38 +328,66 @@ fn sticky_users_split_in_the_configured_proportion() {
     }
 }
 
+/// A request whose only header is the sticky key `x-user-id`, if any: lookups without a map,
+/// as these tests make millions.
+struct OnlyUserId<'a>(Option<&'a str>);
+
+impl RequestHeaders for OnlyUserId<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.filter(|_| name == "x-user-id")
+    }
+}
+
+/// The decision for a request carrying sticky key `user`.
+fn sticky_decision(service: &canary_core::CompiledService, user: &str) -> Subset {
+    let (subset, reason) = decide_for_service(service, &OnlyUserId(Some(user)), 0);
+    assert_eq!(reason, Reason::Sticky);
+    subset
+}
+
 #[test]
 fn the_same_user_is_bucketed_independently_per_service() {
-    let n = 20_000u32;
-    let same = (0..n)
-        .filter(|i| {
-            let key = format!("u{i}");
-            (sticky_bucket("bookinfo/reviews", &key) < 5_000)
-                == (sticky_bucket("bookinfo/ratings", &key) < 5_000)
+    let n = 2_000u64;
+    let counts: Vec<u64> = (0..SEEDS)
+        .map(|seed| {
+            (0..n)
+                .filter(|i| {
+                    let key = format!("s{seed}-u{i}");
+                    (sticky_bucket("bookinfo/reviews", &key) < 5_000)
+                        == (sticky_bucket("bookinfo/ratings", &key) < 5_000)
+                })
+                .count() as u64
         })
-        .count() as u64;
-    assert_binomial(
-        same,
-        u64::from(n),
-        0.5,
-        "agreement between two services at 50%",
-    );
+        .collect();
+    assert_binomial_per_seed(&counts, n, 0.5, "agreement between two services at 50%");
 }
 
 #[test]
 fn weighted_draws_split_within_binomial_bounds() {
-    let n = 200_000u64;
-    let mut draws = Draws::new(0x5eed);
+    let n = 20_000u64;
+    let no_headers = OnlyUserId(None);
     for weight in [0u32, 1, 50, 2_000, 10_000] {
         let c = config(weight);
-        let canary = (0..n)
-            .filter(|_| decide(&c, "reviews", &[], draws.next_point()).unwrap().0 == Subset::Canary)
-            .count() as u64;
+        let service = &c.services[0];
+        let counts: Vec<u64> = (0..SEEDS)
+            .map(|seed| {
+                let mut draws = Draws::new(seed);
+                (0..n)
+                    .filter(|_| {
+                        decide_for_service(service, &no_headers, draws.next_point()).0
+                            == Subset::Canary
+                    })
+                    .count() as u64
+            })
+            .collect();
         match weight {
-            0 => assert_eq!(canary, 0, "weight 0 sends no one"),
-            10_000 => assert_eq!(canary, n, "weight 10000 sends everyone"),
-            w => assert_binomial(
-                canary,
+            0 => assert!(counts.iter().all(|&c| c == 0), "weight 0 sends no one"),
+            10_000 => assert!(
+                counts.iter().all(|&c| c == n),
+                "weight 10000 sends everyone"
+            ),
+            w => assert_binomial_per_seed(
+                &counts,
                 n,
                 f64::from(w) / 10_000.0,
                 &format!("draws at {w} bp"),
@@ -333,22 +398,25 @@ fn weighted_draws_split_within_binomial_bounds() {
 
 #[test]
 fn draws_cover_every_point_uniformly() {
-    let n = 1_000_000u64;
-    let mut draws = Draws::new(42);
-    let mut below = [0u64; 4];
+    let n = 100_000u64;
     let thresholds = [1u32, 100, 5_000, 9_999];
-    for _ in 0..n {
-        let p = draws.next_point();
-        assert!(p < 10_000);
-        for (k, t) in thresholds.iter().enumerate() {
-            if p < *t {
-                below[k] += 1;
+    let mut below = vec![[0u64; 4]; SEEDS as usize];
+    for (seed, below) in below.iter_mut().enumerate() {
+        let mut draws = Draws::new(0xd1ce_0000 + seed as u64);
+        for _ in 0..n {
+            let p = draws.next_point();
+            assert!(p < 10_000);
+            for (k, t) in thresholds.iter().enumerate() {
+                if p < *t {
+                    below[k] += 1;
+                }
             }
         }
     }
     for (k, t) in thresholds.iter().enumerate() {
-        assert_binomial(
-            below[k],
+        let counts: Vec<u64> = below.iter().map(|b| b[k]).collect();
+        assert_binomial_per_seed(
+            &counts,
             n,
             f64::from(*t) / 10_000.0,
             &format!("P(draw < {t})"),

@@ -1,6 +1,7 @@
-//! proxy-wasm glue. Host calls per request are the cost of this filter (each crosses the V8
-//! boundary, and each header value returned crosses it again to allocate guest memory), so the
-//! request path makes only the calls the decision needs:
+//! proxy-wasm glue: it reads what the host has, asks [`canary_core::header_edits`] what to
+//! change, and applies those edits. Host calls per request are the cost of this filter (each
+//! crosses the V8 boundary, and each header value returned crosses it again to allocate guest
+//! memory), so the request path makes only the calls the decision needs:
 //!
 //! client mode, covered host: ONE read of the whole request header map (`make bench` measured it
 //! cheaper than a read per header from the second header on), looked up in place without
@@ -10,7 +11,8 @@
 //! (`on_tick`) and when the plugin instance ends.
 //! client mode, other host: the header map read, and a removal of the decision (and hash) header
 //! only when the client sent one.
-//! server mode: one request header write, one response header write.
+//! server mode: one request header write, one response header write (removals without a
+//! valid pod-template-hash label).
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
@@ -18,13 +20,17 @@ use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
 
-use canary_core::decision::{decide_for_service, Draws, Reason, RequestHeaders, Subset};
+use canary_core::config::BASIS_POINTS;
+use canary_core::decision::{Draws, Reason, Subset};
+use canary_core::header_edits::{
+    route_client_request, server_edits, version_tag, HeaderEdit, HeaderEdits,
+};
 use canary_core::header_map::SerializedHeaders;
 use canary_core::metrics;
 use canary_core::{CompiledConfig, FilterMode};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -45,7 +51,8 @@ struct Shared {
     /// request was one host call in ~5 of the request path; a flush per second is invisible to
     /// Prometheus (it scrapes every 15 s or more).
     pending_decisions: RefCell<Vec<u64>>,
-    /// Server mode: this pod's `rollouts-pod-template-hash`, read once.
+    /// Server mode: this pod's `rollouts-pod-template-hash`, read and checked once
+    /// ([`version_tag`]).
     pod_hash: Option<String>,
     draws: RefCell<Draws>,
 }
@@ -128,17 +135,19 @@ impl RootContext for CanaryRoot {
         };
         let pod_hash = match config.mode {
             FilterMode::Server => {
-                let hash = self
-                    .get_property(LABEL_PATH.to_vec())
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .filter(|s| !s.is_empty());
-                if hash.is_none() {
-                    log(
-                        LogLevel::Warn,
-                        "no rollouts-pod-template-hash label in node metadata LABELS; responses will not be tagged",
-                    );
+                let label = self.get_property(LABEL_PATH.to_vec());
+                match version_tag(label.as_deref()) {
+                    Ok(tag) => Some(tag.to_owned()),
+                    Err(e) => {
+                        // Serve untagged rather than refuse the config: the tag is for
+                        // observation; routing does not depend on it.
+                        log(
+                            LogLevel::Warn,
+                            &format!("{e}; requests and responses will not be tagged"),
+                        );
+                        None
+                    }
                 }
-                hash
             }
             FilterMode::Client => None,
         };
@@ -285,9 +294,8 @@ impl HttpContext for CanaryRequest {
         match self.shared.config.mode {
             FilterMode::Client => self.route_request(),
             FilterMode::Server => {
-                if let Some(hash) = &self.shared.pod_hash {
-                    self.set_http_request_header(&self.shared.config.version_header, Some(hash));
-                }
+                let edits = server_edits(&self.shared.config, self.shared.pod_hash.as_deref());
+                apply(edits, MapType::HttpRequestHeaders);
             }
         }
         Action::Continue
@@ -295,9 +303,8 @@ impl HttpContext for CanaryRequest {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.shared.config.mode == FilterMode::Server {
-            if let Some(hash) = &self.shared.pod_hash {
-                self.set_http_response_header(&self.shared.config.version_header, Some(hash));
-            }
+            let edits = server_edits(&self.shared.config, self.shared.pod_hash.as_deref());
+            apply(edits, MapType::HttpResponseHeaders);
         }
         Action::Continue
     }
@@ -305,48 +312,30 @@ impl HttpContext for CanaryRequest {
 
 impl CanaryRequest {
     fn route_request(&self) {
-        let config = &self.shared.config;
+        let shared = &self.shared;
         let map = RequestHeaderMap::read();
-        let view = map.view();
-        // An unreadable map decides nothing (the request goes to the default route, stable), and
-        // any header in it is treated as client-sent, so removed.
-        let headers = view.unwrap_or(SerializedHeaders::EMPTY);
-        let client_sent = |name: &str| view.is_none() || headers.contains(name);
-        let Some((index, service)) = headers
-            .header(":authority")
-            .and_then(|authority| config.service_for_authority(authority))
-        else {
-            // Not under canary: a client-sent decision header must not reach the VirtualService.
-            // Removing a header that is not there changes nothing but costs a host call.
-            if client_sent(&config.decision_header) {
-                self.set_http_request_header(&config.decision_header, None);
-            }
-            if let Some(h) = config.hash_header.as_ref().filter(|h| client_sent(h)) {
-                self.set_http_request_header(h, None);
-            }
-            return;
+        let routing = route_client_request(&shared.config, map.view(), || {
+            // The borrow cannot fail (one thread, no re-entry); if it ever did, the last point
+            // is canary only at weight 100%, so the fallback leans to stable.
+            shared
+                .draws
+                .try_borrow_mut()
+                .map_or(BASIS_POINTS - 1, |mut draws| draws.next_point())
+        });
+        apply(routing.edits, MapType::HttpRequestHeaders);
+        if let Some(d) = routing.decision {
+            shared.count_decision(counter_index(d.service, d.subset, d.reason));
+        }
+    }
+}
+
+/// One host call per edit. (The SDK returns `Ok` or aborts the VM on any other status, as
+/// the `set_http_*_header` methods did before; there is no error to handle here.)
+fn apply(edits: HeaderEdits<'_>, map: MapType) {
+    for edit in edits.iter() {
+        let _ = match edit {
+            HeaderEdit::Set { name, value } => hostcalls::set_map_value(map, name, Some(value)),
+            HeaderEdit::Remove { name } => hostcalls::set_map_value(map, name, None),
         };
-        let draw = self.shared.draws.borrow_mut().next_point();
-        let (subset, reason) = decide_for_service(service, &headers, draw);
-        // By default (writeStableDecision off) a stable request needs no header: the default
-        // route is stable. A client-sent one must not survive, so it is overwritten.
-        if subset == Subset::Canary
-            || config.write_stable_decision
-            || client_sent(&config.decision_header)
-        {
-            self.set_http_request_header(&config.decision_header, Some(subset.as_str()));
-        }
-        if let Some(h) = &config.hash_header {
-            let hash = match subset {
-                Subset::Stable => service.stable_hash.as_deref(),
-                Subset::Canary => service.canary_hash.as_deref(),
-            };
-            // With no hash configured for the subset, only a client-sent value needs removing.
-            if hash.is_some() || client_sent(h) {
-                self.set_http_request_header(h, hash);
-            }
-        }
-        self.shared
-            .count_decision(counter_index(index, subset, reason));
     }
 }

@@ -218,6 +218,23 @@ impl Envoy {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Waits until the log contains `needle` (Envoy writes its log file in batches), polling
+    /// (bounded by `timeout`).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if start.elapsed() > timeout {
+                bail!(
+                    "envoy {}: no {needle:?} in the log within {timeout:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Waits until `predicate(stat value)` holds, polling (bounded by `timeout`).
     pub fn wait_for_stat(
         &self,

@@ -16,21 +16,24 @@ pub mod envoy;
 pub mod http;
 pub mod mesh;
 
-/// Accepted range for a binomial count: mean +- 5 standard deviations (a correct filter falls
-/// outside with probability < 6e-7 per check), never narrower than +-0.5.
-pub fn binomial_bounds(n: u64, p: f64) -> (f64, f64) {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (mean - 5.0 * sd - 0.5, mean + 5.0 * sd + 0.5)
+/// The false-alarm rate of each statistical check in the end-to-end tests: a correct filter
+/// fails one with probability at most this (exact binomial tails, two-sided).
+pub const FALSE_ALARM_PER_CHECK: f64 = 1e-6;
+
+/// The accepted counts `lo..=hi` of `n` at probability `p`: the exact binomial acceptance
+/// region at [`FALSE_ALARM_PER_CHECK`].
+pub fn binomial_bounds(n: u64, p: f64) -> (u64, u64) {
+    let region = canary_core::binomial::acceptance_region(n, p, FALSE_ALARM_PER_CHECK)
+        .unwrap_or_else(|e| panic!("no acceptance region for {n} at p = {p}: {e}"));
+    (region.lo, region.hi)
 }
 
-/// Asserts `observed` successes of `n` is consistent with probability `p`.
+/// Asserts `observed` successes of `n` is consistent with probability `p`, at
+/// [`FALSE_ALARM_PER_CHECK`].
 pub fn assert_binomial(observed: u64, n: u64, p: f64, what: &str) {
-    let (lo, hi) = binomial_bounds(n, p);
-    assert!(
-        (observed as f64) >= lo && (observed as f64) <= hi,
-        "{what}: {observed} of {n} is outside the 5-sigma binomial range [{lo:.1}, {hi:.1}] for p = {p}"
-    );
+    if let Err(e) = canary_core::binomial::check_count(observed, n, p, FALSE_ALARM_PER_CHECK) {
+        panic!("{what}: {e}");
+    }
 }
 
 use std::path::PathBuf;

@@ -5,9 +5,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use wasm_canary_e2e::assert_binomial;
-use wasm_canary_e2e::http::run_load;
-use wasm_canary_e2e::mesh::{reviews_config, Mesh, Push, CANARY_HASH, STABLE_HASH};
+use canary_core::sticky_bucket;
+use wasm_canary_e2e::app::App;
+use wasm_canary_e2e::envoy::Envoy;
+use wasm_canary_e2e::http::{run_load, Client};
+use wasm_canary_e2e::mesh::{
+    reviews_config, start_server_sidecar, Mesh, Push, CANARY_HASH, STABLE_HASH,
+};
+use wasm_canary_e2e::{assert_binomial, filter_wasm};
 
 const LOAD_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -19,7 +24,8 @@ fn no_headers(_: u64) -> Vec<(String, String)> {
 fn weighted_split_matches_the_configured_weight_at_0_half_percent_20_and_100() {
     let mesh = Mesh::start(&reviews_config(0)).unwrap();
     // (weight in basis points, requests): n is chosen so each check has real power; at 0.5%
-    // 20,000 requests give a mean of 100 canary responses, 5 sigma = +-50.
+    // 20,000 requests give a mean of 100 canary responses, accepted 55..=152 (exact binomial,
+    // false alarms 1e-6).
     for (weight, n) in [
         (0u32, 2_000u64),
         (50, 20_000),
@@ -332,6 +338,165 @@ fn only_canary_decisions_are_written_by_default_and_client_headers_are_still_ove
             r.header("x-seen-x-canary-subset"),
             Some(version),
             "a client-sent header is overwritten with the decision"
+        );
+    }
+}
+
+/// The reviews config with a sticky cookie instead of the sticky header.
+fn cookie_sticky_config(weight: u32) -> String {
+    let mut config: serde_json::Value = serde_json::from_str(&reviews_config(weight)).unwrap();
+    config["services"][0]["sticky"] = serde_json::json!({"cookie": "session"});
+    config.to_string()
+}
+
+/// Sticky by cookie, end to end: a session cookie among others decides, every request of that
+/// session gets the same version, the version is the one the documented bucket predicts, and
+/// raising the weight only moves sessions onto canary.
+#[test]
+fn a_session_cookie_keeps_its_version_and_canary_sessions_stay_canary_as_the_weight_grows() {
+    let mesh = Mesh::start(&cookie_sticky_config(1_000)).unwrap();
+    let sessions: Vec<String> = (0..300).map(|i| format!("sess-{i:04}")).collect();
+    let versions_at = |mesh: &Mesh, weight: u32| -> HashSet<String> {
+        let mut http = mesh.http();
+        let mut on_canary = HashSet::new();
+        for session in &sessions {
+            let cookie = format!("theme=dark; session={session}; lang=en");
+            let expected = if sticky_bucket("bookinfo/reviews", session) < weight {
+                "canary"
+            } else {
+                "stable"
+            };
+            for _ in 0..3 {
+                let r = http.get("reviews", "/", &[("cookie", &cookie)]).unwrap();
+                assert_eq!(
+                    r.header("x-app-version"),
+                    Some(expected),
+                    "{session} at {weight} bp"
+                );
+            }
+            if expected == "canary" {
+                on_canary.insert(session.clone());
+            }
+        }
+        on_canary
+    };
+    let at_10 = versions_at(&mesh, 1_000);
+    assert_binomial(
+        at_10.len() as u64,
+        sessions.len() as u64,
+        0.10,
+        "sessions on canary at 10%",
+    );
+    assert_eq!(
+        mesh.push_config(&cookie_sticky_config(3_000)).unwrap(),
+        Push::Accepted
+    );
+    let at_30 = versions_at(&mesh, 3_000);
+    assert!(
+        at_10.is_subset(&at_30),
+        "every session on canary at 10% is still on canary at 30%"
+    );
+    assert!(at_30.len() > at_10.len(), "30% moved more sessions");
+}
+
+/// The hash header (`hashHeader`) is the filter's, like the decision header: on a host the
+/// filter does not cover, a client-sent one is removed before it reaches the upstream.
+#[test]
+fn a_client_sent_hash_header_is_removed_on_hosts_the_filter_does_not_cover() {
+    let mesh = Mesh::start(&reviews_config(0)).unwrap();
+    let mut http = mesh.http();
+    for headers in [
+        &[("x-canary-pod-template-hash", CANARY_HASH)][..],
+        &[
+            ("x-canary-pod-template-hash", CANARY_HASH),
+            ("x-canary-subset", "canary"),
+        ],
+    ] {
+        let r = http.get("details:9080", "/", headers).unwrap();
+        assert_eq!(r.header("x-app-version"), Some("details"));
+        assert_eq!(
+            r.header("x-seen-x-canary-pod-template-hash"),
+            None,
+            "{headers:?}"
+        );
+        assert_eq!(r.header("x-seen-x-canary-subset"), None, "{headers:?}");
+    }
+    // Other client headers pass untouched: only the filter's own are removed.
+    let r = http
+        .get("details", "/", &[("x-canary-pod-template-hash-other", "1")])
+        .unwrap();
+    assert_eq!(
+        r.header("x-seen-x-canary-pod-template-hash-other"),
+        Some("1")
+    );
+}
+
+/// A server-side sidecar whose pod has no usable `rollouts-pod-template-hash` label (absent,
+/// empty, or not a label value) still serves every request; it writes no version tag, removes a
+/// forged one so neither the app nor the client sees a version this pod did not state, and says
+/// why in Envoy's log.
+#[test]
+fn a_pod_without_a_valid_hash_label_is_served_untagged_and_forged_tags_are_removed() {
+    let wasm = filter_wasm().unwrap();
+    let pods = [
+        ("unlabelled", None, "no rollouts-pod-template-hash label"),
+        ("empty", Some(""), "no rollouts-pod-template-hash label"),
+        (
+            "odd",
+            Some("6c9f8d5b7d\r\nx-injected: yes"),
+            "is not a Kubernetes label value",
+        ),
+    ];
+    // All sidecars first: Envoy writes its log file in batches, so the log checks at the end
+    // wait for the three at once.
+    let sidecars: Vec<(App, Envoy)> = pods
+        .iter()
+        .map(|(name, label, _)| {
+            let app = App::start(name).unwrap();
+            let sidecar = start_server_sidecar(name, *label, app.addr, &wasm).unwrap();
+            (app, sidecar)
+        })
+        .collect();
+    for ((name, _, _), (_, sidecar)) in pods.iter().zip(&sidecars) {
+        let mut http = Client::new(sidecar.listener("inbound").unwrap());
+        for i in 0..20 {
+            let r = http
+                .get(
+                    "reviews",
+                    "/",
+                    &[("x-rollouts-pod-template-hash", &format!("forged-{i}"))],
+                )
+                .unwrap();
+            assert_eq!(r.status, 200, "{name}: served");
+            assert_eq!(r.header("x-app-version"), Some(*name));
+            assert_eq!(
+                r.header("x-rollouts-pod-template-hash"),
+                None,
+                "{name}: no tag on the response"
+            );
+            assert_eq!(
+                r.header("x-seen-x-rollouts-pod-template-hash"),
+                None,
+                "{name}: the app saw no tag, forged or not"
+            );
+            assert_eq!(r.header("x-seen-x-injected"), None, "{name}");
+        }
+        // One plugin instance per thread; each takes the config (a missing tag is no reason
+        // to refuse it).
+        assert!(
+            sidecar.stat("wasmcustom.wasmcanary.config_accepted") >= 1
+                && sidecar.stat("wasmcustom.wasmcanary.config_rejected") == 0,
+            "{name}: the config itself is fine"
+        );
+    }
+    for ((name, _, why), (_, sidecar)) in pods.iter().zip(&sidecars) {
+        sidecar
+            .wait_for_log(why, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            !sidecar.log().contains("panic"),
+            "{name}: {}",
+            sidecar.log_tail(20)
         );
     }
 }

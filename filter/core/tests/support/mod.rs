@@ -1,9 +1,10 @@
-//! Shared test support: a map-backed request view and binomial bounds.
+//! Shared test support: a map-backed request view and the binomial check.
 #![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use canary_core::binomial::check_count;
 use canary_core::RequestHeaders;
 
 /// Request headers from a table; records which headers the decision asked for.
@@ -32,18 +33,10 @@ impl RequestHeaders for MapHeaders {
     }
 }
 
-/// Accepted range for a binomial count: mean +- z standard deviations, z = 5 (a correct
-/// implementation falls outside with probability < 6e-7 per check).
-pub fn binomial_bounds(n: u64, p: f64) -> (f64, f64) {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (mean - 5.0 * sd, mean + 5.0 * sd)
-}
-
-pub fn assert_binomial(observed: u64, n: u64, p: f64, what: &str) {
-    let (lo, hi) = binomial_bounds(n, p);
-    assert!(
-        (observed as f64) >= lo && (observed as f64) <= hi,
-        "{what}: {observed} of {n} outside the 5-sigma binomial range [{lo:.1}, {hi:.1}] for p={p}"
-    );
+/// Asserts that `observed` of `n` is inside the exact binomial acceptance region for `p` at
+/// false-alarm rate `alpha` (a correct implementation fails with probability at most `alpha`).
+pub fn assert_binomial(observed: u64, n: u64, p: f64, alpha: f64, what: &str) {
+    if let Err(e) = check_count(observed, n, p, alpha) {
+        panic!("{what}: {e}");
+    }
 }

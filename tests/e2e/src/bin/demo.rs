@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use wasm_canary_e2e::binomial_bounds;
 use wasm_canary_e2e::http::Client;
 use wasm_canary_e2e::mesh::{reviews_config, Mesh, Push, CANARY_HASH, STABLE_HASH};
+use wasm_canary_e2e::{binomial_bounds, FALSE_ALARM_PER_CHECK};
 
 use display::{group, percent, Display, RowState, StepRow};
 use load::{StepCounts, UserLoad, REVIEWS_HOST, VERSION_TAG};
@@ -602,21 +602,23 @@ fn hold_step(
     }
 }
 
-/// The share a step observed must be what its weight says, within 5 standard deviations.
+/// The share a step observed must be what its weight says: inside the exact binomial
+/// acceptance region for the request count (a correct split falls outside with probability at
+/// most [`FALSE_ALARM_PER_CHECK`]).
 fn judge(weight: u32, counts: StepCounts) -> anyhow::Result<()> {
     if counts.requests == 0 {
         bail!("no user request completed at canaryWeight {weight}");
     }
     let (lo, hi) = binomial_bounds(counts.requests, f64::from(weight) / 10_000.0);
-    let canary = counts.canary as f64;
-    if canary < lo || canary > hi {
+    if !(lo..=hi).contains(&counts.canary) {
         bail!(
             "at canaryWeight {weight} ({}) canary served {} of {} user requests ({:.2}%), outside \
-             the 5-sigma range [{lo:.0}, {hi:.0}]: the split is not what the weight says",
+             the accepted range [{lo}, {hi}] (exact binomial, false alarms {FALSE_ALARM_PER_CHECK:e}): \
+             the split is not what the weight says",
             percent(weight),
             counts.canary,
             counts.requests,
-            100.0 * canary / counts.requests as f64
+            100.0 * counts.canary as f64 / counts.requests as f64
         );
     }
     Ok(())
@@ -624,7 +626,7 @@ fn judge(weight: u32, counts: StepCounts) -> anyhow::Result<()> {
 
 fn summary(out: &Display, results: &[StepResult], options: &Options) {
     out.section("Summary");
-    out.line(&out.dim("  target  observed   canary / requests   5σ range        non-2xx   push"));
+    out.line(&out.dim("  target  observed   canary / requests   accepted range  non-2xx   push"));
     let mut total = StepCounts::default();
     for r in results {
         let c = r.counts;
@@ -633,11 +635,7 @@ fn summary(out: &Display, results: &[StepResult], options: &Options) {
         total.failures += c.failures;
         let (lo, hi) = binomial_bounds(c.requests, f64::from(r.weight_bp) / 10_000.0);
         let n = c.requests.max(1) as f64;
-        let range = format!(
-            "{:.1}–{:.1}%",
-            (100.0 * lo.max(0.0) / n).max(0.0),
-            (100.0 * hi / n).min(100.0)
-        );
+        let range = format!("{:.1}–{:.1}%", 100.0 * lo as f64 / n, 100.0 * hi as f64 / n);
         let push = r
             .push_ms
             .map(|ms| format!("{ms} ms"))
