@@ -123,7 +123,7 @@ fn the_demo_rolls_out_0_10_50_100_percent_showing_each_split_and_exits_0() {
         );
         let (lo, hi) = binomial_bounds(row.requests, row.target_percent / 100.0);
         assert!(
-            (row.canary as f64) >= lo && (row.canary as f64) <= hi,
+            (lo..=hi).contains(&row.canary),
             "at {}% canary served {} of {}, outside [{lo:.1}, {hi:.1}]",
             row.target_percent,
             row.canary,

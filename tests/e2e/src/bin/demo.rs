@@ -36,7 +36,8 @@ it also shows a header-routed test request reaching canary at 0%, a sticky user 
 version, and the version tag on each response. Ends with a summary table.
 
 Exit status: 0 if every push was accepted, every user request got a 2xx and every step's
-observed canary share is within 5 standard deviations of its weight; 1 otherwise (with the
+observed canary count is inside the exact binomial range of its weight (a false alarm
+once in a million steps); 1 otherwise (with the
 reason); 2 for bad arguments; 130 when interrupted (Ctrl-C or SIGTERM stop the load
 and every Envoy).
 
