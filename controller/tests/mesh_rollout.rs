@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canary_cluster::ControlPlane;
@@ -199,102 +201,259 @@ fn split(mesh: &Bookinfo, n: u64, stable: &str, canary: &str) -> u64 {
     on_canary
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_seed_rollout_shifts_real_traffic_at_every_step_and_promotes_in_a_real_mesh() {
-    let plane = ControlPlane::start().await.unwrap();
-    let client = plane.client().await.unwrap();
-    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for crd in [
-        "canaryrollout.yaml",
-        "analysistemplate.yaml",
-        "clusteranalysistemplate.yaml",
-    ] {
-        plane.install_crds(&crds.join(crd)).await.unwrap();
-    }
-    // The seed's Istio objects are labelled for the control plane revision `tsb` (Tetrate's);
-    // run istiod as that revision, as the seed's cluster does.
-    let istiod = Istiod::start_revision(&plane, &client, "tsb")
-        .await
-        .unwrap();
-    let mesh = Bookinfo::start(&plane, &client, &istiod, NS, &[])
-        .await
-        .unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let _controller = start_controller(&plane, &client, work.path()).await;
-    let kubelet = MeshKubelet::start(
-        client.clone(),
-        istiod.grpc,
-        NS,
-        "reviews",
-        mesh.subnet.clone(),
-    );
+/// Background user traffic through the caller (one keep-alive connection, no sticky key),
+/// recording every response, until stopped. Bounded: at most 200,000 requests or 10 minutes.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-    // What the user applies: the converted seed (analysis left to the SkyWalking issue;
-    // pauses held until the test promotes, so each weight is measured as long as needed).
-    let wasm = wasm_canary_e2e::filter_wasm().unwrap();
-    for account in seed_app().iter().filter(|d| d["kind"] == "ServiceAccount") {
-        objects::apply(&client, NS, account).await.unwrap();
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    status: u16,
+    /// The serving pod's hash (server-side tag), if any.
+    hash: Option<String>,
+}
+
+impl Load {
+    fn start(mesh: &Bookinfo) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let mut http = mesh.http();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            for _ in 0..200_000 {
+                if s.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    return;
+                }
+                let r = http.get("reviews:9080", "/", &[]);
+                let seen = match r {
+                    Ok(r) => Seen {
+                        at: Instant::now(),
+                        status: r.status,
+                        hash: r.header("x-rollouts-pod-template-hash").map(str::to_owned),
+                    },
+                    Err(_) => Seen {
+                        at: Instant::now(),
+                        status: 0,
+                        hash: None,
+                    },
+                };
+                v.lock().unwrap().push(seen);
+            }
+        });
+        Load {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
     }
-    objects::apply(
-        &client,
-        NS,
-        &seed_reviews_deployment("docker.io/istio/examples-bookinfo-reviews-v1:1.17.0"),
-    )
-    .await
-    .unwrap();
-    for mut object in convert_the_seed(&wasm) {
-        if object["kind"] == "CanaryRollout" {
-            object["spec"]["replicas"] = json!(2);
-            object["spec"]["strategy"]["canary"]
-                .as_object_mut()
-                .unwrap()
-                .remove("analysis");
-            for step in object["spec"]["strategy"]["canary"]["steps"]
-                .as_array_mut()
-                .unwrap()
-            {
-                if step.get("pause").is_some() {
-                    *step = json!({"pause": {}});
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn finish(mut self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn assert_all_ok(seen: &[Seen], what: &str) {
+    let bad: Vec<&Seen> = seen.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} responses not 200; first: {:?}",
+        bad.len(),
+        seen.len(),
+        bad.first()
+    );
+}
+
+/// The seed, converted and applied, with v1 Healthy and serving through the mesh.
+struct Seed {
+    plane: ControlPlane,
+    client: kube::Client,
+    istiod: Istiod,
+    mesh: Bookinfo,
+    _controller: Process,
+    kubelet: MeshKubelet,
+    _work: tempfile::TempDir,
+    rollouts: Api<CanaryRollout>,
+    v1: String,
+}
+
+impl Seed {
+    async fn start() -> Seed {
+        let plane = ControlPlane::start().await.unwrap();
+        let client = plane.client().await.unwrap();
+        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for crd in [
+            "canaryrollout.yaml",
+            "analysistemplate.yaml",
+            "clusteranalysistemplate.yaml",
+        ] {
+            plane.install_crds(&crds.join(crd)).await.unwrap();
+        }
+        // The seed's Istio objects are labelled for the control plane revision `tsb`
+        // (Tetrate's); run istiod as that revision, as the seed's cluster does.
+        let istiod = Istiod::start_revision(&plane, &client, "tsb")
+            .await
+            .unwrap();
+        let mesh = Bookinfo::start(&plane, &client, &istiod, NS, &[])
+            .await
+            .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let controller = start_controller(&plane, &client, work.path()).await;
+        let kubelet = MeshKubelet::start(
+            client.clone(),
+            istiod.grpc,
+            NS,
+            "reviews",
+            mesh.subnet.clone(),
+        );
+
+        // What the user applies: the converted seed (analysis is the SkyWalking issue's);
+        // pauses held until the test promotes, so each weight is measured as long as needed.
+        let wasm = wasm_canary_e2e::filter_wasm().unwrap();
+        for account in seed_app().iter().filter(|d| d["kind"] == "ServiceAccount") {
+            objects::apply(&client, NS, account).await.unwrap();
+        }
+        objects::apply(&client, NS, &seed_reviews_deployment(V1_IMAGE))
+            .await
+            .unwrap();
+        for mut object in convert_the_seed(&wasm) {
+            if object["kind"] == "CanaryRollout" {
+                object["spec"]["replicas"] = json!(2);
+                let canary = &mut object["spec"]["strategy"]["canary"];
+                canary.as_object_mut().unwrap().remove("analysis");
+                for step in canary["steps"].as_array_mut().unwrap() {
+                    if step.get("pause").is_some() {
+                        *step = json!({"pause": {}});
+                    }
+                }
+                canary["scaleDownDelaySeconds"] = json!(3);
+                canary["abortScaleDownDelaySeconds"] = json!(3);
+                canary["trafficRouting"]["wasm"]["sticky"] = json!({"header": "x-user-id"});
+            }
+            objects::apply(&client, NS, &object).await.unwrap();
+        }
+        let rollouts: Api<CanaryRollout> = Api::namespaced(client.clone(), NS);
+        let v1 = until(&rollouts, "the first version Healthy", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Healthy)
+                .then(|| s.stable_hash.clone())
+                .flatten()
+        })
+        .await;
+        // All traffic on v1 once its pods are Ready in the mesh.
+        let start = Instant::now();
+        let mut http = mesh.http();
+        loop {
+            if let Ok(r) = http.get("reviews:9080", "/", &[]) {
+                if r.status == 200 && r.header("x-rollouts-pod-template-hash") == Some(v1.as_str())
+                {
+                    break;
                 }
             }
-            object["spec"]["strategy"]["canary"]["scaleDownDelaySeconds"] = json!(5);
+            assert!(start.elapsed() < WAIT, "v1 never served through the mesh");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        objects::apply(&client, NS, &object).await.unwrap();
-    }
-    let rollouts: Api<CanaryRollout> = Api::namespaced(client.clone(), NS);
-    let v1 = until(&rollouts, "the first version Healthy", |r| {
-        let s = r.status.as_ref()?;
-        (s.phase == Phase::Healthy)
-            .then(|| s.stable_hash.clone())
-            .flatten()
-    })
-    .await;
-    // All traffic on v1 once its pods are Ready in the mesh.
-    let start = Instant::now();
-    loop {
-        let mut http = mesh.http();
-        if let Ok(r) = http.get("reviews:9080", "/", &[]) {
-            if r.status == 200 && r.header("x-rollouts-pod-template-hash") == Some(v1.as_str()) {
-                break;
-            }
+        Seed {
+            plane,
+            client,
+            istiod,
+            mesh,
+            _controller: controller,
+            kubelet,
+            _work: work,
+            rollouts,
+            v1,
         }
-        assert!(start.elapsed() < WAIT, "v1 never served through the mesh");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // A new version: the seed changes the Deployment's image.
-    objects::apply(
-        &client,
-        NS,
-        &seed_reviews_deployment("docker.io/istio/examples-bookinfo-reviews-v2:1.17.0"),
-    )
-    .await
-    .unwrap();
-    let v2 = until(&rollouts, "a canary", |r| {
-        r.status.as_ref()?.canary_hash.clone()
-    })
-    .await;
-    assert_ne!(v1, v2);
+    /// A new version, as the seed makes one: the Deployment's image changes. Returns its hash.
+    async fn new_version(&self) -> String {
+        objects::apply(&self.client, NS, &seed_reviews_deployment(V2_IMAGE))
+            .await
+            .unwrap();
+        let v2 = until(&self.rollouts, "a canary", |r| {
+            r.status.as_ref()?.canary_hash.clone()
+        })
+        .await;
+        assert_ne!(self.v1, v2);
+        v2
+    }
+
+    /// Waits until the rollout pauses at `step` with `weight`, then until the caller runs it.
+    async fn at_step(&self, step: i32, weight: u64) -> Duration {
+        until(
+            &self.rollouts,
+            &format!("paused after setWeight {weight}"),
+            |r| {
+                let s = r.status.as_ref()?;
+                (s.current_step_index == Some(step) && u64::from(s.canary_weight) == weight)
+                    .then_some(())
+            },
+        )
+        .await;
+        until_caller_runs(&self.mesh, weight)
+    }
+
+    fn kubectl_canary(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
+            .args(args)
+            .args(["-n", NS, "--kubeconfig"])
+            .arg(self.plane.kubeconfig_path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl canary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+const V1_IMAGE: &str = "docker.io/istio/examples-bookinfo-reviews-v1:1.17.0";
+const V2_IMAGE: &str = "docker.io/istio/examples-bookinfo-reviews-v2:1.17.0";
+
+/// Users with a sticky key, and the version each one got.
+fn sticky_users(mesh: &Bookinfo, users: &[String]) -> Vec<String> {
+    let mut http = mesh.http();
+    users
+        .iter()
+        .map(|u| {
+            let r = http.get("reviews:9080", "/", &[("x-user-id", u)]).unwrap();
+            assert_eq!(r.status, 200);
+            r.header("x-rollouts-pod-template-hash").unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_seed_rollout_shifts_real_traffic_at_every_step_keeps_sticky_users_and_promotes_without_a_failed_request(
+) {
+    let seed = Seed::start().await;
+    let v2 = seed.new_version().await;
+    let load = Load::start(&seed.mesh);
+    let users: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
+    let mut on_canary_before: Vec<bool> = vec![false; users.len()];
 
     let n = 2_000u64;
     let mut push_latencies = Vec::new();
@@ -305,45 +464,188 @@ async fn the_seed_rollout_shifts_real_traffic_at_every_step_and_promotes_in_a_re
         (7, 6_000),
         (9, 8_000),
     ] {
-        until(
-            &rollouts,
-            &format!("paused after setWeight {weight}"),
-            |r| {
-                let s = r.status.as_ref()?;
-                (s.current_step_index == Some(step) && u64::from(s.canary_weight) == weight)
-                    .then_some(())
-            },
-        )
-        .await;
-        push_latencies.push(until_caller_runs(&mesh, weight));
-        let canary = split(&mesh, n, &v1, &v2);
+        push_latencies.push(seed.at_step(step, weight).await);
+        let canary = split(&seed.mesh, n, &seed.v1, &v2);
         assert_binomial(
             canary,
             n,
             weight as f64 / 10_000.0,
             &format!("split at {weight} bp"),
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
-            .args(["promote", ROLLOUT, "-n", NS, "--kubeconfig"])
-            .arg(plane.kubeconfig_path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        // Sticky users: once on canary, on canary at every later (higher) weight, across
+        // istiod's pushes; and about `weight` of them are there.
+        let versions = sticky_users(&seed.mesh, &users);
+        let on_canary: Vec<bool> = versions.iter().map(|v| *v == v2).collect();
+        for (i, (before, now)) in on_canary_before.iter().zip(&on_canary).enumerate() {
+            assert!(
+                !before || *now,
+                "user-{i} left canary when the weight rose to {weight}"
+            );
+        }
+        let count = on_canary.iter().filter(|c| **c).count() as u64;
+        assert_binomial(
+            count,
+            users.len() as u64,
+            weight as f64 / 10_000.0,
+            &format!("sticky users at {weight} bp"),
         );
+        on_canary_before = on_canary;
+        seed.kubectl_canary(&["promote", ROLLOUT]);
     }
-    until(&rollouts, "v2 promoted", |r| {
-        (r.status.as_ref()?.stable_hash.as_deref() == Some(v2.as_str())).then_some(())
+    until(&seed.rollouts, "v2 promoted and v1 scaled down", |r| {
+        let s = r.status.as_ref()?;
+        (s.stable_hash.as_deref() == Some(v2.as_str()) && s.scale_downs.is_empty()).then_some(())
     })
     .await;
-    until_caller_runs(&mesh, 0);
-    let canary_after = split(&mesh, 200, &v2, &v1);
+    until_caller_runs(&seed.mesh, 0);
+    let seen = load.finish();
+    // Old pods went away only after the sidecars stopped sending to them: not one request
+    // failed across the whole rollout and the scale-down.
+    assert_all_ok(&seen, "background load through the whole rollout");
+    let after = split(&seed.mesh, 200, &v2, &seed.v1);
     assert_eq!(
-        canary_after, 0,
+        after, 0,
         "after promotion every request is served by v2 (the new stable)"
     );
     eprintln!("controller step -> config running in the caller's sidecar: {push_latencies:?}");
-    drop(kubelet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_returns_all_real_traffic_to_stable_without_a_failed_request() {
+    let seed = Seed::start().await;
+    let v2 = seed.new_version().await;
+    for (step, weight) in [(1, 1_000), (3, 2_000)] {
+        seed.at_step(step, weight).await;
+        seed.kubectl_canary(&["promote", ROLLOUT]);
+    }
+    seed.at_step(5, 4_000).await;
+    let load = Load::start(&seed.mesh);
+    // The load sees the canary before the abort.
+    let start = Instant::now();
+    while !load
+        .seen()
+        .iter()
+        .any(|s| s.hash.as_deref() == Some(v2.as_str()))
+    {
+        assert!(
+            start.elapsed() < WAIT,
+            "the load never reached canary at 40%"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let aborted_at = Instant::now();
+    seed.kubectl_canary(&["abort", ROLLOUT]);
+    // Once the caller runs weight 0 and the canary has been scaled down, nothing reaches it.
+    until_caller_runs(&seed.mesh, 0);
+    until(&seed.rollouts, "the aborted canary scaled down", |r| {
+        let s = r.status.as_ref()?;
+        (s.aborted && s.scale_downs.is_empty()).then_some(())
+    })
+    .await;
+    let seen = load.finish();
+    assert_all_ok(&seen, "background load across the abort");
+    let last_canary = seen
+        .iter()
+        .filter(|s| s.hash.as_deref() == Some(v2.as_str()))
+        .map(|s| s.at)
+        .max()
+        .unwrap();
+    let after_last_canary: Vec<&Seen> = seen.iter().filter(|s| s.at > last_canary).collect();
+    assert!(
+        after_last_canary.len() >= 100,
+        "traffic went on after the abort: {}",
+        after_last_canary.len()
+    );
+    assert!(after_last_canary
+        .iter()
+        .all(|s| s.hash.as_deref() == Some(seed.v1.as_str())));
+    eprintln!(
+        "abort -> last canary response {:?}",
+        last_canary.saturating_duration_since(aborted_at)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecars_keep_the_last_split_while_istiod_is_down_and_a_users_invalid_config_is_refused_without_a_failed_request(
+) {
+    let mut seed = Seed::start().await;
+    let v2 = seed.new_version().await;
+    seed.at_step(1, 1_000).await;
+    let load = Load::start(&seed.mesh);
+
+    // A user breaks the server-side WasmPlugin's pluginConfig (an unknown field): every
+    // reviews sidecar's filter refuses it (Envoy counts the ECDS update rejected) and keeps
+    // tagging with the config it had.
+    const REJECTED: &str = "reviews-canary-server~istio-translated-wasmplugin.update_rejected";
+    let rejected = |seed: &Seed| -> Vec<u64> {
+        seed.kubelet
+            .sidecar_stats_matching(REJECTED)
+            .iter()
+            .map(|m| m.values().sum())
+            .collect()
+    };
+    assert_eq!(
+        rejected(&seed),
+        vec![0; 3],
+        "nothing refused yet (2 stable pods, 1 canary)"
+    );
+    // As `kubectl edit` would: a merge patch by another field manager.
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        seed.client.clone(),
+        NS,
+        &canary_controller::reconcile::wasm_plugin_resource(),
+    )
+    .patch(
+        "reviews-canary-server",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"pluginConfig": {"versionHeaders": "typo"}}})),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while rejected(&seed).iter().any(|n| *n == 0) {
+        assert!(
+            start.elapsed() < WAIT,
+            "every reviews sidecar refuses the config: {:?}",
+            rejected(&seed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let canary = split(&seed.mesh, 1_000, &seed.v1, &v2);
+    assert_binomial(canary, 1_000, 0.1, "split at 10% after the refused config");
+
+    // istiod goes away; the controller moves to the next step (the WasmPlugin says 20%) but
+    // the sidecars keep serving what they have: 10%.
+    seed.istiod.kill();
+    seed.kubectl_canary(&["promote", ROLLOUT]);
+    until(
+        &seed.rollouts,
+        "setWeight 20 written while istiod is down",
+        |r| {
+            let s = r.status.as_ref()?;
+            (s.current_step_index == Some(3) && s.canary_weight == 2_000).then_some(())
+        },
+    )
+    .await;
+    let n = 2_000u64;
+    let canary = split(&seed.mesh, n, &seed.v1, &v2);
+    assert_binomial(canary, n, 0.1, "split at 10% with istiod down");
+    assert_eq!(weight_in_caller(&seed.mesh), Some(1_000));
+
+    // istiod back: the sidecars reconnect and run 20%; the rollout goes on.
+    tokio::task::block_in_place(|| seed.istiod.restart()).unwrap();
+    until_caller_runs(&seed.mesh, 2_000);
+    let canary = split(&seed.mesh, n, &seed.v1, &v2);
+    assert_binomial(canary, n, 0.2, "split at 20% after istiod returned");
+    seed.kubectl_canary(&["promote", ROLLOUT]);
+    seed.at_step(5, 4_000).await;
+    let seen = load.finish();
+    assert_all_ok(
+        &seen,
+        "background load across the refused config and istiod's restart",
+    );
+    assert!(
+        seen.iter().all(|s| s.hash.is_some()),
+        "every response stayed tagged (the refused config did not replace the good one)"
+    );
 }

@@ -56,6 +56,29 @@ impl MeshKubelet {
         MeshKubelet { task, running }
     }
 
+    /// The value of Envoy stat `name` in the sidecar of every Pod running now.
+    pub fn sidecar_stats(&self, name: &str) -> Vec<u64> {
+        self.running
+            .lock()
+            .map(|r| r.values().map(|p| p.sidecar.stat(name)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every stat whose name contains `filter`, per sidecar of the Pods running now.
+    pub fn sidecar_stats_matching(
+        &self,
+        filter: &str,
+    ) -> Vec<std::collections::HashMap<String, u64>> {
+        self.running
+            .lock()
+            .map(|r| {
+                r.values()
+                    .map(|p| p.sidecar.stats(filter).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `(pod name, hash)` of every Pod running now.
     pub fn running(&self) -> Vec<(String, String)> {
         self.running
