@@ -603,7 +603,7 @@ async fn sidecars_keep_the_last_split_while_istiod_is_down_and_a_users_invalid_c
     .await
     .unwrap();
     let start = Instant::now();
-    while rejected(&seed).iter().any(|n| *n == 0) {
+    while rejected(&seed).contains(&0) {
         assert!(
             start.elapsed() < WAIT,
             "every reviews sidecar refuses the config: {:?}",
