@@ -300,6 +300,11 @@ struct Seed {
 
 impl Seed {
     async fn start() -> Seed {
+        Self::start_with_steps(None).await
+    }
+
+    /// The seed with its steps replaced by `steps` (when given).
+    async fn start_with_steps(steps: Option<Value>) -> Seed {
         let plane = ControlPlane::start().await.unwrap();
         let client = plane.client().await.unwrap();
         let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
@@ -346,6 +351,9 @@ impl Seed {
                     if step.get("pause").is_some() {
                         *step = json!({"pause": {}});
                     }
+                }
+                if let Some(steps) = &steps {
+                    canary["steps"] = steps.clone();
                 }
                 canary["scaleDownDelaySeconds"] = json!(3);
                 canary["abortScaleDownDelaySeconds"] = json!(3);
@@ -648,4 +656,75 @@ async fn sidecars_keep_the_last_split_while_istiod_is_down_and_a_users_invalid_c
         seen.iter().all(|s| s.hash.is_some()),
         "every response stayed tagged (the refused config did not replace the good one)"
     );
+}
+
+/// `make bench-mesh`: how long a rollout step takes to reach the sidecar that acts on it, over
+/// 25 steps: from `kubectl canary promote` (ending a pause) to the controller's WasmPlugin write
+/// (seen by polling the API server every 5 ms) to the caller's sidecar running the new weight
+/// (its config_dump, polled every 5 ms). Writes `bench/MESH.md`. Not a test: it measures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: make bench-mesh"]
+async fn bench_step_to_sidecar_latency() {
+    let weights: Vec<u64> = (1..=25).map(|i| i * 100).collect();
+    let mut steps = Vec::new();
+    for w in &weights {
+        steps.push(json!({"setWeight": w / 100}));
+        steps.push(json!({"pause": {}}));
+    }
+    let seed = Seed::start_with_steps(Some(json!(steps))).await;
+    seed.new_version().await;
+    let plugins: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        seed.client.clone(),
+        NS,
+        &canary_controller::reconcile::wasm_plugin_resource(),
+    );
+    let written_weight = || async {
+        let list = plugins.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .find_map(|p| p.data["spec"]["pluginConfig"]["services"][0]["canaryWeight"].as_u64())
+    };
+    seed.at_step(1, weights[0]).await;
+    let mut to_api = Vec::new();
+    let mut to_sidecar = Vec::new();
+    for (i, w) in weights.iter().enumerate().skip(1) {
+        let start = Instant::now();
+        seed.kubectl_canary(&["promote", ROLLOUT]);
+        while written_weight().await != Some(*w) {
+            assert!(start.elapsed() < WAIT, "weight {w} never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        to_api.push(start.elapsed());
+        while weight_in_caller(&seed.mesh) != Some(*w) {
+            assert!(start.elapsed() < WAIT, "weight {w} never ran in the caller");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        to_sidecar.push(start.elapsed());
+        seed.at_step(2 * i as i32 + 1, *w).await;
+    }
+    let pct = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[idx].as_secs_f64() * 1000.0
+    };
+    let n = to_sidecar.len();
+    let report = format!(
+        "# Rollout step -> sidecar, in a real mesh\n\n\
+         Written by `make bench-mesh` ({n} steps of one rollout; istiod built from istio.io/istio, \
+         Envoy 1.40 sidecars, the controller as a process; see tests/mesh/README.md). Times from \
+         `kubectl canary promote` (the process start included) to the controller's WasmPlugin \
+         write, and to the caller's sidecar running the new weight; both polled every 5 ms.\n\n\
+         | from `kubectl canary promote` to | p50 | p99 | max |\n|---|---|---|---|\n\
+         | WasmPlugin written (API server) | {:.0} ms | {:.0} ms | {:.0} ms |\n\
+         | caller's sidecar runs it | {:.0} ms | {:.0} ms | {:.0} ms |\n",
+        pct(&mut to_api, 0.5),
+        pct(&mut to_api, 0.99),
+        pct(&mut to_api, 1.0),
+        pct(&mut to_sidecar, 0.5),
+        pct(&mut to_sidecar, 0.99),
+        pct(&mut to_sidecar, 1.0),
+    );
+    let out = wasm_canary_e2e::workspace_root().join("bench/MESH.md");
+    std::fs::write(&out, &report).unwrap();
+    eprintln!("{report}\nwritten to {}", out.display());
 }

@@ -7,7 +7,7 @@ ISTIO_VERSION := $(shell awk '$$1 == "istio.io/istio" && $$2 ~ /^v/ {print $$2; 
 ISTIO_BIN_DIR := $(MESH_ROOT)/build/istio/$(ISTIO_VERSION)
 ISTIO_BINARIES := $(ISTIO_BIN_DIR)/pilot-discovery $(ISTIO_BIN_DIR)/pilot-agent
 
-.PHONY: mesh-build mesh-test
+.PHONY: mesh-build mesh-test bench-mesh
 
 mesh-build: $(ISTIO_BINARIES) ## Build istiod (pilot-discovery) and pilot-agent (pinned in tests/mesh/istio/go.mod) into build/istio/<version>/
 
@@ -17,3 +17,6 @@ $(ISTIO_BINARIES) &: $(MESH_MK_DIR)/istio/go.mod $(MESH_MK_DIR)/istio/go.sum
 
 mesh-test: wasm cluster-build mesh-build ## The filter in a real Istio mesh: istiod + Envoy sidecars on the real API server (cargo test -p wasm-canary-mesh)
 	cd $(MESH_ROOT) && cargo test -p wasm-canary-mesh
+
+bench-mesh: wasm cluster-build mesh-build ## Measure rollout step -> config running in a real sidecar (p50/p99 over 25 steps); writes bench/MESH.md
+	cd $(MESH_ROOT) && cargo test -p wasm-canary-controller --test mesh_rollout -- --ignored bench_step_to_sidecar_latency --nocapture
