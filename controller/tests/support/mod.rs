@@ -2,6 +2,10 @@
 //! with our CRDs installed, and the platform team's DestinationRule for `reviews`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http_stub;
+pub mod rollout_wait;
+pub mod secret_leaks;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
