@@ -25,21 +25,32 @@ pub fn token_base64() -> String {
         .to_owned()
 }
 
-/// Panics if `text` (read from `place`) holds the token in any spelling or its base64 form.
-pub fn assert_no_token(place: &str, text: &str) {
-    for (spelling, needle) in [
+/// Where `text` (read from `place`) holds the token in any spelling or its base64 form, with
+/// some context; `None` when it does not.
+pub fn token_leak(place: &str, text: &str) -> Option<String> {
+    [
         ("in some spelling, or part of it", TOKEN_START.to_owned()),
         ("base64", token_base64()),
-    ] {
-        if let Some(at) = text.find(&needle) {
-            let from = text[..at]
-                .char_indices()
-                .rev()
-                .nth(80)
-                .map_or(0, |(i, _)| i);
-            let context: String = text[from..].chars().take(200).collect();
-            panic!("the Secret's value ({spelling}) leaked into {place}: ...{context}...");
-        }
+    ]
+    .into_iter()
+    .find_map(|(spelling, needle)| {
+        let at = text.find(&needle)?;
+        let from = text[..at]
+            .char_indices()
+            .rev()
+            .nth(80)
+            .map_or(0, |(i, _)| i);
+        let context: String = text[from..].chars().take(200).collect();
+        Some(format!(
+            "the Secret's value ({spelling}) leaked into {place}: ...{context}..."
+        ))
+    })
+}
+
+/// Panics if `text` (read from `place`) holds the token ([`token_leak`]).
+pub fn assert_no_token(place: &str, text: &str) {
+    if let Some(leak) = token_leak(place, text) {
+        panic!("{leak}");
     }
 }
 
