@@ -164,6 +164,7 @@ struct Env {
     _plane: Arc<ControlPlane>,
     client: Client,
     ns: String,
+    /// The controller, the kubelet and istiod stand-ins: each runs until aborted.
     tasks: Vec<JoinHandle<()>>,
     /// The last pluginConfig the istiod stand-in got Envoy to accept.
     pushed: Arc<std::sync::Mutex<String>>,
@@ -219,9 +220,28 @@ impl Env {
             .unwrap()
     }
 
-    async fn until<T>(&self, what: &str, mut check: impl FnMut(&CanaryRollout) -> Option<T>) -> T {
+    /// A background task that ended has panicked (the istiod stand-in's assertion that the
+    /// filter accepted the controller's pluginConfig, say): re-raises its panic here, where the
+    /// test observes it. A panic in a spawned task is otherwise lost with its JoinHandle.
+    async fn assert_tasks_running(&mut self) {
+        for task in &mut self.tasks {
+            if task.is_finished() {
+                match task.await {
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    ended => panic!("a background task ended: {ended:?}"),
+                }
+            }
+        }
+    }
+
+    async fn until<T>(
+        &mut self,
+        what: &str,
+        mut check: impl FnMut(&CanaryRollout) -> Option<T>,
+    ) -> T {
         let start = tokio::time::Instant::now();
         loop {
+            self.assert_tasks_running().await;
             let r = self.rollout().await;
             if let Some(t) = check(&r) {
                 return t;
@@ -344,7 +364,7 @@ async fn run_canary(
     let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(admin))
         .await
         .unwrap();
-    let env = Env::new(ns, mesh.clone()).await;
+    let mut env = Env::new(ns, mesh.clone()).await;
     env.apply_template(&prometheus.url()).await;
     env.apply(
         &ApiResource::erase::<CanaryRollout>(&()),
@@ -386,6 +406,7 @@ async fn run_canary(
         Api::namespaced_with(env.client.clone(), &env.ns, &wasm_plugin_resource());
     let start = tokio::time::Instant::now();
     loop {
+        env.assert_tasks_running().await;
         let current =
             wp.get("reviews-canary").await.unwrap().data["spec"]["pluginConfig"].to_string();
         if *env.pushed.lock().unwrap() == current {
@@ -410,6 +431,7 @@ async fn run_canary(
     .await
     .unwrap();
     eprintln!("canary-cluster series in Prometheus: {series}");
+    env.assert_tasks_running().await;
     let report = wasm_canary_e2e::http::run_load(
         mesh.client_addr,
         "reviews",
