@@ -15,8 +15,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +26,11 @@ use canary_controller::crd::{CanaryRollout, Phase};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, ListParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 use support::http_stub::{HttpStub, Reply};
+use support::owned_process::{free_loopback_addr, OwnedProcess};
 use support::rollout_wait::rollout_until;
 use support::secret_leaks::{echo_credentials, token_leak, TOKEN};
 use tokio::task::JoinHandle;
@@ -77,14 +77,7 @@ impl Cluster {
     }
 
     async fn apply(&self, resource: &ApiResource, name: &str, v: &Value) {
-        Api::<DynamicObject>::namespaced_with(self.client.clone(), &self.ns, resource)
-            .patch(
-                name,
-                &PatchParams::apply("platform-team").force(),
-                &Patch::Apply(v),
-            )
-            .await
-            .unwrap();
+        support::apply_as_platform_team(&self.client, &self.ns, resource, name, v).await;
     }
 
     async fn apply_template(&self, args: Value, metrics: Value) {
@@ -104,30 +97,9 @@ impl Cluster {
     /// Rollout `reviews` running `image`: setWeight 20, then an analysis step of the template
     /// with `args`, then 100%. `annotations` go on the rollout itself.
     async fn apply_rollout(&self, image: &str, args: Value, annotations: Value) {
-        let rollout = json!({
-            "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
-            "metadata": {"name": ROLLOUT, "namespace": self.ns, "annotations": annotations},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "reviews"}},
-                "template": {"metadata": {"labels": {"app": "reviews"}},
-                             "spec": {"containers": [{"name": "reviews", "image": image}]}},
-                "strategy": {"canary": {
-                    "steps": [
-                        {"setWeight": 20},
-                        {"analysis": {"templates": [{"templateName": TEMPLATE}], "args": args}},
-                        {"setWeight": 100}
-                    ],
-                    "scaleDownDelaySeconds": 1,
-                    "abortScaleDownDelaySeconds": 1,
-                    "trafficRouting": {"wasm": {
-                        "service": "reviews",
-                        "wasmPlugin": {"url": "oci://registry.example.com/wasm-canary/filter:0.1.0"},
-                        "destinationRule": {"name": "reviews"}
-                    }}
-                }}
-            }
-        });
+        let mut rollout =
+            support::rollout_with_analysis_step(&self.ns, image, 1, 20, TEMPLATE, args);
+        rollout["metadata"]["annotations"] = annotations;
         self.apply(&ApiResource::erase::<CanaryRollout>(&()), ROLLOUT, &rollout)
             .await;
     }
@@ -170,30 +142,17 @@ fn promoted_from(r: &CanaryRollout, stable: &str) -> bool {
 /// turns on to investigate), watching one namespace. Its stdout and stderr go to one file;
 /// killed on drop, also when the test fails.
 struct ControllerProcess {
-    child: Child,
-    log: PathBuf,
+    process: OwnedProcess,
     metrics: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl ControllerProcess {
     fn start(kubeconfig: &std::path::Path, ns: &str) -> ControllerProcess {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("controller.log");
-        let out = std::fs::File::create(&log).unwrap();
-        // A free port: the OS picks one, we release it and the controller binds it at once.
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"))
+        let out = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+        let metrics = free_loopback_addr();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"));
+        command
             .args([
                 "--namespace",
                 ns,
@@ -205,19 +164,15 @@ impl ControllerProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "debug")
             .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+            .stderr(out);
         ControllerProcess {
-            child,
-            log,
+            process: OwnedProcess::spawn(&mut command, dir).unwrap(),
             metrics,
-            _dir: dir,
         }
     }
 
     fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
+        std::fs::read_to_string(self.process.dir().join("controller.log")).unwrap()
     }
 
     async fn metrics(&self) -> String {
