@@ -151,6 +151,41 @@ fn nan_is_an_error_measurement_unless_the_condition_asks_isnan() {
     assert_eq!(phase(Some("isNaN(result[0])"), None, json!([0.01])), Failed);
 }
 
+/// `isInf` (Argo's): true for +Inf and -Inf in any spelling Prometheus uses, false for NaN and
+/// finite numbers, an error (never a pass) for what is not a number.
+#[test]
+fn is_inf_is_true_only_for_infinities_and_an_error_for_non_numbers() {
+    let holds = |v: Value| Condition::compile("isInf(result)").unwrap().holds(&v);
+    let table = [
+        (json!("+Inf"), Ok(true)),
+        (json!("Inf"), Ok(true)),
+        (json!("-Inf"), Ok(true)),
+        (json!("NaN"), Ok(false)),
+        (json!(1.5), Ok(false)),
+        (json!(-1e308), Ok(false)),
+        (json!(0), Ok(false)),
+        (json!(42), Ok(false)),
+    ];
+    for (v, want) in table {
+        assert_eq!(holds(v.clone()), want, "isInf({v})");
+    }
+    for v in [json!("fast"), json!(true), json!(null), json!([1.0])] {
+        let err = holds(v.clone()).unwrap_err();
+        assert!(err.contains("isInf"), "isInf({v}): {err}");
+    }
+    // In a rule: an infinite latency fails the measurement; a finite one passes.
+    let rule = |v: Value| {
+        phase(
+            Some("result[0] < 0.5"),
+            Some("isInf(result[0])"),
+            json!([v]),
+        )
+    };
+    assert_eq!(rule(json!("+Inf")), Failed);
+    assert_eq!(rule(json!(0.25)), Successful);
+    assert_eq!(rule(json!(0.75)), Inconclusive);
+}
+
 #[test]
 fn an_empty_result_is_an_error_measurement_not_a_vacuous_pass() {
     // all() over no values is true in expr: without the no-data rule this would promote.

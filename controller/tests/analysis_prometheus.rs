@@ -16,7 +16,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +25,10 @@ use canary_cluster::ControlPlane;
 use canary_controller::analysis::{AnalysisPhase, AnalysisTemplate};
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::wasm_plugin_resource;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::Client;
 use serde_json::{json, Value};
+use support::owned_process::{free_loopback_addr, OwnedProcess};
 use tokio::task::JoinHandle;
 use wasm_canary_e2e::mesh::{reviews_config, Mesh};
 
@@ -35,16 +36,8 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// A Prometheus server owned by the test: killed on drop, also when the test fails.
 struct Prometheus {
-    child: Child,
+    process: OwnedProcess,
     addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Prometheus {
@@ -58,13 +51,10 @@ impl Prometheus {
              - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs: [{{targets: ['{target}']}}]\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        // A free port: the OS picks one, we release it and Prometheus binds it at once.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = free_loopback_addr();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.path().join("prometheus.yml").display()
@@ -75,14 +65,10 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        let process = OwnedProcess::spawn(&mut command, dir)
             .expect("prometheus on PATH (Debian package `prometheus`; `make setup` installs it)");
-        let p = Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        };
+        let p = Prometheus { process, addr };
         let start = Instant::now();
         loop {
             if wasm_canary_e2e::http::admin_get(addr, "/-/ready").is_ok_and(|r| r.status == 200) {
@@ -91,7 +77,7 @@ impl Prometheus {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "Prometheus not ready in 30s: {}",
-                std::fs::read_to_string(p._dir.path().join("prometheus.log")).unwrap_or_default()
+                std::fs::read_to_string(p.process.dir().join("prometheus.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -164,6 +150,7 @@ struct Env {
     _plane: Arc<ControlPlane>,
     client: Client,
     ns: String,
+    /// The controller, the kubelet and istiod stand-ins: each runs until aborted.
     tasks: Vec<JoinHandle<()>>,
     /// The last pluginConfig the istiod stand-in got Envoy to accept.
     pushed: Arc<std::sync::Mutex<String>>,
@@ -202,14 +189,7 @@ impl Env {
     }
 
     async fn apply(&self, resource: &ApiResource, name: &str, v: &Value) {
-        Api::<DynamicObject>::namespaced_with(self.client.clone(), &self.ns, resource)
-            .patch(
-                name,
-                &PatchParams::apply("platform-team").force(),
-                &Patch::Apply(v),
-            )
-            .await
-            .unwrap();
+        support::apply_as_platform_team(&self.client, &self.ns, resource, name, v).await;
     }
 
     async fn rollout(&self) -> CanaryRollout {
@@ -219,9 +199,28 @@ impl Env {
             .unwrap()
     }
 
-    async fn until<T>(&self, what: &str, mut check: impl FnMut(&CanaryRollout) -> Option<T>) -> T {
+    /// A background task that ended has panicked (the istiod stand-in's assertion that the
+    /// filter accepted the controller's pluginConfig, say): re-raises its panic here, where the
+    /// test observes it. A panic in a spawned task is otherwise lost with its JoinHandle.
+    async fn assert_tasks_running(&mut self) {
+        for task in &mut self.tasks {
+            if task.is_finished() {
+                match task.await {
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    ended => panic!("a background task ended: {ended:?}"),
+                }
+            }
+        }
+    }
+
+    async fn until<T>(
+        &mut self,
+        what: &str,
+        mut check: impl FnMut(&CanaryRollout) -> Option<T>,
+    ) -> T {
         let start = tokio::time::Instant::now();
         loop {
+            self.assert_tasks_running().await;
             let r = self.rollout().await;
             if let Some(t) = check(&r) {
                 return t;
@@ -236,32 +235,16 @@ impl Env {
     }
 
     fn rollout_spec(&self, image: &str) -> Value {
-        json!({
-            "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
-            "metadata": {"name": "reviews", "namespace": self.ns},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "reviews"}},
-                "template": {"metadata": {"labels": {"app": "reviews"}},
-                             "spec": {"containers": [{"name": "reviews", "image": image}]}},
-                "strategy": {"canary": {
-                    "steps": [
-                        {"setWeight": 50},
-                        {"analysis": {"templates": [{"templateName": "error-rate"}],
-                                      "args": [{"name": "cluster", "value": "reviews-canary"}]}},
-                        {"setWeight": 100}
-                    ],
-                    "scaleDownDelaySeconds": 1,
-                    "abortScaleDownDelaySeconds": 1,
-                    "trafficRouting": {"wasm": {
-                        "service": "reviews",
-                        "hosts": ["reviews.bookinfo", "reviews.bookinfo.svc", "reviews.bookinfo.svc.cluster.local"],
-                        "wasmPlugin": {"url": "oci://registry.example.com/wasm-canary/filter:0.1.0"},
-                        "destinationRule": {"name": "reviews"}
-                    }}
-                }}
-            }
-        })
+        let args = json!([{"name": "cluster", "value": "reviews-canary"}]);
+        let mut rollout =
+            support::rollout_with_analysis_step(&self.ns, image, 2, 50, "error-rate", args);
+        // The mesh's client sidecar calls `reviews.bookinfo`.
+        rollout["spec"]["strategy"]["canary"]["trafficRouting"]["wasm"]["hosts"] = json!([
+            "reviews.bookinfo",
+            "reviews.bookinfo.svc",
+            "reviews.bookinfo.svc.cluster.local"
+        ]);
+        rollout
     }
 
     /// The error-rate template: the canary cluster's 5xx share of the last 5 s, from the
@@ -344,7 +327,7 @@ async fn run_canary(
     let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(admin))
         .await
         .unwrap();
-    let env = Env::new(ns, mesh.clone()).await;
+    let mut env = Env::new(ns, mesh.clone()).await;
     env.apply_template(&prometheus.url()).await;
     env.apply(
         &ApiResource::erase::<CanaryRollout>(&()),
@@ -386,6 +369,7 @@ async fn run_canary(
         Api::namespaced_with(env.client.clone(), &env.ns, &wasm_plugin_resource());
     let start = tokio::time::Instant::now();
     loop {
+        env.assert_tasks_running().await;
         let current =
             wp.get("reviews-canary").await.unwrap().data["spec"]["pluginConfig"].to_string();
         if *env.pushed.lock().unwrap() == current {
@@ -410,6 +394,7 @@ async fn run_canary(
     .await
     .unwrap();
     eprintln!("canary-cluster series in Prometheus: {series}");
+    env.assert_tasks_running().await;
     let report = wasm_canary_e2e::http::run_load(
         mesh.client_addr,
         "reviews",

@@ -12,124 +12,137 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canary_cluster::ControlPlane;
-use canary_controller::analysis::AnalysisPhase;
+use canary_controller::analysis::{AnalysisPhase, MetricResult};
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::wasm_plugin_resource;
 use canary_core::PluginConfig;
+use chrono::{NaiveDateTime, Timelike};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::http_stub::{HttpStub, RecordedRequest, Reply};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(90);
+/// The service the fixture's rollout asks about (its `service-name` argument): the canary.
 const SERVICE: &str = "canary|reviews|bookinfo|cluster-1|-";
+/// Another service OAP knows: the stable version. Its apdex is always the opposite verdict of
+/// the canary's, so a query about the wrong service flips the outcome.
+const STABLE_SERVICE: &str = "stable|reviews|bookinfo|cluster-1|-";
 
-/// A stand-in for SkyWalking OAP's GraphQL endpoint: records every request, answers
-/// `readMetricsValues` with the apdex values set by the test.
+/// A stand-in for SkyWalking OAP's GraphQL endpoint, answering `readMetricsValues` as OAP 10.1
+/// does: one point per minute of `$duration` (both ends included), each the service's apdex in
+/// that minute; 0 for a service or a minute with no data. Each service's apdex is a cycle the
+/// test sets, indexed by minute since the epoch, so every window has its own answer.
 struct FakeOap {
-    url: String,
-    requests: Arc<Mutex<Vec<(String, Value)>>>,
-    apdex: Arc<Mutex<Vec<i64>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for FakeOap {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    stub: HttpStub,
+    apdex: Arc<Mutex<BTreeMap<String, Vec<i64>>>>,
 }
 
 impl FakeOap {
-    async fn start(apdex: Vec<i64>) -> FakeOap {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
+    async fn start(apdex: BTreeMap<String, Vec<i64>>) -> FakeOap {
         let apdex = Arc::new(Mutex::new(apdex));
-        let (reqs, values) = (requests.clone(), apdex.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (reqs, values) = (reqs.clone(), values.clone());
-                tokio::spawn(async move {
-                    let Some((head, body)) = read_request(&mut sock).await else {
-                        return;
-                    };
-                    let line = head.lines().next().unwrap_or_default().to_owned();
-                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    reqs.lock().unwrap().push((line, body));
-                    let v: Vec<Value> = values
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .map(|v| json!({"value": v}))
-                        .collect();
-                    let answer = json!({"data": {"service_apdex": {"label": null, "values": {"values": v}}}}).to_string();
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        FakeOap {
-            url,
-            requests,
-            apdex,
-            task,
-        }
+        let series = apdex.clone();
+        let stub = HttpStub::start(move |r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let (Some(service), Some((start, end))) = (
+                service_name(body["query"].as_str().unwrap_or_default()),
+                window(&body["variables"]["duration"]),
+            ) else {
+                return Reply::Json(
+                    400,
+                    json!({"errors": [{"message": "bad query"}]}).to_string(),
+                );
+            };
+            Reply::ok(&json!({"data": apdex_answer(&series.lock().unwrap(), &service, start, end)}))
+        })
+        .await;
+        FakeOap { stub, apdex }
     }
 
-    /// What the following queries answer.
-    fn set_apdex(&self, values: Vec<i64>) {
-        *self.apdex.lock().unwrap() = values;
+    fn url(&self) -> &str {
+        &self.stub.url
+    }
+
+    /// Each service's apdex cycle from now on.
+    fn set_apdex(&self, apdex: BTreeMap<String, Vec<i64>>) {
+        *self.apdex.lock().unwrap() = apdex;
+    }
+
+    /// The answer OAP gives to a measurement taken at `started_at` (RFC 3339) with the
+    /// fixture's window (`skywalking.interval: 3m`) for [`SERVICE`].
+    fn expected_answer(&self, started_at: &str) -> Value {
+        let end = chrono::DateTime::parse_from_rfc3339(started_at)
+            .unwrap()
+            .naive_utc();
+        let minute = |t: NaiveDateTime| t.with_second(0).unwrap().with_nanosecond(0).unwrap();
+        apdex_answer(
+            &self.apdex.lock().unwrap(),
+            SERVICE,
+            minute(end - chrono::Duration::minutes(3)),
+            minute(end),
+        )
     }
 }
 
-async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut chunk))
-                    .await
-                    .ok()?
-                    .ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some((head, buf[end + 4..end + 4 + len].to_vec()));
-        }
+/// `serviceName: "..."` in the GraphQL query.
+fn service_name(query: &str) -> Option<String> {
+    let rest = query.split_once("serviceName: \"")?.1;
+    Some(rest.split_once('"')?.0.to_owned())
+}
+
+/// `$duration`'s start and end minutes.
+fn window(duration: &Value) -> Option<(NaiveDateTime, NaiveDateTime)> {
+    let parse = |v: &Value| NaiveDateTime::parse_from_str(v.as_str()?, "%Y-%m-%d %H%M").ok();
+    Some((parse(&duration["start"])?, parse(&duration["end"])?))
+}
+
+/// `data` of OAP's answer: `service`'s apdex in each minute `start..=end`.
+fn apdex_answer(
+    apdex: &BTreeMap<String, Vec<i64>>,
+    service: &str,
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+) -> Value {
+    let minutes = |t: NaiveDateTime| t.and_utc().timestamp() / 60;
+    let values: Vec<Value> = (minutes(start)..=minutes(end))
+        .map(|m| {
+            let v = apdex
+                .get(service)
+                .map_or(0, |cycle| cycle[usize::try_from(m).unwrap() % cycle.len()]);
+            json!({"value": v})
+        })
+        .collect();
+    json!({"service_apdex": {"label": null, "values": {"values": values}}})
+}
+
+/// Apdex cycles: the canary's, and the stable version's with the opposite verdict.
+fn apdex(canary: &[i64], stable: &[i64]) -> BTreeMap<String, Vec<i64>> {
+    BTreeMap::from([
+        (SERVICE.to_owned(), canary.to_vec()),
+        (STABLE_SERVICE.to_owned(), stable.to_vec()),
+    ])
+}
+
+/// Every kept measurement's value is OAP's answer about [`SERVICE`] for the window ending when
+/// it was taken: the right service, the right window, recorded as answered.
+fn assert_measured_the_canary_over_its_window(oap: &FakeOap, metric: &MetricResult) {
+    assert!(!metric.measurements.is_empty(), "{metric:#?}");
+    for m in &metric.measurements {
+        let value: Value = serde_json::from_str(m.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            value,
+            oap.expected_answer(&m.started_at),
+            "measurement taken at {}",
+            m.started_at
+        );
     }
 }
 
@@ -247,7 +260,7 @@ impl Env {
         template["metadata"]["namespace"] = json!(ns);
         let metric = &mut template["spec"]["metrics"][0];
         metric["interval"] = "1s".into();
-        metric["provider"]["skywalking"]["address"] = json!(oap.url);
+        metric["provider"]["skywalking"]["address"] = json!(oap.url());
         let template_name = if cluster_scope {
             template["kind"] = "ClusterAnalysisTemplate".into();
             template["metadata"]["name"] = json!(ns);
@@ -314,13 +327,15 @@ use canary_cluster::kubelet::play_kubelet;
 
 /// What every query to OAP must look like: POST /graphql, the fixture's query with the
 /// rollout's argument substituted, `$duration` the last 3 minutes at minute precision.
-fn assert_skywalking_queries(requests: &[(String, Value)]) {
+fn assert_skywalking_queries(requests: &[RecordedRequest]) {
     assert!(!requests.is_empty(), "SkyWalking was queried");
-    for (line, body) in requests {
-        assert!(line.starts_with("POST /graphql "), "{line}");
+    for r in requests {
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("POST", "/graphql"));
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
         let query = body["query"].as_str().unwrap();
-        assert!(
-            query.contains(&format!(r#"serviceName: "{SERVICE}""#)),
+        assert_eq!(
+            service_name(query).as_deref(),
+            Some(SERVICE),
             "argument substituted: {query}"
         );
         assert!(
@@ -329,18 +344,14 @@ fn assert_skywalking_queries(requests: &[(String, Value)]) {
         );
         let d = &body["variables"]["duration"];
         assert_eq!(d["step"], "MINUTE");
-        let parse = |v: &Value| {
-            chrono::NaiveDateTime::parse_from_str(v.as_str().unwrap(), "%Y-%m-%d %H%M")
-                .unwrap_or_else(|e| panic!("{v}: {e}"))
-        };
+        let (start, end) = window(d).unwrap_or_else(|| panic!("minute precision: {d}"));
         assert_eq!(
-            parse(&d["end"]) - parse(&d["start"]),
+            end - start,
             chrono::Duration::minutes(3),
             "skywalking.interval 3m: {d}"
         );
-        let end = parse(&d["end"]).and_utc();
         assert!(
-            (chrono::Utc::now() - end).num_seconds().abs() < 120,
+            (chrono::Utc::now() - end.and_utc()).num_seconds().abs() < 120,
             "ends now: {d}"
         );
     }
@@ -349,7 +360,7 @@ fn assert_skywalking_queries(requests: &[(String, Value)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixture_rollout_promotes_when_skywalking_apdex_stays_above_9900_from_a_cluster_template(
 ) {
-    let oap = FakeOap::start(vec![9950, 9990, 9970]).await;
+    let oap = FakeOap::start(apdex(&[9950, 9990, 9970], &[9800])).await;
     let env = Env::new("analysis-sw-pass").await;
     // The template as a ClusterAnalysisTemplate this time: one platform-wide definition.
     env.fixture_healthy_on_v1(&oap, true).await;
@@ -375,20 +386,17 @@ async fn the_fixture_rollout_promotes_when_skywalking_apdex_stays_above_9900_fro
         "measured every second from step 2: {apdex:#?}"
     );
     assert_eq!((apdex.failed, apdex.error), (0, 0), "{apdex:#?}");
-    assert!(apdex
-        .measurements
-        .iter()
-        .all(|m| m.value.as_deref().unwrap().contains("9950")));
+    assert_measured_the_canary_over_its_window(&oap, apdex);
     assert_eq!(
         env.plugin_config().await.unwrap().services[0].canary_weight,
         0
     );
-    assert_skywalking_queries(&oap.requests.lock().unwrap());
+    assert_skywalking_queries(&oap.stub.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixture_rollout_aborts_to_weight_zero_when_skywalking_apdex_drops_below_9900() {
-    let oap = FakeOap::start(vec![9950, 9800]).await;
+    let oap = FakeOap::start(apdex(&[9950, 9800], &[9990])).await;
     let env = Env::new("analysis-sw-fail").await;
     env.fixture_healthy_on_v1(&oap, false).await;
     env.set_image("reviews:v2").await;
@@ -415,6 +423,7 @@ async fn the_fixture_rollout_aborts_to_weight_zero_when_skywalking_apdex_drops_b
     let run = &status.analysis_runs[0];
     assert_eq!(run.phase, AnalysisPhase::Failed);
     assert_eq!(run.metrics[0].failed, 4, "{:#?}", run.metrics[0]);
+    assert_measured_the_canary_over_its_window(&oap, &run.metrics[0]);
     let message = status.message.unwrap();
     assert!(message.contains("analysis background Failed"), "{message}");
     let config = env.plugin_config().await.unwrap();
@@ -423,19 +432,19 @@ async fn the_fixture_rollout_aborts_to_weight_zero_when_skywalking_apdex_drops_b
         "all traffic back on stable"
     );
     assert!(config.services[0].header_routes.is_empty());
-    assert_skywalking_queries(&oap.requests.lock().unwrap());
+    assert_skywalking_queries(&oap.stub.requests());
     // No measurement once aborted.
-    let taken = oap.requests.lock().unwrap().len();
+    let taken = oap.stub.requests().len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        oap.requests.lock().unwrap().len(),
+        oap.stub.requests().len(),
         taken,
         "no queries after the abort"
     );
 
     // The service is fixed; `kubectl canary retry` starts the same canary again from step 0 with
     // a fresh analysis, which now passes, and the canary is promoted.
-    oap.set_apdex(vec![9950, 9990]);
+    oap.set_apdex(apdex(&[9950, 9990], &[9800]));
     let v1 = status.stable_hash.clone().unwrap();
     let v2 = status.canary_hash.clone().unwrap();
     let (kubeconfig, ns) = (env.plane.kubeconfig_path().to_owned(), env.ns.clone());

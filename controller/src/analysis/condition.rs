@@ -47,8 +47,9 @@ impl Condition {
         ctx.insert("result", to_expr(result));
         match environment().run(&self.program, &ctx) {
             Ok(ExprValue::Bool(b)) => Ok(b),
+            // The value last: a long one is shortened from its end once redacted.
             Ok(other) => Err(format!(
-                "condition {:?} gave {} where true or false was expected",
+                "condition {:?} must give true or false, not {}",
                 self.source,
                 describe(&other)
             )),
@@ -156,13 +157,10 @@ pub fn to_expr(v: &Value) -> ExprValue {
     }
 }
 
+/// A value as messages quote it, in full: a message is shortened only after Secret values are
+/// redacted from it (`provider::measure`), so a cut never leaves part of one behind.
 fn describe(v: &ExprValue) -> String {
-    let s = format!("{v:?}");
-    if s.len() > 80 {
-        format!("{}...", s.chars().take(80).collect::<String>())
-    } else {
-        s
-    }
+    format!("{v:?}")
 }
 
 fn one_line(s: &str) -> String {

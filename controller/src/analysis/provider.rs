@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 use super::condition::judge;
+use super::redact::Redactor;
 use super::run::{AnalysisPhase, Measurement};
 use super::template::{substitute_value, Metric};
 use crate::steps::parse_duration;
@@ -176,9 +177,13 @@ pub fn json_path(v: &Value, path: &str) -> Result<Value, String> {
     Ok(cur.clone())
 }
 
+/// Characters of a measurement's message kept (after redaction).
+pub const MESSAGE_CHARS_KEPT: usize = 512;
+
 /// Takes one measurement of `metric` now: fills in the Secret-backed `secrets`, calls the
 /// provider, judges the result. Never fails: a call or judgement that fails is an Error
-/// measurement whose message says why (Secret values redacted).
+/// measurement whose message says why. The secrets' values are redacted from the value and the
+/// message in every spelling ([`Redactor`]), before either is shortened.
 pub async fn measure(
     metric: &Metric,
     secrets: &BTreeMap<String, String>,
@@ -194,15 +199,12 @@ pub async fn measure(
     }
     .await;
     let finished_at = Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    let redact = |s: String| {
-        secrets
-            .values()
-            .filter(|v| !v.is_empty())
-            .fold(s, |s, v| s.replace(v.as_str(), "*****"))
-    };
+    let redactor =
+        Redactor::new(secrets.values().map(String::as_str)).with_spelling(percent_encode);
+    let message = |m: String| redactor.redact_and_cut(&m, MESSAGE_CHARS_KEPT);
     match outcome {
         Ok((metric, result, no_data)) => {
-            let (phase, message) = judge(
+            let (phase, why) = judge(
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
                 &result,
@@ -210,8 +212,8 @@ pub async fn measure(
             );
             Measurement {
                 phase,
-                value: Some(redact(result.to_string())),
-                message: message.map(redact),
+                value: Some(redactor.redact_json(&result)),
+                message: why.map(message),
                 started_at,
                 finished_at,
             }
@@ -219,7 +221,7 @@ pub async fn measure(
         Err(e) => Measurement {
             phase: AnalysisPhase::Error,
             value: None,
-            message: Some(redact(e)),
+            message: Some(message(e)),
             started_at,
             finished_at,
         },
@@ -269,16 +271,18 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
         return prometheus_result(&answer);
     }
     if let Some(web) = &p.web {
-        let method = web.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
+        web.check()?;
+        let method = web.method();
         let headers: Vec<(String, String)> = web
             .headers
             .iter()
             .map(|h| (h.key.clone(), h.value.clone()))
             .collect();
+        // As Argo: zero or less means the default.
         let timeout = web
             .timeout_seconds
-            .unwrap_or(DEFAULT_WEB_TIMEOUT_SECONDS)
-            .max(1);
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_WEB_TIMEOUT_SECONDS);
         let answer = call(
             &method,
             &web.url,
@@ -288,7 +292,9 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
         )
         .await?;
         let result = match &web.json_path {
-            Some(path) => json_path(&answer, path)?,
+            Some(path) => {
+                json_path(&answer, path).map_err(|e| format!("{method} {}: {e}", web.url))?
+            }
             None => answer,
         };
         let no_data = result.is_null();
@@ -297,7 +303,8 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
     Err("metric has no provider".into())
 }
 
-/// One HTTP call whose answer must be 2xx JSON, bounded by `timeout`.
+/// One HTTP call whose answer must be 2xx JSON, bounded by `timeout`. Errors may quote the
+/// URL and the answer in full: the caller redacts and shortens them.
 async fn call(
     method: &str,
     url: &str,
@@ -324,10 +331,10 @@ async fn call(
             .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?
             .to_bytes();
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes);
+            // The whole answer: [`measure`] redacts Secret values, then shortens the message.
             return Err(format!(
                 "{method} {url}: HTTP {status}: {}",
-                text.chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&bytes).trim()
             ));
         }
         serde_json::from_slice::<Value>(&bytes)

@@ -200,6 +200,9 @@ pub fn validate_metric(m: &Metric) -> Result<(), String> {
             m.name
         ));
     }
+    if let Some(w) = &p.web {
+        w.check().map_err(|e| format!("metric {}: {e}", m.name))?;
+    }
     if let Some(s) = &p.skywalking {
         if let Some(i) = &s.interval {
             parse_duration(&serde_json::Value::String(i.clone()))

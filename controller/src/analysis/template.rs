@@ -215,6 +215,26 @@ pub struct WebMetric {
     pub timeout_seconds: Option<i64>,
 }
 
+impl WebMetric {
+    /// The method, upper case; GET by default.
+    pub fn method(&self) -> String {
+        self.method.as_deref().unwrap_or("GET").to_ascii_uppercase()
+    }
+
+    /// What Argo's web provider refuses: a method other than GET, POST or PUT, and a body on
+    /// a GET.
+    pub fn check(&self) -> Result<(), String> {
+        let method = self.method();
+        if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
+            return Err(format!("web.method {method:?} must be GET, POST or PUT"));
+        }
+        if method == "GET" && self.body.as_deref().is_some_and(|b| !b.is_empty()) {
+            return Err("web.body is sent only with method POST or PUT".into());
+        }
+        Ok(())
+    }
+}
+
 /// One header.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct WebMetricHeader {

@@ -2,6 +2,11 @@
 //! with our CRDs installed, and the platform team's DestinationRule for `reviews`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http_stub;
+pub mod owned_process;
+pub mod rollout_wait;
+pub mod secret_leaks;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -50,4 +55,60 @@ pub async fn reviews_destination_rule(client: &Client, ns: &str) {
     )
     .await
     .unwrap();
+}
+
+/// Applies `v` (server-side, forced) as the platform team would: `kubectl apply`.
+pub async fn apply_as_platform_team(
+    client: &Client,
+    ns: &str,
+    resource: &kube::api::ApiResource,
+    name: &str,
+    v: &serde_json::Value,
+) {
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource)
+        .patch(
+            name,
+            &PatchParams::apply("platform-team").force(),
+            &Patch::Apply(v),
+        )
+        .await
+        .unwrap();
+}
+
+/// CanaryRollout `reviews` (label `app: reviews`) of one container running `image`, with
+/// `replicas`: its canary goes to `weight`%, runs an analysis step of AnalysisTemplate
+/// `template` with `args`, then goes to 100%; scale-downs after 1 s. Callers adjust the JSON
+/// for anything else (annotations, hosts).
+pub fn rollout_with_analysis_step(
+    ns: &str,
+    image: &str,
+    replicas: i32,
+    weight: u32,
+    template: &str,
+    args: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
+        "metadata": {"name": "reviews", "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "reviews"}},
+            "template": {"metadata": {"labels": {"app": "reviews"}},
+                         "spec": {"containers": [{"name": "reviews", "image": image}]}},
+            "strategy": {"canary": {
+                "steps": [
+                    {"setWeight": weight},
+                    {"analysis": {"templates": [{"templateName": template}], "args": args}},
+                    {"setWeight": 100}
+                ],
+                "scaleDownDelaySeconds": 1,
+                "abortScaleDownDelaySeconds": 1,
+                "trafficRouting": {"wasm": {
+                    "service": "reviews",
+                    "wasmPlugin": {"url": "oci://registry.example.com/wasm-canary/filter:0.1.0"},
+                    "destinationRule": {"name": "reviews"}
+                }}
+            }}
+        }
+    })
 }

@@ -1,0 +1,43 @@
+//! A child process a test starts and owns: killed and reaped when dropped, also when the test
+//! fails, together with the temporary folder holding its files.
+
+#![allow(clippy::panic)]
+
+use std::path::Path;
+use std::process::{Child, Command};
+
+/// See the module documentation.
+pub struct OwnedProcess {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for OwnedProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OwnedProcess {
+    /// Spawns `command`; `dir` (its config, data and log files) lives as long as the process.
+    pub fn spawn(command: &mut Command, dir: tempfile::TempDir) -> std::io::Result<OwnedProcess> {
+        Ok(OwnedProcess {
+            child: command.spawn()?,
+            dir,
+        })
+    }
+
+    /// The process's folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A loopback address with a free port: the OS picks one, we release it for the process to
+/// bind at once.
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
