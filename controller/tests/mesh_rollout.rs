@@ -13,10 +13,12 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod support;
 
 use canary_cluster::ControlPlane;
 use canary_controller::crd::{CanaryRollout, Phase};
@@ -25,6 +27,7 @@ use canary_mesh::sidecar::running_plugin_configs;
 use canary_mesh::{objects, Bookinfo, Istiod};
 use kube::api::Api;
 use serde_json::{json, Value};
+use support::owned_process::OwnedProcess;
 use wasm_canary_e2e::assert_binomial;
 use wasm_canary_e2e::http::Response;
 
@@ -44,19 +47,10 @@ fn yaml_documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A process killed when the test ends, also on failure.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The controller as the shipped Deployment runs it, but as a local process: the shipped
 /// namespace, ServiceAccount and RBAC applied, and a kubeconfig holding that account's token.
-async fn start_controller(plane: &ControlPlane, client: &kube::Client, dir: &Path) -> Process {
+async fn start_controller(plane: &ControlPlane, client: &kube::Client) -> OwnedProcess {
+    let dir = tempfile::tempdir().unwrap();
     let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
     for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
         let text = std::fs::read_to_string(deploy.join(file)).unwrap();
@@ -64,7 +58,7 @@ async fn start_controller(plane: &ControlPlane, client: &kube::Client, dir: &Pat
             .await
             .unwrap();
     }
-    let kubeconfig = dir.join("controller.kubeconfig");
+    let kubeconfig = dir.path().join("controller.kubeconfig");
     plane
         .write_kubeconfig_for_service_account(
             "wasm-canary-system",
@@ -73,18 +67,17 @@ async fn start_controller(plane: &ControlPlane, client: &kube::Client, dir: &Pat
         )
         .await
         .unwrap();
-    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"))
+    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"));
+    command
         .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
         .args(["--lease-namespace", "wasm-canary-system"])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info,kube=warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Process(child)
+        .stderr(log);
+    OwnedProcess::spawn(&mut command, dir).unwrap()
 }
 
 /// `kubectl canary convert` on the seed's Rollout, Istio config and Bookinfo app, as a user
@@ -291,9 +284,8 @@ struct Seed {
     client: kube::Client,
     istiod: Istiod,
     mesh: Bookinfo,
-    _controller: Process,
+    _controller: OwnedProcess,
     kubelet: MeshKubelet,
-    _work: tempfile::TempDir,
     rollouts: Api<CanaryRollout>,
     v1: String,
 }
@@ -323,8 +315,7 @@ impl Seed {
         let mesh = Bookinfo::start(&plane, &client, &istiod, NS, &[])
             .await
             .unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let controller = start_controller(&plane, &client, work.path()).await;
+        let controller = start_controller(&plane, &client).await;
         let kubelet = MeshKubelet::start(
             client.clone(),
             istiod.grpc,
@@ -389,7 +380,6 @@ impl Seed {
             mesh,
             _controller: controller,
             kubelet,
-            _work: work,
             rollouts,
             v1,
         }
