@@ -28,6 +28,7 @@ use canary_mesh::{objects, Bookinfo, Istiod};
 use kube::api::Api;
 use serde_json::{json, Value};
 use support::owned_process::OwnedProcess;
+use support::rollout_wait::rollout_until;
 use wasm_canary_e2e::assert_binomial;
 use wasm_canary_e2e::http::Response;
 
@@ -128,24 +129,23 @@ fn seed_reviews_deployment(image: &str) -> Value {
     d
 }
 
+/// Waits (a watch, not polling) until `check` gives a value for the rollout.
 async fn until<T>(
-    api: &Api<CanaryRollout>,
+    client: &kube::Client,
     what: &str,
-    mut check: impl FnMut(&CanaryRollout) -> Option<T>,
+    check: impl Fn(&CanaryRollout) -> Option<T>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        let r = api.get(ROLLOUT).await.unwrap();
-        if let Some(t) = check(&r) {
-            return t;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "{what}: not within {WAIT:?}; status {:#?}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let r = rollout_until(
+        client,
+        NS,
+        ROLLOUT,
+        what,
+        WAIT,
+        |r| check(r).is_some(),
+        |_| false,
+    )
+    .await;
+    check(&r).expect("the awaited state")
 }
 
 /// The canary weight (basis points) the caller's sidecar runs now for `reviews`.
@@ -286,7 +286,6 @@ struct Seed {
     mesh: Bookinfo,
     _controller: OwnedProcess,
     kubelet: MeshKubelet,
-    rollouts: Api<CanaryRollout>,
     v1: String,
 }
 
@@ -352,8 +351,7 @@ impl Seed {
             }
             objects::apply(&client, NS, &object).await.unwrap();
         }
-        let rollouts: Api<CanaryRollout> = Api::namespaced(client.clone(), NS);
-        let v1 = until(&rollouts, "the first version Healthy", |r| {
+        let v1 = until(&client, "the first version Healthy", |r| {
             let s = r.status.as_ref()?;
             (s.phase == Phase::Healthy)
                 .then(|| s.stable_hash.clone())
@@ -380,7 +378,6 @@ impl Seed {
             mesh,
             _controller: controller,
             kubelet,
-            rollouts,
             v1,
         }
     }
@@ -390,7 +387,7 @@ impl Seed {
         objects::apply(&self.client, NS, &seed_reviews_deployment(V2_IMAGE))
             .await
             .unwrap();
-        let v2 = until(&self.rollouts, "a canary", |r| {
+        let v2 = until(&self.client, "a canary", |r| {
             r.status.as_ref()?.canary_hash.clone()
         })
         .await;
@@ -401,7 +398,7 @@ impl Seed {
     /// Waits until the rollout pauses at `step` with `weight`, then until the caller runs it.
     async fn at_step(&self, step: i32, weight: u64) -> Duration {
         until(
-            &self.rollouts,
+            &self.client,
             &format!("paused after setWeight {weight}"),
             |r| {
                 let s = r.status.as_ref()?;
@@ -490,7 +487,7 @@ async fn the_seed_rollout_shifts_real_traffic_at_every_step_keeps_sticky_users_a
         on_canary_before = on_canary;
         seed.kubectl_canary(&["promote", ROLLOUT]);
     }
-    until(&seed.rollouts, "v2 promoted and v1 scaled down", |r| {
+    until(&seed.client, "v2 promoted and v1 scaled down", |r| {
         let s = r.status.as_ref()?;
         (s.stable_hash.as_deref() == Some(v2.as_str()) && s.scale_downs.is_empty()).then_some(())
     })
@@ -535,7 +532,7 @@ async fn abort_returns_all_real_traffic_to_stable_without_a_failed_request() {
     seed.kubectl_canary(&["abort", ROLLOUT]);
     // Once the caller runs weight 0 and the canary has been scaled down, nothing reaches it.
     until_caller_runs(&seed.mesh, 0);
-    until(&seed.rollouts, "the aborted canary scaled down", |r| {
+    until(&seed.client, "the aborted canary scaled down", |r| {
         let s = r.status.as_ref()?;
         (s.aborted && s.scale_downs.is_empty()).then_some(())
     })
@@ -617,7 +614,7 @@ async fn sidecars_keep_the_last_split_while_istiod_is_down_and_a_users_invalid_c
     seed.istiod.kill();
     seed.kubectl_canary(&["promote", ROLLOUT]);
     until(
-        &seed.rollouts,
+        &seed.client,
         "setWeight 20 written while istiod is down",
         |r| {
             let s = r.status.as_ref()?;
