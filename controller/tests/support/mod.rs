@@ -2,6 +2,9 @@
 //! with our CRDs installed, and the platform team's DestinationRule for `reviews`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod traffic;
+pub mod versions;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
