@@ -488,7 +488,7 @@ async fn abort_mid_way_returns_weight_zero_before_any_scale_down_and_retry_start
         .expect("a scaled-down canary ReplicaSet version");
     assert!(
         traffic_off.resource_version < scaled_down.resource_version,
-        "weight went to 0 (revision {}) before any canary scale-down (revision {})",
+        "weight 0 must be stored before any canary scale-down: weight 0 at revision {}, scale-down at revision {}",
         traffic_off.resource_version,
         scaled_down.resource_version
     );

@@ -185,6 +185,13 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     let (_plane, client, kubelet) = setup(ns).await;
     let terms = Arc::new(Mutex::new(Terms::default()));
     let a = start_replica(&client, ns, "replica-a", &terms);
+    // The second replica starts once the first leads, as in a rolling Deployment (so its
+    // attempts do not run in lockstep with the leader's renewals).
+    let started = tokio::time::Instant::now();
+    while holder(&client, ns).await.is_none() {
+        assert!(started.elapsed() < WAIT, "nobody took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let b = start_replica(&client, ns, "replica-b", &terms);
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
     apply_rollout(&api, ns, "reviews:v1").await;
@@ -208,6 +215,8 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     } else {
         (b, a)
     };
+    let overlaps = terms.lock().unwrap().overlaps.clone();
+    assert!(overlaps.is_empty(), "two replicas acted at once: {overlaps:?}");
     assert_eq!(
         terms.lock().unwrap().acting,
         Some(leader.name),
