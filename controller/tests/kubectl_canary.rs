@@ -614,7 +614,10 @@ async fn kubeconfig_and_context_flags_pick_the_cluster_user_and_namespace() {
     let err = decoy.fails(&["list", "--kubeconfig", file]);
     assert!(err.contains(&config.gone_server), "names the unreachable server: {err}");
     let err = decoy.fails(&["list", "--kubeconfig", file, "--context", "staging"]);
-    assert!(err.contains("staging"), "names the missing context: {err}");
+    assert!(
+        err.contains("staging") && !err.contains(&config.gone_server),
+        "names the missing context, without falling back to the current one: {err}"
+    );
     let missing = dir.path().join("missing.kubeconfig");
     let err = decoy.fails(&["list", "--kubeconfig", missing.to_str().unwrap()]);
     assert!(
