@@ -126,11 +126,7 @@ impl Env {
 
     /// Records every version of the DestinationRule from now on.
     async fn record_destination_rule(&self) -> Recording<DynamicObject> {
-        let api = Api::namespaced_with(
-            self.client.clone(),
-            &self.ns,
-            &destination_rule_resource(),
-        );
+        let api = Api::namespaced_with(self.client.clone(), &self.ns, &destination_rule_resource());
         Recording::start(api, "", "metadata.name=reviews").await
     }
 
@@ -198,7 +194,6 @@ impl Env {
 }
 
 use canary_cluster::kubelet::play_kubelet;
-
 
 fn rollout(ns: &str, image: &str, steps: Value) -> Value {
     json!({
@@ -531,19 +526,22 @@ async fn a_restarted_controller_resumes_at_the_same_step_and_nothing_acts_while_
     let rollouts = env.record_rollout().await;
     let plugins = env.record_wasm_plugin().await;
     let step_index = |v: &Version<CanaryRollout>| v.object.status.as_ref()?.current_step_index;
-    let promote_pending = |v: &Version<CanaryRollout>| {
-        v.object.annotations().contains_key(PROMOTE_ANNOTATION)
-    };
+    let promote_pending =
+        |v: &Version<CanaryRollout>| v.object.annotations().contains_key(PROMOTE_ANNOTATION);
 
     // Positive control: the running controller acts on a promote, and how long it takes here
     // and now (a loaded machine is slower) sets how long "nobody acted" must hold below.
     let asked = tokio::time::Instant::now();
     env.promote("step").await;
     rollouts
-        .until("the running controller to act on the promote", WAIT, |versions| {
-            let last = versions.last()?;
-            (step_index(last) == Some(3) && !promote_pending(last)).then_some(())
-        })
+        .until(
+            "the running controller to act on the promote",
+            WAIT,
+            |versions| {
+                let last = versions.last()?;
+                (step_index(last) == Some(3) && !promote_pending(last)).then_some(())
+            },
+        )
         .await;
     let reaction = asked.elapsed();
 
@@ -585,7 +583,10 @@ async fn a_restarted_controller_resumes_at_the_same_step_and_nothing_acts_while_
     );
     let waiting = rollouts.versions().last().unwrap().object.clone();
     assert_eq!(waiting.status.as_ref().unwrap().current_step_index, Some(3));
-    assert!(waiting.annotations().contains_key(PROMOTE_ANNOTATION), "promote still pending");
+    assert!(
+        waiting.annotations().contains_key(PROMOTE_ANNOTATION),
+        "promote still pending"
+    );
 
     env.start_controller();
     let s = env

@@ -37,17 +37,24 @@ fn the_crd_folder_and_its_kustomization_hold_exactly_the_generated_crds() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
         .collect();
-    assert_eq!(in_folder, generated, "a CRD file nobody generates or checks");
-    let kustomization: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(crds_dir().join("kustomization.yaml")).unwrap())
-            .unwrap();
+    assert_eq!(
+        in_folder, generated,
+        "a CRD file nobody generates or checks"
+    );
+    let kustomization: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(crds_dir().join("kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
     let listed: BTreeSet<String> = kustomization["resources"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|r| r.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(listed, generated, "`kubectl apply -k controller/crds` installs every CRD");
+    assert_eq!(
+        listed, generated,
+        "`kubectl apply -k controller/crds` installs every CRD"
+    );
 }
 
 #[test]

@@ -21,7 +21,9 @@ use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resour
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::Client;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -487,9 +489,7 @@ fn two_cluster_kubeconfig(
     let gone_server = format!("https://127.0.0.1:{port}");
     gone["server"] = json!(gone_server);
     let (with_rollout, without) = namespaces;
-    let context = |name: &str, cluster: &str, user: &str, ns: &str| {
-        json!({"name": name, "context": {"cluster": cluster, "user": user, "namespace": ns}})
-    };
+    let context = |name: &str, cluster: &str, user: &str, ns: &str| json!({"name": name, "context": {"cluster": cluster, "user": user, "namespace": ns}});
     let kubeconfig = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "real", "cluster": real}, {"name": "gone", "cluster": gone}],
@@ -580,21 +580,46 @@ async fn kubeconfig_and_context_flags_pick_the_cluster_user_and_namespace() {
 
     // The context picks the cluster and user, and the namespace when -n is not given.
     let listed = decoy.ok(&["list", "--kubeconfig", file, "--context", "real-admin"]);
-    assert!(listed.contains("NAME") && listed.contains("reviews"), "{listed}");
-    let empty = decoy.ok(&["list", "--kubeconfig", file, "--context", "real-admin-empty"]);
+    assert!(
+        listed.contains("NAME") && listed.contains("reviews"),
+        "{listed}"
+    );
+    let empty = decoy.ok(&[
+        "list",
+        "--kubeconfig",
+        file,
+        "--context",
+        "real-admin-empty",
+    ]);
     assert!(
         empty.contains(&format!("No CanaryRollouts in namespace {without}")),
         "{empty}"
     );
-    let err = decoy.fails(&["status", "reviews", "--kubeconfig", file, "--context", "real-admin-empty"]);
+    let err = decoy.fails(&[
+        "status",
+        "reviews",
+        "--kubeconfig",
+        file,
+        "--context",
+        "real-admin-empty",
+    ]);
     assert!(
         err.contains(&format!("rollout reviews not found in namespace {without}")),
         "{err}"
     );
     let overridden = decoy.ok(&[
-        "list", "--kubeconfig", file, "--context", "real-admin-empty", "-n", with_rollout,
+        "list",
+        "--kubeconfig",
+        file,
+        "--context",
+        "real-admin-empty",
+        "-n",
+        with_rollout,
     ]);
-    assert!(overridden.contains("reviews"), "-n wins over the context: {overridden}");
+    assert!(
+        overridden.contains("reviews"),
+        "-n wins over the context: {overridden}"
+    );
     let err = decoy.fails(&["list", "--kubeconfig", file, "--context", "real-nobody"]);
     assert!(
         err.contains("not allowed")
@@ -612,7 +637,10 @@ async fn kubeconfig_and_context_flags_pick_the_cluster_user_and_namespace() {
 
     // Errors say which cluster, context or file is wrong.
     let err = decoy.fails(&["list", "--kubeconfig", file]);
-    assert!(err.contains(&config.gone_server), "names the unreachable server: {err}");
+    assert!(
+        err.contains(&config.gone_server),
+        "names the unreachable server: {err}"
+    );
     let err = decoy.fails(&["list", "--kubeconfig", file, "--context", "staging"]);
     assert!(
         err.contains("staging") && !err.contains(&config.gone_server),

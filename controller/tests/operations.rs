@@ -17,18 +17,18 @@ use std::time::Duration;
 
 use canary_cluster::{kubelet, ControlPlane};
 use canary_controller::crd::{CanaryRollout, Phase};
-use canary_controller::FIELD_MANAGER;
 use canary_controller::leader::{run_as_leader, LeaseConfig};
 use canary_controller::reconcile::{run_with, wasm_plugin_resource, Context};
 use canary_controller::telemetry::{serve_on, Metrics};
+use canary_controller::FIELD_MANAGER;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use support::traffic::weight_sequence;
 use support::versions::Recording;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -90,7 +90,7 @@ const LEASE: &str = "wasm-canary-controller";
 /// Which replica runs the controller, moment by moment, as the replicas themselves report it:
 /// a term starts when a replica's controller starts and ends when it is dropped. Both replicas
 /// run in this process, so "at most one acts at any moment" is checked exactly.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Terms {
     acting: Option<&'static str>,
     /// Every term, in order.
@@ -151,7 +151,12 @@ fn start_replica(
     let mut cfg = LeaseConfig::new(ns, LEASE, name);
     cfg.duration = Duration::from_secs(6);
     cfg.renew_every = Duration::from_secs(1);
-    let (c, m, n, terms) = (client.clone(), metrics.clone(), ns.to_owned(), terms.clone());
+    let (c, m, n, terms) = (
+        client.clone(),
+        metrics.clone(),
+        ns.to_owned(),
+        terms.clone(),
+    );
     let task = tokio::spawn(async move {
         loop {
             let ctx = Arc::new(Context::with_metrics(c.clone(), m.clone()));
@@ -216,7 +221,10 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
         (b, a)
     };
     let overlaps = terms.lock().unwrap().overlaps.clone();
-    assert!(overlaps.is_empty(), "two replicas acted at once: {overlaps:?}");
+    assert!(
+        overlaps.is_empty(),
+        "two replicas acted at once: {overlaps:?}"
+    );
     assert_eq!(
         terms.lock().unwrap().acting,
         Some(leader.name),
@@ -256,8 +264,12 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     assert_eq!(holder(&client, ns).await.as_deref(), Some(follower.name));
     assert!(follower.metrics.reconciles.get() > 0);
 
-    let t = terms.lock().unwrap();
-    assert!(t.overlaps.is_empty(), "two replicas acted at once: {:?}", t.overlaps);
+    let t = terms.lock().unwrap().clone();
+    assert!(
+        t.overlaps.is_empty(),
+        "two replicas acted at once: {:?}",
+        t.overlaps
+    );
     assert_eq!(t.acting, Some(follower.name));
     // Every change of the acting replica was a hand-over of the lease, and only those.
     let mut changes = t.held.clone();
@@ -269,7 +281,6 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
         "terms {:?}",
         t.held
     );
-    drop(t);
     // What users saw across the hand-over, from every stored version: the step only moved
     // forward, and the filter got 20% then 50% (no step repeated, none skipped).
     rollouts.sync().await;
@@ -449,7 +460,10 @@ async fn with_the_shipped_lease_settings_a_follower_takes_over_within_the_lease_
     let last_renewal = lease(&client, ns).await.unwrap().renew_time.unwrap().0;
     // A change only a running leader acts on.
     apply_rollout(&api, ns, "reviews:v2").await;
-    until(&api, "the follower to start the canary", |r| weight(r) == 2_000).await;
+    until(&api, "the follower to start the canary", |r| {
+        weight(r) == 2_000
+    })
+    .await;
     let took = killed.elapsed();
 
     let taken = lease(&client, ns).await.unwrap();

@@ -70,10 +70,7 @@ where
     /// records their current versions, then every later version until dropped.
     pub async fn start(api: Api<K>, labels: &str, fields: &str) -> Self {
         let selection = ListParams::default().labels(labels).fields(fields);
-        let list = api
-            .list(&selection)
-            .await
-            .expect("listing what to record");
+        let list = api.list(&selection).await.expect("listing what to record");
         let mut since = list.metadata.resource_version.clone().unwrap_or_default();
         let versions = list
             .items
@@ -148,16 +145,20 @@ where
             .iter()
             .map(|o| (o.name_any(), resource_version(o)))
             .collect();
-        self.until("the recording to catch up", Duration::from_secs(60), |versions| {
-            current
-                .iter()
-                .all(|(name, rv)| {
-                    versions
-                        .iter()
-                        .any(|v| v.resource_version == *rv && v.object.name_any() == *name)
-                })
-                .then_some(())
-        })
+        self.until(
+            "the recording to catch up",
+            Duration::from_secs(60),
+            |versions| {
+                current
+                    .iter()
+                    .all(|(name, rv)| {
+                        versions
+                            .iter()
+                            .any(|v| v.resource_version == *rv && v.object.name_any() == *name)
+                    })
+                    .then_some(())
+            },
+        )
         .await;
     }
 
