@@ -184,12 +184,13 @@ impl Env {
             .unwrap();
     }
 
-    async fn promote(&self, how: &str) {
+    /// Sets the promote annotation; returns the rollout as stored.
+    async fn promote(&self, how: &str) -> CanaryRollout {
         let patch = json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: how}}});
         self.rollouts()
             .patch("reviews", &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .unwrap();
+            .unwrap()
     }
 }
 
@@ -546,15 +547,7 @@ async fn a_restarted_controller_resumes_at_the_same_step_and_nothing_acts_while_
     let reaction = asked.elapsed();
 
     env.kill_controller().await;
-    let promoted = env
-        .rollouts()
-        .patch(
-            "reviews",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: "step"}}})),
-        )
-        .await
-        .unwrap();
+    let promoted = env.promote("step").await;
     let asked_at: u64 = promoted.resource_version().unwrap().parse().unwrap();
     // Not a wait for readiness: an observation window three times as long as the running
     // controller just needed to act on the same request, so a controller still running
@@ -563,18 +556,10 @@ async fn a_restarted_controller_resumes_at_the_same_step_and_nothing_acts_while_
     tokio::time::sleep(window).await;
     rollouts.sync().await;
     plugins.sync().await;
-    let rollout_writes: Vec<u64> = rollouts
-        .versions()
-        .iter()
-        .map(|v| v.resource_version)
-        .filter(|rv| *rv > asked_at)
-        .collect();
-    let plugin_writes: Vec<u64> = plugins
-        .versions()
-        .iter()
-        .map(|v| v.resource_version)
-        .filter(|rv| *rv > asked_at)
-        .collect();
+    let (rollout_writes, plugin_writes) = (
+        rollouts.written_after(asked_at),
+        plugins.written_after(asked_at),
+    );
     assert!(
         rollout_writes.is_empty() && plugin_writes.is_empty(),
         "nobody acts while the controller is down: within {window:?} (the running controller \

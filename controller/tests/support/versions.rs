@@ -173,6 +173,15 @@ where
         history.versions.clone()
     }
 
+    /// The revisions of the versions written after revision `rv`.
+    pub fn written_after(&self, rv: u64) -> Vec<u64> {
+        self.versions()
+            .iter()
+            .map(|v| v.resource_version)
+            .filter(|written| *written > rv)
+            .collect()
+    }
+
     /// The versions of the object named `name`.
     pub fn versions_of(&self, name: &str) -> Vec<Version<K>> {
         self.versions()
