@@ -1,7 +1,7 @@
 //! Every version of some objects that the API server stores while a test runs, recorded from a
 //! watch. A test that samples an object every few milliseconds misses or misorders versions
 //! when one poll is slow (a loaded CI machine); a watch started from a list's resourceVersion
-//! is delivered every later write, in order, so nothing in between is lost. If the server
+//! receives every later write, in order, so nothing in between is lost. If the server
 //! cannot replay from where the watch stood (410 Gone: its history was compacted) the
 //! recording says so and the test fails rather than judging an incomplete history.
 //!
