@@ -1,6 +1,6 @@
 //! The wasm-canary controller: runs `CanaryRollout`s by moving traffic through the filter.
 //!
-//! - [`crd`]: the resource; [`hash`]: the pod-template hash;
+//! - [`crd`]: the resource; [`crd_yaml`]: its committed YAML; [`hash`]: the pod-template hash;
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
 //! - [`reconcile`]: the Kubernetes I/O around them.
 
@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod crd;
+pub mod crd_yaml;
 pub mod hash;
 pub mod leader;
 pub mod reconcile;

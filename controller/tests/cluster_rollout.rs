@@ -27,8 +27,10 @@ use canary_core::PluginConfig;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
+use support::traffic::{routed_service, subset_hash_of, weight_sequence};
+use support::versions::{as_of, Recording, Version};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -111,14 +113,31 @@ impl Env {
     }
 
     async fn subset_hash(&self, subset: &str) -> Option<String> {
-        let dr = self.destination_rule().await;
-        dr["spec"]["subsets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == subset)?["labels"]["rollouts-pod-template-hash"]
-            .as_str()
-            .map(str::to_owned)
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &destination_rule_resource());
+        subset_hash_of(&api.get("reviews").await.unwrap(), subset)
+    }
+
+    /// Records every version of the controller's WasmPlugin from now on.
+    async fn record_wasm_plugin(&self) -> Recording<DynamicObject> {
+        let api = Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
+        Recording::start(api, "", "metadata.name=reviews-canary").await
+    }
+
+    /// Records every version of the DestinationRule from now on.
+    async fn record_destination_rule(&self) -> Recording<DynamicObject> {
+        let api = Api::namespaced_with(self.client.clone(), &self.ns, &destination_rule_resource());
+        Recording::start(api, "", "metadata.name=reviews").await
+    }
+
+    /// Records every version of every ReplicaSet of the namespace from now on.
+    async fn record_replica_sets(&self) -> Recording<ReplicaSet> {
+        Recording::start(Api::namespaced(self.client.clone(), &self.ns), "", "").await
+    }
+
+    /// Records every version of the rollout from now on.
+    async fn record_rollout(&self) -> Recording<CanaryRollout> {
+        Recording::start(self.rollouts(), "", "metadata.name=reviews").await
     }
 
     async fn replicas(&self, hash: &str) -> Option<i32> {
@@ -165,12 +184,13 @@ impl Env {
             .unwrap();
     }
 
-    async fn promote(&self, how: &str) {
+    /// Sets the promote annotation; returns the rollout as stored.
+    async fn promote(&self, how: &str) -> CanaryRollout {
         let patch = json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: how}}});
         self.rollouts()
             .patch("reviews", &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .unwrap();
+            .unwrap()
     }
 }
 
@@ -237,58 +257,54 @@ async fn a_full_progression_moves_the_weight_step_by_step_then_promotes_and_scal
     );
     assert_eq!(env.replicas(&v1).await, Some(5));
 
+    let plugins = env.record_wasm_plugin().await;
+    let rules = env.record_destination_rule().await;
+    let replica_sets = env.record_replica_sets().await;
     env.set_image("reviews:v2").await;
     let v2 = env
         .until("a canary", |r| r.status.as_ref()?.canary_hash.clone())
         .await;
     assert_ne!(v1, v2);
-    // Record every weight the WasmPlugin carries while the rollout runs, checking at each one
-    // that the DestinationRule's canary subset points at the canary and enough canary pods exist.
-    let mut weights = Vec::new();
-    let start = tokio::time::Instant::now();
-    loop {
-        let r = env.rollout().await;
-        let config = env.plugin_config().await;
-        if let Some(svc) = config.as_ref().and_then(|c| c.services.first()) {
-            if weights.last() != Some(&svc.canary_weight) {
-                weights.push(svc.canary_weight);
-                if svc.canary_weight > 0 {
-                    assert_eq!(
-                        env.subset_hash("canary").await.as_deref(),
-                        Some(v2.as_str())
-                    );
-                    assert_eq!(svc.canary_hash.as_deref(), Some(v2.as_str()));
-                    let rs: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
-                    let available = rs
-                        .get(&format!("reviews-{v2}"))
-                        .await
-                        .unwrap()
-                        .status
-                        .and_then(|s| s.available_replicas)
-                        .unwrap_or(0);
-                    assert!(
-                        i64::from(available) * 10_000 >= 5 * i64::from(svc.canary_weight),
-                        "weight {} routed with only {available} canary pods available",
-                        svc.canary_weight
-                    );
-                }
-            }
-        }
-        if r.status.as_ref().and_then(|s| s.stable_hash.clone()) == Some(v2.clone()) {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no promotion; weights so far {weights:?}; status {:#?}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    env.until("the promotion", |r| {
+        (r.status.as_ref()?.stable_hash.as_deref() == Some(v2.as_str())).then_some(())
+    })
+    .await;
+    for recording in [&plugins, &rules] {
+        recording.sync().await;
     }
-    let expected: Vec<u32> = vec![1_000, 2_000, 4_000, 6_000, 8_000];
-    let shifted: Vec<u32> = weights.iter().copied().filter(|w| *w > 0).collect();
+    replica_sets.sync().await;
+    // Every version of the WasmPlugin the API server stored, in order: each weight the filter
+    // was given, and what the DestinationRule and the canary ReplicaSet were when it was written.
+    let plugin_versions = plugins.versions();
+    let (rule_versions, rs_versions) = (rules.versions(), replica_sets.versions());
+    let canary_rs = format!("reviews-{v2}");
+    for version in &plugin_versions {
+        let svc = routed_service(&version.object);
+        if svc.canary_weight == 0 {
+            continue;
+        }
+        let written = version.resource_version;
+        assert_eq!(svc.canary_hash.as_deref(), Some(v2.as_str()));
+        let rule = as_of(&rule_versions, "reviews", written).expect("the DestinationRule");
+        assert_eq!(
+            subset_hash_of(&rule.object, "canary").as_deref(),
+            Some(v2.as_str()),
+            "weight {} written while the canary subset selected other pods",
+            svc.canary_weight
+        );
+        let available = as_of(&rs_versions, &canary_rs, written)
+            .and_then(|rs| rs.object.status.as_ref()?.available_replicas)
+            .unwrap_or(0);
+        assert!(
+            i64::from(available) * 10_000 >= 5 * i64::from(svc.canary_weight),
+            "weight {} written with only {available} canary pods available",
+            svc.canary_weight
+        );
+    }
     assert_eq!(
-        shifted, expected,
-        "every step's weight reached the filter, in order ({weights:?})"
+        weight_sequence(&plugin_versions),
+        [0, 1_000, 2_000, 4_000, 6_000, 8_000, 0],
+        "every step's weight reached the filter, in order, then all traffic went to the promoted pods"
     );
     assert_eq!(
         env.plugin_config().await.unwrap().services[0].canary_weight,
@@ -431,6 +447,8 @@ async fn abort_mid_way_returns_weight_zero_before_any_scale_down_and_retry_start
         .await;
     assert_eq!(env.replicas(&v2).await, Some(2));
 
+    let plugins = env.record_wasm_plugin().await;
+    let replica_sets = env.record_replica_sets().await;
     env.rollouts()
         .patch(
             "reviews",
@@ -439,27 +457,6 @@ async fn abort_mid_way_returns_weight_zero_before_any_scale_down_and_retry_start
         )
         .await
         .unwrap();
-    // The first thing that changes is traffic: weight 0 while the canary pods are still there.
-    let start = tokio::time::Instant::now();
-    loop {
-        let svc = env.plugin_config().await.unwrap().services[0].clone();
-        let canary_pods = env.replicas(&v2).await.unwrap();
-        if svc.canary_weight == 0 {
-            assert_eq!(
-                canary_pods, 2,
-                "weight went to 0 before any canary scale-down"
-            );
-            assert!(svc.header_routes.is_empty());
-            break;
-        }
-        assert!(
-            canary_pods > 0,
-            "canary scaled down while still receiving {} bp",
-            svc.canary_weight
-        );
-        assert!(start.elapsed() < WAIT, "abort did not reach the WasmPlugin");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     env.until("Aborted", |r| {
         (r.status.as_ref()?.phase == Phase::Aborted).then_some(())
     })
@@ -469,6 +466,28 @@ async fn abort_mid_way_returns_weight_zero_before_any_scale_down_and_retry_start
         |r| r.status.as_ref()?.scale_downs.is_empty().then_some(()),
     )
     .await;
+    plugins.sync().await;
+    replica_sets.sync().await;
+    // The first thing that changes is traffic: the WasmPlugin version that sends no one to the
+    // canary is stored before any version of the canary ReplicaSet with fewer pods.
+    let traffic_off = plugins
+        .versions()
+        .into_iter()
+        .find(|v| routed_service(&v.object).canary_weight == 0)
+        .expect("a WasmPlugin version at weight 0 after the abort");
+    assert!(routed_service(&traffic_off.object).header_routes.is_empty());
+    let canary_rs = format!("reviews-{v2}");
+    let scaled_down = replica_sets
+        .versions_of(&canary_rs)
+        .into_iter()
+        .find(|v| v.object.spec.replicas < Some(2))
+        .expect("a scaled-down canary ReplicaSet version");
+    assert!(
+        traffic_off.resource_version < scaled_down.resource_version,
+        "weight 0 must be stored before any canary scale-down: weight 0 at revision {}, scale-down at revision {}",
+        traffic_off.resource_version,
+        scaled_down.resource_version
+    );
     assert_eq!(env.replicas(&v2).await, Some(0));
     assert_eq!(
         env.plugin_config().await.unwrap().services[0].canary_weight,
@@ -492,32 +511,80 @@ async fn abort_mid_way_returns_weight_zero_before_any_scale_down_and_retry_start
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_controller_resumes_at_the_same_step() {
+async fn a_restarted_controller_resumes_at_the_same_step_and_nothing_acts_while_it_is_down() {
     let mut env = Env::new("restart").await;
-    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]);
+    let steps = json!([
+        {"setWeight": 20}, {"pause": {}},
+        {"setWeight": 40}, {"pause": {}},
+        {"setWeight": 60}, {"pause": {}}
+    ]);
     healthy_on_first_version(&env, steps).await;
     env.set_image("reviews:v2").await;
     env.until("the first pause", |r| {
         (r.status.as_ref()?.current_step_index == Some(1)).then_some(())
     })
     .await;
-    env.kill_controller().await;
+    let rollouts = env.record_rollout().await;
+    let plugins = env.record_wasm_plugin().await;
+    let step_index = |v: &Version<CanaryRollout>| v.object.status.as_ref()?.current_step_index;
+    let promote_pending =
+        |v: &Version<CanaryRollout>| v.object.annotations().contains_key(PROMOTE_ANNOTATION);
+
+    // Positive control: the running controller acts on a promote, and how long it takes here
+    // and now (a loaded machine is slower) sets how long "nobody acted" must hold below.
+    let asked = tokio::time::Instant::now();
     env.promote("step").await;
-    // Nobody acts while the controller is down.
-    let before = env.rollout().await.status.unwrap();
-    assert_eq!(before.current_step_index, Some(1));
+    rollouts
+        .until(
+            "the running controller to act on the promote",
+            WAIT,
+            |versions| {
+                let last = versions.last()?;
+                (step_index(last) == Some(3) && !promote_pending(last)).then_some(())
+            },
+        )
+        .await;
+    let reaction = asked.elapsed();
+
+    env.kill_controller().await;
+    let promoted = env.promote("step").await;
+    let asked_at: u64 = promoted.resource_version().unwrap().parse().unwrap();
+    // Not a wait for readiness: an observation window three times as long as the running
+    // controller just needed to act on the same request, so a controller still running
+    // would have written within it.
+    let window = (reaction * 3).max(Duration::from_secs(2));
+    tokio::time::sleep(window).await;
+    rollouts.sync().await;
+    plugins.sync().await;
+    let (rollout_writes, plugin_writes) = (
+        rollouts.written_after(asked_at),
+        plugins.written_after(asked_at),
+    );
+    assert!(
+        rollout_writes.is_empty() && plugin_writes.is_empty(),
+        "nobody acts while the controller is down: within {window:?} (the running controller \
+         acted in {reaction:?}) the rollout was written at {rollout_writes:?} and the \
+         WasmPlugin at {plugin_writes:?}"
+    );
+    let waiting = rollouts.versions().last().unwrap().object.clone();
+    assert_eq!(waiting.status.as_ref().unwrap().current_step_index, Some(3));
+    assert!(
+        waiting.annotations().contains_key(PROMOTE_ANNOTATION),
+        "promote still pending"
+    );
+
     env.start_controller();
     let s = env
         .until("the next pause", |r| {
             let s = r.status.as_ref()?;
-            (s.current_step_index == Some(3)).then(|| s.clone())
+            (s.current_step_index == Some(5)).then(|| s.clone())
         })
         .await;
     assert_eq!(
         s.canary_weight, 6_000,
-        "resumed from step 1, not from the start"
+        "resumed from step 3, not from the start"
     );
-    assert_eq!(s.canary_hash, before.canary_hash);
+    assert_eq!(s.canary_hash, waiting.status.unwrap().canary_hash);
     assert_eq!(
         env.plugin_config().await.unwrap().services[0].canary_weight,
         6_000

@@ -19,7 +19,11 @@ use canary_cluster::ControlPlane;
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::Client;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -453,6 +457,201 @@ async fn the_converted_demo_runs_and_is_steered_with_kubectl_canary() {
 
     controller.abort();
     kubelet.abort();
+}
+
+/// A kubeconfig holding the shared control plane and a cluster that is gone (nothing listens
+/// on its port), the admin and a ServiceAccount without any RBAC as users, and contexts
+/// combining them with namespaces. Its current context is the gone cluster's, so a command
+/// that ignores `--context` fails. The decoy has the same contexts, all on the gone cluster,
+/// so a command that reads it instead of the file it was given fails.
+struct TwoClusterKubeconfig {
+    path: PathBuf,
+    decoy: PathBuf,
+    gone_server: String,
+}
+
+fn two_cluster_kubeconfig(
+    dir: &std::path::Path,
+    admin_kubeconfig: &std::path::Path,
+    nobody_token: &str,
+    namespaces: (&str, &str),
+) -> TwoClusterKubeconfig {
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(admin_kubeconfig).unwrap()).unwrap();
+    let real = admin["clusters"][0]["cluster"].clone();
+    let mut gone = real.clone();
+    // A port that was free a moment ago: connections to it are refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone_server = format!("https://127.0.0.1:{port}");
+    gone["server"] = json!(gone_server);
+    let (with_rollout, without) = namespaces;
+    let context = |name: &str, cluster: &str, user: &str, ns: &str| json!({"name": name, "context": {"cluster": cluster, "user": user, "namespace": ns}});
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "real", "cluster": real}, {"name": "gone", "cluster": gone}],
+        "users": [
+            {"name": "admin", "user": admin["users"][0]["user"].clone()},
+            {"name": "nobody", "user": {"token": nobody_token}}
+        ],
+        "contexts": [
+            context("real-admin", "real", "admin", with_rollout),
+            context("real-admin-empty", "real", "admin", without),
+            context("real-nobody", "real", "nobody", with_rollout),
+            context("gone-admin", "gone", "admin", with_rollout)
+        ],
+        "current-context": "gone-admin",
+    });
+    let path = dir.join("two-clusters.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    let mut decoy_config = kubeconfig;
+    for c in decoy_config["contexts"].as_array_mut().unwrap() {
+        c["context"]["cluster"] = json!("gone");
+    }
+    let decoy = dir.join("decoy.kubeconfig");
+    std::fs::write(&decoy, serde_yaml::to_string(&decoy_config).unwrap()).unwrap();
+    TwoClusterKubeconfig {
+        path,
+        decoy,
+        gone_server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_and_context_flags_pick_the_cluster_user_and_namespace() {
+    let plane = ControlPlane::shared()
+        .await
+        .expect("control plane (run `make cluster-build` first)");
+    let admin = plane.client().await.unwrap();
+    let (with_rollout, without) = ("kubeconfig-rollout", "kubeconfig-empty");
+    for ns in [with_rollout, without] {
+        plane.create_namespace(&admin, ns).await.unwrap();
+    }
+    plane
+        .install_crds(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/canaryrollout.yaml"))
+        .await
+        .unwrap();
+    let rollout = json!({"apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
+        "metadata": {"name": "reviews", "namespace": with_rollout},
+        "spec": {"selector": {"matchLabels": {"app": "reviews"}},
+            "template": {"metadata": {"labels": {"app": "reviews"}}, "spec": {"containers": [{"name": "reviews", "image": "reviews:v1"}]}},
+            "strategy": {"canary": {"steps": [{"setWeight": 20}],
+                "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://registry.example.com/f:1"}, "destinationRule": {"name": "reviews"}}}}}}});
+    Api::<CanaryRollout>::namespaced(admin.clone(), with_rollout)
+        .patch(
+            "reviews",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&rollout),
+        )
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), with_rollout);
+    accounts
+        .patch(
+            "nobody",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "nobody", "namespace": with_rollout}})),
+        )
+        .await
+        .unwrap();
+    let token = accounts
+        .create_token_request("nobody", &PostParams::default(), &TokenRequest::default())
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token for ServiceAccount nobody");
+    let dir = tempfile::tempdir().unwrap();
+    let config = two_cluster_kubeconfig(
+        dir.path(),
+        plane.kubeconfig_path(),
+        &token,
+        (with_rollout, without),
+    );
+    let file = config.path.to_str().unwrap();
+    // $KUBECONFIG names the decoy: `--kubeconfig` wins over it.
+    let decoy = Plugin {
+        kubeconfig: config.decoy.clone(),
+    };
+
+    // The context picks the cluster and user, and the namespace when -n is not given.
+    let listed = decoy.ok(&["list", "--kubeconfig", file, "--context", "real-admin"]);
+    assert!(
+        listed.contains("NAME") && listed.contains("reviews"),
+        "{listed}"
+    );
+    let empty = decoy.ok(&[
+        "list",
+        "--kubeconfig",
+        file,
+        "--context",
+        "real-admin-empty",
+    ]);
+    assert!(
+        empty.contains(&format!("No CanaryRollouts in namespace {without}")),
+        "{empty}"
+    );
+    let err = decoy.fails(&[
+        "status",
+        "reviews",
+        "--kubeconfig",
+        file,
+        "--context",
+        "real-admin-empty",
+    ]);
+    assert!(
+        err.contains(&format!("rollout reviews not found in namespace {without}")),
+        "{err}"
+    );
+    let overridden = decoy.ok(&[
+        "list",
+        "--kubeconfig",
+        file,
+        "--context",
+        "real-admin-empty",
+        "-n",
+        with_rollout,
+    ]);
+    assert!(
+        overridden.contains("reviews"),
+        "-n wins over the context: {overridden}"
+    );
+    let err = decoy.fails(&["list", "--kubeconfig", file, "--context", "real-nobody"]);
+    assert!(
+        err.contains("not allowed")
+            && err.contains(&format!("system:serviceaccount:{with_rollout}:nobody")),
+        "the context's user, not the admin, made the call: {err}"
+    );
+
+    // --context alone applies to $KUBECONFIG.
+    let from_env = Plugin {
+        kubeconfig: config.path.clone(),
+    };
+    assert!(from_env
+        .ok(&["list", "--context", "real-admin"])
+        .contains("reviews"));
+
+    // Errors say which cluster, context or file is wrong.
+    let err = decoy.fails(&["list", "--kubeconfig", file]);
+    assert!(
+        err.contains(&config.gone_server),
+        "names the unreachable server: {err}"
+    );
+    let err = decoy.fails(&["list", "--kubeconfig", file, "--context", "staging"]);
+    assert!(
+        err.contains("staging") && !err.contains(&config.gone_server),
+        "names the missing context, without falling back to the current one: {err}"
+    );
+    let missing = dir.path().join("missing.kubeconfig");
+    let err = decoy.fails(&["list", "--kubeconfig", missing.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("reading kubeconfig {}", missing.display())),
+        "{err}"
+    );
 }
 
 #[test]

@@ -176,8 +176,9 @@ async fn run(cli: Cli) -> Result<()> {
     if let Command::Convert(args) = &cli.command {
         return run_convert(args, cli.namespace.clone());
     }
-    let (client, ns) = connect(&cli).await?;
-    match cli.command {
+    let (client, ns, server) = connect(&cli).await?;
+    let context = cli.context.clone();
+    let result = match cli.command {
         Command::Status(args) => status(&client, &ns, &args).await,
         Command::List { all_namespaces } => list(&client, &ns, all_namespaces).await,
         Command::Promote { name, full } => {
@@ -199,10 +200,33 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Resume { name } => act(&client, &ns, &name, Action::Resume).await,
         Command::SetWeight { name, weight } => set_weight(&client, &ns, &name, weight).await,
         Command::Convert(_) => Ok(()),
-    }
+    };
+    result.map_err(|e| name_the_server(e, &server, context.as_deref()))
 }
 
-async fn connect(cli: &Cli) -> Result<(Client, String)> {
+/// A request that never reached the API server (nothing listening, TLS refused) says which
+/// server it tried and from which context: the usual cause is the wrong kubeconfig or context.
+fn name_the_server(e: anyhow::Error, server: &str, context: Option<&str>) -> anyhow::Error {
+    let unreachable = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<kube::Error>(),
+            Some(kube::Error::Service(_) | kube::Error::HyperError(_))
+        )
+    });
+    if !unreachable {
+        return e;
+    }
+    let from = context.map_or_else(
+        || "the current context".to_owned(),
+        |c| format!("context {c}"),
+    );
+    e.context(format!(
+        "cannot reach the Kubernetes API server at {server} ({from}); check --context and --kubeconfig"
+    ))
+}
+
+/// The client, the namespace to act in, and the API server's URL (for error messages).
+async fn connect(cli: &Cli) -> Result<(Client, String, String)> {
     let options = KubeConfigOptions {
         context: cli.context.clone(),
         ..KubeConfigOptions::default()
@@ -224,8 +248,9 @@ async fn connect(cli: &Cli) -> Result<(Client, String)> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config.cluster_url.to_string();
     let client = Client::try_from(config).context("building the Kubernetes client")?;
-    Ok((client, ns))
+    Ok((client, ns, server))
 }
 
 /// Turns API errors into sentences that say what to do next.

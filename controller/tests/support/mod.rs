@@ -6,6 +6,8 @@ pub mod http_stub;
 pub mod owned_process;
 pub mod rollout_wait;
 pub mod secret_leaks;
+pub mod traffic;
+pub mod versions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
