@@ -9,9 +9,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{Api, ApiResource, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -21,7 +19,6 @@ use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 
 use canary_core::config::POD_TEMPLATE_HASH_LABEL;
-use canary_core::PluginConfig;
 
 use crate::analysis::provider;
 use crate::analysis::template::{AnalysisTemplateRef, RolloutFields};
@@ -29,11 +26,12 @@ use crate::analysis::{
     AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Measurement,
     TakenMeasurement,
 };
-use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
+use crate::conditions::{set_traffic_condition, TrafficReason};
+use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::hash::pod_template_hash;
-use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Traffic};
+use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Transition};
 use crate::telemetry::{ErrorLabels, Metrics, RolloutLabels};
-use crate::traffic;
+use crate::traffic_writes::{apply_traffic, TrafficWrite};
 use crate::{kube_err, Error, Result, FIELD_MANAGER};
 
 /// Label on every ReplicaSet a rollout owns: the rollout's name.
@@ -237,12 +235,43 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         plan = steps::plan(&rollout.spec, &status, &observed);
     }
 
-    if let Some(traffic) = &plan.traffic {
-        if let Err(message) = apply_traffic(client, &ns, &rollout, traffic).await? {
-            plan.status.phase = Phase::Degraded;
-            plan.status.message = Some(message);
-            plan.replicas.clear();
-            plan.transitions.clear();
+    let written = match &plan.traffic {
+        Some(traffic) => Some(apply_traffic(client, &ns, &rollout, traffic).await?),
+        None => None,
+    };
+    if let Some(written) = written {
+        match written {
+            TrafficWrite::Applied {
+                summary,
+                adopted_now,
+            } => {
+                if adopted_now {
+                    plan.transitions.push(Transition {
+                        reason: "WasmPluginAdopted",
+                        message: format!("{summary}: the WasmPlugin was created by someone else; this rollout writes its spec.pluginConfig only (forced), leaves the rest to its owner and never deletes it"),
+                    });
+                }
+                set_traffic_condition(
+                    &mut plan.status,
+                    TrafficReason::Applied,
+                    summary,
+                    observed.now,
+                );
+            }
+            TrafficWrite::NotApplied {
+                reason,
+                message,
+                filter_written,
+            } => {
+                warn!(reason = reason.as_str(), %message, "traffic not applied");
+                plan = plan.traffic_not_applied(
+                    &status,
+                    reason,
+                    message,
+                    filter_written,
+                    observed.now,
+                );
+            }
         }
     }
     apply_replica_sets(&rs_api, &rollout, &template, &template_hash, &plan).await?;
@@ -286,8 +315,10 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     for t in &plan.transitions {
         info!(reason = t.reason, message = %t.message, "transition");
         let event = Event {
-            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled")
-                || (t.reason == "AnalysisCompleted" && !t.message.contains("Successful"))
+            type_: if matches!(
+                t.reason,
+                "Aborted" | "CanaryRestarted" | "CanaryCancelled" | "WasmPluginAdopted"
+            ) || (t.reason == "AnalysisCompleted" && !t.message.contains("Successful"))
             {
                 EventType::Warning
             } else {
@@ -423,131 +454,6 @@ async fn pod_template(client: &Client, ns: &str, rollout: &CanaryRollout) -> Res
         context: "pod template".into(),
         source,
     })
-}
-
-/// Canary exposure of a filter config: (weight, header routes).
-fn exposure(config: Option<&PluginConfig>) -> (u32, usize) {
-    config
-        .and_then(|c| c.services.first())
-        .map_or((0, 0), |s| (s.canary_weight, s.header_routes.len()))
-}
-
-/// Writes the DestinationRule subsets and the WasmPlugin. When the plan lowers canary exposure,
-/// the WasmPlugin goes first (traffic leaves the canary before any subset moves); otherwise the
-/// DestinationRule goes first (a subset points at the right pods before traffic arrives).
-/// Returns `Ok(Err(message))` for problems the user must fix (missing DestinationRule/subset).
-async fn apply_traffic(
-    client: &Client,
-    ns: &str,
-    rollout: &CanaryRollout,
-    plan: &Traffic,
-) -> Result<std::result::Result<(), String>> {
-    let wp_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &wasm_plugin_resource());
-    let dr_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-    let dr_name = &rollout
-        .spec
-        .strategy
-        .canary
-        .traffic_routing
-        .wasm
-        .destination_rule
-        .name;
-    let Some(dr) = dr_api
-        .get_opt(dr_name)
-        .await
-        .map_err(kube_err("reading the DestinationRule"))?
-    else {
-        return Ok(Err(format!(
-            "DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary"
-        )));
-    };
-    let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json {
-        context: "DestinationRule".into(),
-        source,
-    })?;
-    let subsets = match traffic::destination_rule_subsets(rollout, &dr_value, plan) {
-        Ok(s) => s,
-        Err(message) => return Ok(Err(message)),
-    };
-    let wp_name = traffic::wasm_plugin_name(rollout);
-    let current = wp_api
-        .get_opt(&wp_name)
-        .await
-        .map_err(kube_err("reading the WasmPlugin"))?;
-    let current_config = current
-        .as_ref()
-        .and_then(|w| PluginConfig::from_value(&w.data["spec"]["pluginConfig"]).ok());
-    let (old_weight, old_routes) = exposure(current_config.as_ref());
-    let lowering = plan.canary_weight < old_weight || plan.header_routes.len() < old_routes;
-
-    let mut wasm_plugin = traffic::wasm_plugin(rollout, ns, plan);
-    let owner = rollout
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
-    wasm_plugin["metadata"]["ownerReferences"] = json!([owner]);
-    let dr_changed = dr_value["spec"]["subsets"] != Value::Array(subsets.clone());
-    let dr_patch = json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        // The resourceVersion makes the apply fail (409) if someone changed the DestinationRule
-        // since we read it: their edit is never overwritten; we retry from a fresh read.
-        "metadata": {"name": dr_name, "namespace": ns, "resourceVersion": dr.metadata.resource_version},
-        "spec": {"subsets": subsets},
-    });
-    let apply_dr = || async {
-        if dr_changed {
-            // subsets is an atomic list in Istio's schema: force takes it over from whoever
-            // created the DestinationRule; the resourceVersion above keeps that safe.
-            dr_api
-                .patch(
-                    dr_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&dr_patch),
-                )
-                .await
-                .map_err(kube_err("applying DestinationRule subsets"))?;
-        }
-        Ok::<_, Error>(())
-    };
-    // What the controller owns is already in place (spec fields and the owner reference): no
-    // write, so a resync does not touch the WasmPlugin (nor make istiod push it again).
-    let wp_current = current
-        .as_ref()
-        .and_then(|w| serde_json::to_value(w).ok())
-        .unwrap_or(Value::Null);
-    let wp_unchanged = wasm_plugin["spec"]
-        .as_object()
-        .is_some_and(|spec| spec.iter().all(|(k, v)| &wp_current["spec"][k] == v))
-        && wp_current["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| {
-                refs.iter()
-                    .any(|r| r["uid"] == wasm_plugin["metadata"]["ownerReferences"][0]["uid"])
-            });
-    let apply_wp = || async {
-        if wp_unchanged {
-            return Ok::<_, Error>(());
-        }
-        wp_api
-            .patch(
-                &wp_name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&wasm_plugin),
-            )
-            .await
-            .map_err(kube_err("applying the WasmPlugin"))?;
-        Ok::<_, Error>(())
-    };
-    if lowering {
-        apply_wp().await?;
-        apply_dr().await?;
-    } else {
-        apply_dr().await?;
-        apply_wp().await?;
-    }
-    Ok(Ok(()))
 }
 
 async fn apply_replica_sets(

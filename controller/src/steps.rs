@@ -152,6 +152,48 @@ pub struct Plan {
     pub measure: Vec<MeasureRequest>,
 }
 
+/// How soon a traffic write the API server refused is tried again.
+pub const RETRY_REFUSED_WRITE: Duration = Duration::from_secs(5);
+
+impl Plan {
+    /// The plan's traffic could not be (fully) written: nothing else of it happens (no
+    /// ReplicaSet resized, no Event, the promote request kept), and the status is the previous
+    /// one, `Degraded`, with `message` and a `False` [`crate::conditions::TRAFFIC_APPLIED`]
+    /// condition, so the next reconcile plans the same step again. `filter_written`: the
+    /// WasmPlugin already carries the plan's weight and header routes (a lowering is written
+    /// there first), so the status says so.
+    pub fn traffic_not_applied(
+        self,
+        previous: &CanaryRolloutStatus,
+        reason: crate::conditions::TrafficReason,
+        message: String,
+        filter_written: bool,
+        now: DateTime<Utc>,
+    ) -> Plan {
+        let mut status = previous.clone();
+        status.observed_generation = self.status.observed_generation;
+        if filter_written {
+            status.canary_weight = self.status.canary_weight;
+            status.header_routes = self.status.header_routes.clone();
+            status.weight = self.status.weight.clone();
+        }
+        status.phase = Phase::Degraded;
+        status.message = Some(message.clone());
+        crate::conditions::set_phase_conditions(&mut status, now);
+        crate::conditions::set_traffic_condition(&mut status, reason, message, now);
+        Plan {
+            status,
+            traffic: self.traffic,
+            replicas: BTreeMap::new(),
+            canary: self.canary,
+            transitions: Vec::new(),
+            requeue_after: Some(RETRY_REFUSED_WRITE),
+            promote_consumed: false,
+            measure: Vec::new(),
+        }
+    }
+}
+
 /// Canary pods needed for a weight: ceil(replicas x weight), and at least one while header
 /// routes send testers there.
 pub fn canary_replicas(replicas: i32, weight_bp: u32, header_routes: bool) -> i32 {
@@ -416,11 +458,53 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
     if let Err(message) = validate(spec)
         .and_then(|()| validate_analysis(spec, &obs.analysis_templates, &obs.rollout_fields))
     {
-        p.status.phase = Phase::Degraded;
-        p.status.message = Some(message);
-        return p.finish(None, BTreeMap::new(), None);
+        return p.invalid(message);
     }
     p.run()
+}
+
+impl Planner<'_> {
+    /// The spec cannot be executed. Nothing moves, except that an abort still takes traffic off
+    /// a running canary: abort needs no step, no template and no analysis, so it always wins.
+    fn invalid(mut self, message: String) -> Plan {
+        let running = self
+            .status
+            .stable_hash
+            .clone()
+            .zip(self.status.canary_hash.clone());
+        let (Some((stable, canary)), true) = (running, self.spec.abort || self.status.aborted)
+        else {
+            self.status.phase = Phase::Degraded;
+            self.status.message = Some(message);
+            return self.finish(None, BTreeMap::new(), None);
+        };
+        self.status.canary_weight = 0;
+        self.status.header_routes.clear();
+        self.status.phase = Phase::Aborted;
+        self.status.message = Some(format!(
+            "aborted: traffic on stable; the spec cannot be executed ({message}): fix it to retry or scale down"
+        ));
+        let traffic = Traffic {
+            stable_hash: stable,
+            canary_hash: canary.clone(),
+            canary_weight: 0,
+            header_routes: Vec::new(),
+        };
+        self.status.weight = Some(format_weight(0));
+        crate::conditions::set_phase_conditions(&mut self.status, self.obs.now);
+        // No ReplicaSet is resized and no scale-down scheduled or dropped: the abort's
+        // scale-down is planned once the spec can be executed again.
+        Plan {
+            status: self.status,
+            traffic: Some(traffic),
+            replicas: BTreeMap::new(),
+            canary: Some(canary),
+            transitions: self.transitions,
+            requeue_after: None,
+            promote_consumed: false,
+            measure: Vec::new(),
+        }
+    }
 }
 
 struct Planner<'a> {
@@ -851,7 +935,7 @@ impl Planner<'_> {
             Vec::new()
         };
         self.status.weight = Some(format_weight(self.status.canary_weight));
-        set_conditions(&mut self.status, now);
+        crate::conditions::set_phase_conditions(&mut self.status, now);
         Plan {
             status: self.status,
             traffic,
@@ -1135,40 +1219,49 @@ pub fn format_weight(bp: u32) -> String {
     }
 }
 
-fn set_conditions(status: &mut CanaryRolloutStatus, now: DateTime<Utc>) {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    let kinds = [
-        ("Progressing", Phase::Progressing),
-        ("Paused", Phase::Paused),
-        ("Healthy", Phase::Healthy),
-        ("Aborted", Phase::Aborted),
-        ("Degraded", Phase::Degraded),
-    ];
-    let mut out = Vec::new();
-    for (kind, phase) in kinds {
-        let value = if status.phase == phase {
-            "True"
-        } else {
-            "False"
-        };
-        let previous = status.conditions.iter().find(|c| c.type_ == kind);
-        let since = match previous {
-            Some(c) if c.status == value => c.last_transition_time.clone(),
-            _ => Time(now_k8s(now)),
-        };
-        out.push(Condition {
-            type_: kind.to_owned(),
-            status: value.to_owned(),
-            reason: format!("{:?}", status.phase),
-            message: status.message.clone().unwrap_or_default(),
-            last_transition_time: since,
-            observed_generation: status.observed_generation,
-        });
-    }
-    status.conditions = out;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CanaryStrategy, RolloutStrategy};
 
-fn now_k8s(now: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+    fn paused_canary() -> CanaryRolloutStatus {
+        CanaryRolloutStatus {
+            phase: Phase::Paused,
+            stable_hash: Some("v1".into()),
+            canary_hash: Some("v2".into()),
+            canary_weight: 5_000,
+            current_step_index: Some(1),
+            ..CanaryRolloutStatus::default()
+        }
+    }
+
+    #[test]
+    fn abort_takes_traffic_off_the_canary_even_when_the_spec_cannot_be_executed() {
+        // No template nor workloadRef: validate() refuses the spec.
+        let mut spec = CanaryRolloutSpec {
+            strategy: RolloutStrategy {
+                canary: CanaryStrategy::default(),
+            },
+            ..CanaryRolloutSpec::default()
+        };
+        let obs = Observed {
+            template_hash: "v2".into(),
+            now: Utc::now(),
+            ..Observed::default()
+        };
+        let frozen = plan(&spec, &paused_canary(), &obs);
+        assert_eq!(frozen.status.phase, Phase::Degraded);
+        assert_eq!(
+            frozen.traffic, None,
+            "without abort, traffic stays as it is"
+        );
+
+        spec.abort = true;
+        let aborted = plan(&spec, &paused_canary(), &obs);
+        let traffic = aborted.traffic.expect("abort plans traffic");
+        assert_eq!((traffic.canary_weight, traffic.header_routes.len()), (0, 0));
+        assert_eq!(aborted.status.phase, Phase::Aborted);
+        assert_eq!(aborted.status.canary_weight, 0);
+        assert!(aborted.replicas.is_empty(), "no ReplicaSet resized");
+    }
 }

@@ -51,3 +51,5 @@ pub async fn reviews_destination_rule(client: &Client, ns: &str) {
     .await
     .unwrap();
 }
+
+pub mod rollout_env;

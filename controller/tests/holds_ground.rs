@@ -1,0 +1,326 @@
+//! The controller holds its ground on the real API server (issue 15): other writers of the
+//! objects it owns do not lock it out, what it cannot write is in the rollout's status, and an
+//! abort takes traffic off the canary whatever else is wrong. The tests play kubelet.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use canary_controller::conditions::TRAFFIC_APPLIED;
+use canary_controller::crd::{CanaryRollout, Phase};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+use support::rollout_env::{rollout, RolloutEnv, WAIT};
+
+/// A write the controller must make on a resync-free path (a promote, an abort) is visible well
+/// within this; the old controller never made it.
+const PROMPTLY: Duration = Duration::from_secs(20);
+
+fn traffic_condition(r: &CanaryRollout) -> Option<Condition> {
+    r.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == TRAFFIC_APPLIED)
+        .cloned()
+}
+
+/// What `kubectl edit` does: read, change, PUT the whole object back (an Update by manager
+/// `kubectl-edit`, which then owns the fields it changed).
+async fn kubectl_edit_weight(env: &RolloutEnv, plugin: &str, weight: u32) {
+    let api = env.wasm_plugins();
+    let mut wp = api.get(plugin).await.unwrap();
+    wp.data["spec"]["pluginConfig"]["services"][0]["canaryWeight"] = json!(weight);
+    let params = PostParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PostParams::default()
+    };
+    api.replace(plugin, &params, &wp).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubectl_edit_of_the_wasm_plugin_is_taken_back_at_the_next_step_and_abort_still_wins() {
+    let env = RolloutEnv::new("edited-plugin").await;
+    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]);
+    env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    env.canary_paused_at(2_000).await;
+
+    kubectl_edit_weight(&env, "reviews-canary", 9_000).await;
+    env.promote("step").await;
+    env.until_within(PROMPTLY, "the next step's weight in status", |r| {
+        let s = r.status.as_ref()?;
+        (s.canary_weight == 5_000 && s.phase == Phase::Paused).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.filter_weight("reviews-canary").await,
+        Some(5_000),
+        "the step's weight replaced the edited one in the filter"
+    );
+
+    kubectl_edit_weight(&env, "reviews-canary", 9_000).await;
+    env.patch_spec(json!({"abort": true})).await;
+    let start = tokio::time::Instant::now();
+    while env.filter_weight("reviews-canary").await != Some(0) {
+        assert!(
+            start.elapsed() < PROMPTLY,
+            "abort left the canary at the edited weight: {:#?}",
+            env.rollout().await.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.until("Aborted", |r| {
+        (r.status.as_ref()?.phase == Phase::Aborted).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_takes_traffic_off_the_canary_even_when_the_destination_rule_is_gone() {
+    let env = RolloutEnv::new("abort-without-rule").await;
+    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
+    env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    env.canary_paused_at(5_000).await;
+
+    env.destination_rules()
+        .delete("reviews", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.patch_spec(json!({"abort": true})).await;
+    let start = tokio::time::Instant::now();
+    while env.filter_weight("reviews-canary").await != Some(0) {
+        assert!(
+            start.elapsed() < PROMPTLY,
+            "abort did not reach the filter: {:#?}",
+            env.rollout().await.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let condition = env
+        .until("the missing DestinationRule in status", |r| {
+            traffic_condition(r).filter(|c| c.status == "False")
+        })
+        .await;
+    assert_eq!(condition.reason, "Misconfigured");
+    assert!(
+        condition.message.contains("traffic is off the canary")
+            && condition
+                .message
+                .contains("DestinationRule reviews not found"),
+        "{}",
+        condition.message
+    );
+    let status = env.rollout().await.status.unwrap();
+    assert_eq!(status.phase, Phase::Degraded);
+    assert_eq!(
+        status.canary_weight, 0,
+        "the status says what the filter does"
+    );
+}
+
+/// An admission policy of the platform team: canary weights above 20% need approval.
+async fn weight_limit_policy(env: &RolloutEnv) {
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": format!("{}-weight-limit", env.ns)},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": ["extensions.istio.io"], "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["wasmplugins"]}]},
+            "validations": [{
+                "expression": "object.spec.pluginConfig.services.all(s, s.canaryWeight <= 2000)",
+                "message": "canary weights above 20% need the release board's approval"
+            }]
+        }
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": format!("{}-weight-limit", env.ns)},
+        "spec": {
+            "policyName": format!("{}-weight-limit", env.ns),
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}}
+        }
+    });
+    for (object, plural) in [
+        (policy, "validatingadmissionpolicies"),
+        (binding, "validatingadmissionpolicybindings"),
+    ] {
+        let resource = kube::api::ApiResource {
+            group: "admissionregistration.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "admissionregistration.k8s.io/v1".into(),
+            kind: object["kind"].as_str().unwrap().into(),
+            plural: plural.into(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &resource);
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        api.patch(
+            &name,
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap();
+    }
+    // The API server loads policies asynchronously: wait until a dry-run write above the limit
+    // is refused.
+    let start = tokio::time::Instant::now();
+    loop {
+        let mut wp = env.wasm_plugins().get("reviews-canary").await.unwrap();
+        wp.data["spec"]["pluginConfig"]["services"][0]["canaryWeight"] = json!(9_000);
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        if env
+            .wasm_plugins()
+            .replace("reviews-canary", &dry, &wp)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "the admission policy never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn lift_weight_limit_policy(env: &RolloutEnv) {
+    let resource = kube::api::ApiResource {
+        group: "admissionregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "admissionregistration.k8s.io/v1".into(),
+        kind: "ValidatingAdmissionPolicyBinding".into(),
+        plural: "validatingadmissionpolicybindings".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &resource);
+    api.delete(
+        &format!("{}-weight-limit", env.ns),
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_api_server_refuses_is_in_status_and_the_step_runs_once_it_is_allowed() {
+    let env = RolloutEnv::new("refused-write").await;
+    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]);
+    env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    env.canary_paused_at(2_000).await;
+    weight_limit_policy(&env).await;
+
+    env.promote("step").await;
+    let condition = env
+        .until_within(PROMPTLY, "the refused write in status", |r| {
+            traffic_condition(r).filter(|c| c.status == "False")
+        })
+        .await;
+    assert_eq!(condition.reason, "WriteRefused");
+    assert!(
+        condition
+            .message
+            .contains("cannot write WasmPlugin reviews-canary")
+            && condition.message.contains("release board's approval"),
+        "{}",
+        condition.message
+    );
+    let r = env.rollout().await;
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, Phase::Degraded);
+    assert_eq!(status.message.as_deref(), Some(condition.message.as_str()));
+    assert_eq!(
+        (status.canary_weight, status.current_step_index),
+        (2_000, Some(1)),
+        "the status stays at the step the filter is at"
+    );
+    assert_eq!(env.filter_weight("reviews-canary").await, Some(2_000));
+
+    lift_weight_limit_policy(&env).await;
+    env.until("the step once the write is allowed", |r| {
+        let s = r.status.as_ref()?;
+        (s.canary_weight == 5_000 && s.phase == Phase::Paused).then_some(())
+    })
+    .await;
+    assert_eq!(env.filter_weight("reviews-canary").await, Some(5_000));
+    assert_eq!(
+        traffic_condition(&env.rollout().await).map(|c| c.status),
+        Some("True".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_plugin_the_user_applied_is_adopted_for_its_plugin_config_only() {
+    let env = RolloutEnv::new("adopted-plugin").await;
+    let platform_url = "oci://registry.example.com/platform/wasm-canary:2.0.0";
+    let users = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+        "metadata": {"name": "reviews-filter", "namespace": env.ns},
+        "spec": {
+            "url": platform_url, "pluginName": "wasm-canary", "priority": 5,
+            "selector": {"matchLabels": {"app": "productpage"}},
+            "pluginConfig": {"services": []}
+        }
+    });
+    env.wasm_plugins()
+        .patch(
+            "reviews-filter",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&users),
+        )
+        .await
+        .unwrap();
+    let mut spec = rollout(
+        &env.ns,
+        "reviews:v1",
+        json!([{"setWeight": 20}, {"pause": {}}]),
+    );
+    spec["spec"]["strategy"]["canary"]["trafficRouting"]["wasm"]["wasmPlugin"]["name"] =
+        json!("reviews-filter");
+    let v1 = env.healthy_on_first_version(&spec).await;
+
+    let plugin = env.wasm_plugin("reviews-filter").await.unwrap();
+    let config = env.plugin_config("reviews-filter").await.unwrap();
+    assert_eq!(config.services[0].stable_hash.as_deref(), Some(v1.as_str()));
+    assert_eq!(plugin["spec"]["url"], platform_url, "the user's url kept");
+    assert_eq!(plugin["spec"]["priority"], 5);
+    assert!(
+        plugin["metadata"]["ownerReferences"].is_null(),
+        "the rollout does not own (nor garbage-collect) a plugin it did not create: {}",
+        plugin["metadata"]
+    );
+    let condition = traffic_condition(&env.rollout().await).unwrap();
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.contains("adopted"),
+        "{}",
+        condition.message
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let adopted = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("WasmPluginAdopted"));
+    assert!(adopted, "the adoption is recorded as an Event");
+
+    env.canary_paused_at(2_000).await;
+    assert_eq!(env.filter_weight("reviews-filter").await, Some(2_000));
+    let plugin: Value = env.wasm_plugin("reviews-filter").await.unwrap();
+    assert_eq!(plugin["spec"]["url"], platform_url);
+}
