@@ -9,7 +9,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -31,6 +33,7 @@ use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::hash::pod_template_hash;
 use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Transition};
 use crate::telemetry::{ErrorLabels, Metrics, RolloutLabels};
+use crate::traffic;
 use crate::traffic_writes::{apply_traffic, TrafficWrite};
 use crate::{kube_err, Error, Result, FIELD_MANAGER};
 
@@ -95,22 +98,76 @@ pub async fn run(client: Client, namespace: Option<String>) {
 }
 
 /// [`run`] with a given context (shared metrics).
+///
+/// Besides the rollouts, the controller watches everything it writes or reads to plan, and maps
+/// a change back to the rollouts concerned, so drift (a deleted WasmPlugin, DestinationRule
+/// hash labels taken by another manager) is re-asserted at once, not at the next [`RESYNC`]:
+/// its ReplicaSets (owned), the Deployments of `workloadRef`, the WasmPlugins and
+/// DestinationRules named in the rollouts, and their (Cluster)AnalysisTemplates.
 pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
-    let (rollouts, replica_sets): (Api<CanaryRollout>, Api<ReplicaSet>) = match &namespace {
+    let scoped = |resource: &ApiResource| -> Api<DynamicObject> {
+        match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+            None => Api::all_with(client.clone(), resource),
+        }
+    };
+    let (wasm_plugins, destination_rules) = (
+        scoped(&wasm_plugin_resource()),
+        scoped(&destination_rule_resource()),
+    );
+    let (rollouts, replica_sets, deployments, templates): (
+        Api<CanaryRollout>,
+        Api<ReplicaSet>,
+        Api<Deployment>,
+        Api<AnalysisTemplate>,
+    ) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
-    let deployments: Api<Deployment> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let metrics = ctx.metrics.clone();
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
+    // The rollouts of `namespace` (any, for `None`) that `refers` to an object named `name`.
+    let referring =
+        move |namespace: Option<String>, name: String, refers: fn(&CanaryRollout, &str) -> bool| {
+            store
+                .state()
+                .into_iter()
+                .filter(|r| namespace.is_none() || r.namespace() == namespace)
+                .filter(|r| refers(r, &name))
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        };
+    let by = |refers: fn(&CanaryRollout, &str) -> bool| {
+        let referring = referring.clone();
+        move |namespace: Option<String>, name: String| referring(namespace, name, refers)
+    };
+    let for_deployment = by(|r, name| r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name));
+    let for_wasm_plugin = by(|r, name| traffic::wasm_plugin_name(r) == name);
+    let for_destination_rule = by(|r, name| {
+        r.spec
+            .strategy
+            .canary
+            .traffic_routing
+            .wasm
+            .destination_rule
+            .name
+            == name
+    });
+    let for_template = by(|r, name| references_template(r, name, false));
+    let for_cluster_template = by(|r, name| references_template(r, name, true));
     controller
         .owns(
             replica_sets,
@@ -120,19 +177,30 @@ pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
         .watches(
             deployments,
             watcher::Config::default(),
-            move |d: Deployment| {
-                let ns = d.namespace();
-                let name = d.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|r| {
-                        r.namespace() == ns
-                            && r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name)
-                    })
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
-            },
+            move |d: Deployment| for_deployment(d.namespace(), d.name_any()),
+        )
+        .watches_with(
+            wasm_plugins,
+            wasm_plugin_resource(),
+            watcher::Config::default(),
+            move |w: DynamicObject| for_wasm_plugin(w.namespace(), w.name_any()),
+        )
+        .watches_with(
+            destination_rules,
+            destination_rule_resource(),
+            watcher::Config::default(),
+            move |d: DynamicObject| for_destination_rule(d.namespace(), d.name_any()),
+        )
+        // A template fixed (or broken) is planned with at once.
+        .watches(
+            templates,
+            watcher::Config::default(),
+            move |t: AnalysisTemplate| for_template(t.namespace(), t.name_any()),
+        )
+        .watches(
+            cluster_templates,
+            watcher::Config::default(),
+            move |t: ClusterAnalysisTemplate| for_cluster_template(None, t.name_any()),
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -146,6 +214,18 @@ pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
             }
         })
         .await;
+}
+
+/// Whether the rollout's analysis (background or a step's) uses the template `name` (a
+/// ClusterAnalysisTemplate when `cluster_scope`).
+fn references_template(rollout: &CanaryRollout, name: &str, cluster_scope: bool) -> bool {
+    let canary = &rollout.spec.strategy.canary;
+    canary
+        .analysis
+        .iter()
+        .chain(canary.steps.iter().filter_map(|s| s.analysis.as_ref()))
+        .flat_map(|a| a.templates.iter())
+        .any(|t| t.template_name == name && t.cluster_scope == cluster_scope)
 }
 
 fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, ctx: Arc<Context>) -> Action {

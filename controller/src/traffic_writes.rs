@@ -38,8 +38,8 @@ pub enum TrafficWrite {
         reason: TrafficReason,
         /// For the status message and the condition.
         message: String,
-        /// The WasmPlugin was written (a lowering goes there first): traffic already follows the
-        /// plan's weight and header routes.
+        /// The WasmPlugin carries the plan's weight and header routes (a lowering is written
+        /// there first): traffic already follows them.
         filter_written: bool,
     },
 }
@@ -158,13 +158,16 @@ pub async fn apply_traffic(
         .wasm
         .destination_rule
         .name;
+    // The WasmPlugin carries the plan's weight and header routes (written just now or already).
+    let filter_holds_plan = lowering || wp_in_place;
     let dr_problem = |message: String| {
-        let message = if lowering {
+        let off_canary = plan.canary_weight == 0 && plan.header_routes.is_empty();
+        let message = if filter_holds_plan && off_canary {
             format!("traffic is off the canary in WasmPlugin {wp_name}, but {message}")
         } else {
             message
         };
-        not_applied(TrafficReason::Misconfigured, message, lowering)
+        not_applied(TrafficReason::Misconfigured, message, filter_holds_plan)
     };
     let Some(dr) = dr_api
         .get_opt(dr_name)

@@ -13,8 +13,10 @@ mod support;
 
 use std::time::Duration;
 
+use canary_controller::analysis::AnalysisTemplate;
 use canary_controller::conditions::TRAFFIC_APPLIED;
 use canary_controller::crd::{CanaryRollout, Phase};
+use canary_controller::reconcile::RESYNC;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -108,8 +110,9 @@ async fn abort_takes_traffic_off_the_canary_even_when_the_destination_rule_is_go
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let condition = env
-        .until("the missing DestinationRule in status", |r| {
-            traffic_condition(r).filter(|c| c.status == "False")
+        .until("the abort and the missing DestinationRule in status", |r| {
+            traffic_condition(r)
+                .filter(|c| c.status == "False" && c.message.contains("traffic is off the canary"))
         })
         .await;
     assert_eq!(condition.reason, "Misconfigured");
@@ -323,4 +326,118 @@ async fn a_wasm_plugin_the_user_applied_is_adopted_for_its_plugin_config_only() 
     assert_eq!(env.filter_weight("reviews-filter").await, Some(2_000));
     let plugin: Value = env.wasm_plugin("reviews-filter").await.unwrap();
     assert_eq!(plugin["spec"]["url"], platform_url);
+}
+
+/// Drift must be undone within this, far below the resync that used to be the only way back.
+const RESTORED_WITHIN: Duration = Duration::from_secs(10);
+
+async fn until_restored<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    want: T,
+    mut read: impl AsyncFnMut() -> T,
+) {
+    assert!(
+        RESYNC >= 3 * RESTORED_WITHIN,
+        "a resync ({RESYNC:?}) would restore it within the bound too: the test could not fail"
+    );
+    let start = tokio::time::Instant::now();
+    loop {
+        let got = read().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < RESTORED_WITHIN,
+            "{what} not restored within {RESTORED_WITHIN:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_wasm_plugin_and_stripped_subset_hashes_are_restored_within_seconds() {
+    let env = RolloutEnv::new("drift").await;
+    let steps = json!([{"setWeight": 20}, {"pause": {}}]);
+    let v1 = env
+        .healthy_on_first_version(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    let v2 = env.canary_paused_at(2_000).await;
+
+    env.wasm_plugins()
+        .delete("reviews-canary", &DeleteParams::default())
+        .await
+        .unwrap();
+    until_restored("the deleted WasmPlugin", Some(2_000), async || {
+        env.filter_weight("reviews-canary").await
+    })
+    .await;
+
+    // Another manager takes the subsets (an atomic list) with force and drops the hash labels:
+    // both subsets would select every pod.
+    let stripped = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews"}, "spec": {"host": "reviews", "subsets": [
+            {"name": "stable", "labels": {"app": "reviews"}},
+            {"name": "canary", "labels": {"app": "reviews"}}]}});
+    env.destination_rules()
+        .patch(
+            "reviews",
+            &PatchParams::apply("gitops-sync").force(),
+            &Patch::Apply(&stripped),
+        )
+        .await
+        .unwrap();
+    until_restored(
+        "the subsets' hash labels",
+        (Some(v1.clone()), Some(v2.clone())),
+        async || {
+            (
+                env.subset_hash("stable").await,
+                env.subset_hash("canary").await,
+            )
+        },
+    )
+    .await;
+
+    // Watching its own writes does not make the controller write again and again: with
+    // nothing changing, neither object changes over a few seconds.
+    let versions = async || {
+        let wp = env.wasm_plugins().get("reviews-canary").await.unwrap();
+        let dr = env.destination_rules().get("reviews").await.unwrap();
+        (wp.metadata.resource_version, dr.metadata.resource_version)
+    };
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(versions().await, before, "writes without a change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_analysis_template_once_created_is_picked_up_within_seconds() {
+    let env = RolloutEnv::new("template-created").await;
+    let steps =
+        json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "apdex"}]}}]);
+    env.apply_rollout(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    env.until("the refusal for the missing template", |r| {
+        (r.status.as_ref()?.phase == Phase::Degraded).then_some(())
+    })
+    .await;
+    let template = json!({"apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "apdex", "namespace": env.ns},
+        "spec": {"metrics": [{"name": "apdex", "count": 1, "successCondition": "result > 0.9",
+            "provider": {"web": {"url": "http://127.0.0.1:9/apdex", "jsonPath": "{$.apdex}"}}}]}});
+    let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
+    templates
+        .patch(
+            "apdex",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&template),
+        )
+        .await
+        .unwrap();
+    until_restored(
+        "the rollout once its template exists",
+        Some(Phase::Healthy),
+        async || env.rollout().await.status.map(|s| s.phase),
+    )
+    .await;
 }
