@@ -17,6 +17,7 @@ use canary_controller::analysis::AnalysisTemplate;
 use canary_controller::conditions::TRAFFIC_APPLIED;
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::RESYNC;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -440,4 +441,80 @@ async fn a_missing_analysis_template_once_created_is_picked_up_within_seconds() 
         async || env.rollout().await.status.map(|s| s.phase),
     )
     .await;
+}
+
+/// The controller binary, stopped (killed) when dropped, on failure too.
+struct ControllerProcess(std::process::Child);
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_stops_the_controller_cleanly_with_status_0_and_releases_its_lease() {
+    let env = RolloutEnv::without_controller("sigterm").await;
+    let mut process = ControllerProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"))
+            .env("KUBECONFIG", env.plane.kubeconfig_path())
+            .env_remove("POD_NAME")
+            .args([
+                "--namespace",
+                &env.ns,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+                "--lease-namespace",
+                &env.ns,
+                "--identity",
+                "sigterm-test",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let holder = || async {
+        leases
+            .get_opt("wasm-canary-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let start = tokio::time::Instant::now();
+    while holder().await.as_deref() != Some("sigterm-test") {
+        assert!(
+            process.0.try_wait().unwrap().is_none(),
+            "the controller exited before leading"
+        );
+        assert!(start.elapsed() < WAIT, "the controller never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let pid = process.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let start = tokio::time::Instant::now();
+    let status = loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the controller did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "a clean shutdown: {status}");
+    assert_eq!(
+        holder().await,
+        None,
+        "the lease is released, so a standby takes over at once"
+    );
 }
