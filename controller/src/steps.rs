@@ -427,8 +427,23 @@ pub fn validate_analysis(
     Ok(())
 }
 
+/// Times in the status keep milliseconds (as `metav1.MicroTime` keeps sub-seconds): a step's
+/// start rounded to the second would end a `500ms` pause early, or skip it.
 fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    use chrono::SubsecRound;
+    // Whole seconds print as before (`12:00:45Z`), others with their milliseconds.
+    t.trunc_subsecs(3)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// `500ms`, `2s`, `1.5s`, `90s`: as a user wrote it, to the millisecond.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.subsec_millis();
+    match (d.as_secs(), ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) => format!("{s}s"),
+        (s, ms) => format!("{s}.{}s", format!("{ms:03}").trim_end_matches('0')),
+    }
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -774,17 +789,19 @@ impl Planner<'_> {
                 .unwrap_or(self.obs.now);
             let ends = started + chrono::Duration::from_std(d).unwrap_or_default();
             if self.obs.now >= ends {
-                return StepOutcome::Done(format!("paused {}s", d.as_secs()));
+                return StepOutcome::Done(format!("paused {}", format_duration(d)));
             }
             let left = (ends - self.obs.now).to_std().unwrap_or_default();
             self.requeue_in(left);
+            // The end, not the time left: the message stays the same from one reconcile to
+            // the next, so the status is not rewritten (nor the rollout's watch woken) for it.
             return StepOutcome::Wait {
                 phase: Phase::Paused,
                 message: format!(
-                    "paused at step {} for {}s ({}s left)",
+                    "paused at step {} for {} (until {})",
                     index + 1,
-                    d.as_secs(),
-                    left.as_secs()
+                    format_duration(d),
+                    rfc3339(ends)
                 ),
             };
         }
@@ -1233,6 +1250,70 @@ mod tests {
             current_step_index: Some(1),
             ..CanaryRolloutStatus::default()
         }
+    }
+
+    #[test]
+    fn a_500ms_pause_counts_from_the_millisecond_its_step_started() {
+        let spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+            "selector": {}, "template": {},
+            "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "500ms"}}, {"setWeight": 40}, {"pause": {}}],
+                "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://x"}, "destinationRule": {"name": "reviews"}}}}}
+        }))
+        .expect("spec");
+        let status = CanaryRolloutStatus {
+            stable_hash: Some("v1".into()),
+            canary_hash: Some("v2".into()),
+            current_step_index: Some(0),
+            ..CanaryRolloutStatus::default()
+        };
+        // Late in a second: rounded down, the pause would already be over.
+        let t0 = "2026-11-29T12:00:00.900Z"
+            .parse::<DateTime<Utc>>()
+            .expect("time");
+        let at = |now: DateTime<Utc>| Observed {
+            template_hash: "v2".into(),
+            replica_sets: vec![
+                ObservedReplicaSet {
+                    hash: "v1".into(),
+                    replicas: 1,
+                    available: 1,
+                },
+                ObservedReplicaSet {
+                    hash: "v2".into(),
+                    replicas: 1,
+                    available: 1,
+                },
+            ],
+            now,
+            ..Observed::default()
+        };
+        let paused = plan(&spec, &status, &at(t0));
+        assert_eq!(
+            paused.status.phase,
+            Phase::Paused,
+            "{:?}",
+            paused.status.message
+        );
+        assert_eq!(paused.status.current_step_index, Some(1));
+        assert_eq!(
+            paused.status.step_started_at.as_deref(),
+            Some("2026-11-29T12:00:00.900Z")
+        );
+        assert_eq!(paused.requeue_after, Some(Duration::from_millis(500)));
+        let ms = chrono::Duration::milliseconds;
+        let still = plan(&spec, &paused.status, &at(t0 + ms(499)));
+        assert_eq!(still.status.current_step_index, Some(1), "not shortened");
+        let done = plan(&spec, &paused.status, &at(t0 + ms(500)));
+        assert_eq!(done.status.current_step_index, Some(3), "not lengthened");
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        let ms = Duration::from_millis;
+        assert_eq!(format_duration(ms(500)), "500ms");
+        assert_eq!(format_duration(ms(2_000)), "2s");
+        assert_eq!(format_duration(ms(1_500)), "1.5s");
+        assert_eq!(format_duration(ms(61_250)), "61.25s");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use canary_controller::analysis::AnalysisTemplate;
@@ -517,4 +518,67 @@ async fn a_sigterm_stops_the_controller_cleanly_with_status_0_and_releases_its_l
         None,
         "the lease is released, so a standby takes over at once"
     );
+}
+
+/// Four weights with a `500ms` pause after each of the first three, then a pause until promoted.
+fn short_pauses() -> Value {
+    json!([
+        {"setWeight": 10}, {"pause": {"duration": "500ms"}},
+        {"setWeight": 20}, {"pause": {"duration": "500ms"}},
+        {"setWeight": 30}, {"pause": {"duration": "500ms"}},
+        {"setWeight": 40}, {"pause": {}}
+    ])
+}
+
+/// Runs v2 through [`short_pauses`] and returns, for every step index the status showed, the
+/// `stepStartedAt` it showed with it.
+async fn step_starts_through_short_pauses(env: &RolloutEnv) -> BTreeMap<i32, String> {
+    env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", short_pauses()))
+        .await;
+    env.set_image("reviews:v2").await;
+    let mut starts = BTreeMap::new();
+    let start = tokio::time::Instant::now();
+    loop {
+        let s = env.rollout().await.status.unwrap_or_default();
+        if let (Some(i), Some(at), true) = (
+            s.current_step_index,
+            s.step_started_at.clone(),
+            s.canary_hash.is_some(),
+        ) {
+            starts.entry(i).or_insert(at);
+            if i == 7 {
+                return starts;
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "never reached the last pause: {s:#?}"
+        );
+        // Polls well inside a 500 ms pause, so each pause step is seen.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500ms_pause_is_neither_skipped_nor_cut_short() {
+    let env = RolloutEnv::new("short-pauses").await;
+    let starts = step_starts_through_short_pauses(&env).await;
+    let time = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    for pause in [1, 3, 5] {
+        let began = starts.get(&pause).unwrap_or_else(|| {
+            panic!(
+                "pause step {} was skipped (never in status): {starts:?}",
+                pause + 1
+            )
+        });
+        // The next step seen began when the pause ended (a setWeight completes in the same
+        // reconcile as the pause before it).
+        let (_, ended) = starts.range(pause + 1..).next().unwrap();
+        let held = time(ended) - time(began);
+        assert!(
+            held >= chrono::Duration::milliseconds(500),
+            "pause step {} held {held} < 500ms: {starts:?}",
+            pause + 1
+        );
+    }
 }
