@@ -326,10 +326,10 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
                 adopted_now,
             } => {
                 if adopted_now {
-                    plan.transitions.push(Transition {
-                        reason: "WasmPluginAdopted",
-                        message: format!("{summary}: the WasmPlugin was created by someone else; this rollout writes its spec.pluginConfig only (forced), leaves the rest to its owner and never deletes it"),
-                    });
+                    plan.transitions.push(Transition::new(
+                        "WasmPluginAdopted",
+                        format!("{summary}: the WasmPlugin was created by someone else; this rollout writes its spec.pluginConfig only (forced), leaves the rest to its owner and never deletes it"),
+                    ));
                 }
                 set_traffic_condition(
                     &mut plan.status,
@@ -406,7 +406,7 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
             },
             reason: t.reason.into(),
             note: Some(t.message.clone()),
-            action: t.reason.into(),
+            action: t.action.clone(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {

@@ -116,8 +116,24 @@ pub struct Traffic {
 pub struct Transition {
     /// CamelCase reason (`CanaryStarted`, `StepCompleted`, `Promoted`, `Aborted`, ...).
     pub reason: &'static str,
+    /// The Event's action: the reason, plus what it is about when the same reason recurs for
+    /// different things (`StepCompleted/step-3`, `AnalysisStarted/background`). Kubernetes'
+    /// Event recorder merges Events with the same reason and action into one series that keeps
+    /// the first message: distinct actions keep one Event, and its message, per step and run.
+    pub action: String,
     /// Sentence for humans.
     pub message: String,
+}
+
+impl Transition {
+    /// A transition whose action is its reason.
+    pub fn new(reason: &'static str, message: String) -> Self {
+        Self {
+            reason,
+            action: reason.to_owned(),
+            message,
+        }
+    }
 }
 
 /// A measurement to take now.
@@ -539,7 +555,16 @@ impl Planner<'_> {
     }
 
     fn note(&mut self, reason: &'static str, message: String) {
-        self.transitions.push(Transition { reason, message });
+        self.transitions.push(Transition::new(reason, message));
+    }
+
+    /// [`Self::note`] for a reason that recurs for different steps or runs (`about`).
+    fn note_about(&mut self, reason: &'static str, about: &str, message: String) {
+        self.transitions.push(Transition {
+            reason,
+            action: format!("{reason}/{about}"),
+            message,
+        });
     }
 
     fn requeue_in(&mut self, d: Duration) {
@@ -717,8 +742,9 @@ impl Planner<'_> {
             };
             match self.execute(index, step, &canary) {
                 StepOutcome::Done(message) => {
-                    self.note(
+                    self.note_about(
                         "StepCompleted",
+                        &format!("step-{}", index + 1),
                         format!("step {}/{total}: {message}", index + 1),
                     );
                     self.status.current_step_index = Some(index as i32 + 1);
@@ -1029,8 +1055,9 @@ impl Planner<'_> {
             self.obs.now,
         );
         let metrics: Vec<&str> = resolved.metrics.iter().map(|m| m.name.as_str()).collect();
-        self.note(
+        self.note_about(
             "AnalysisStarted",
+            name,
             format!("analysis {name} started: metrics {}", metrics.join(", ")),
         );
         self.status.analysis_runs.retain(|r| r.name != name);
@@ -1078,7 +1105,8 @@ impl Planner<'_> {
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default()
                 );
-                self.note("AnalysisCompleted", message);
+                let run = run.name.clone();
+                self.note_about("AnalysisCompleted", &run, message);
             }
         }
     }

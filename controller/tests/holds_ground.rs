@@ -582,3 +582,36 @@ async fn a_500ms_pause_is_neither_skipped_nor_cut_short() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_completed_step_keeps_its_own_event_and_message() {
+    let env = RolloutEnv::new("step-events").await;
+    step_starts_through_short_pauses(&env).await;
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let want: Vec<String> = (1..=7).map(|i| format!("step {i}/8: ")).collect();
+    let start = tokio::time::Instant::now();
+    loop {
+        let notes: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("StepCompleted"))
+            .filter_map(|e| e.note)
+            .collect();
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|w| !notes.iter().any(|n| n.starts_with(w.as_str())))
+            .collect();
+        if missing.is_empty() {
+            assert_eq!(notes.len(), 7, "one Event per step: {notes:#?}");
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no StepCompleted Event for {missing:?}; found {notes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
