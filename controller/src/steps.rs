@@ -911,7 +911,7 @@ impl Planner<'_> {
         self.finish(Some(traffic), replicas, None)
     }
 
-    fn canary_plan(self, stable: String, canary: String, canary_replicas: i32) -> Plan {
+    fn canary_plan(mut self, stable: String, canary: String, canary_replicas: i32) -> Plan {
         let r = self.replicas();
         let mut replicas = BTreeMap::new();
         replicas.insert(stable.clone(), r);
@@ -919,13 +919,43 @@ impl Planner<'_> {
             canary.clone(),
             canary_replicas.max(self.obs.available(&canary).min(canary_replicas.max(0))),
         );
+        let (canary_weight, header_routes) = self.exposed(&canary);
         let traffic = Traffic {
             stable_hash: stable,
             canary_hash: canary.clone(),
-            canary_weight: self.status.canary_weight,
-            header_routes: self.status.header_routes.clone(),
+            canary_weight,
+            header_routes,
         };
         self.finish(Some(traffic), replicas, Some(canary))
+    }
+
+    /// The weight and header routes the canary's available (Ready) pods can carry: the weight
+    /// in force capped at `available / replicas`, header routes only while a pod is Ready. Pods
+    /// that stop being Ready after their step (during a pause) lower the exposure at once; the
+    /// status keeps the step's weight, so it comes back when they are Ready again, and says why
+    /// in the meantime.
+    fn exposed(&mut self, canary: &str) -> (u32, Vec<SetHeaderRoute>) {
+        let weight = self.status.canary_weight;
+        let routes = self.status.header_routes.clone();
+        let available = self.obs.available(canary).max(0);
+        let carried = match self.replicas() {
+            0 => 0,
+            r => u32::try_from(i64::from(available) * i64::from(BASIS_POINTS) / i64::from(r))
+                .unwrap_or(u32::MAX),
+        };
+        let exposed = weight.min(carried);
+        let routes_dropped = available == 0 && !routes.is_empty();
+        if exposed == weight && !routes_dropped {
+            return (weight, routes);
+        }
+        self.status.phase = Phase::Progressing;
+        self.status.message = Some(format!(
+            "canary {canary} has {available} Ready pod(s): exposed weight lowered from {} to {}{} until its pods are Ready again",
+            format_weight(weight),
+            format_weight(exposed),
+            if routes_dropped { ", header routes removed" } else { "" }
+        ));
+        (exposed, if routes_dropped { Vec::new() } else { routes })
     }
 
     fn schedule_scale_down(&mut self, hash: &str, at: DateTime<Utc>) {
@@ -1333,6 +1363,54 @@ mod tests {
         assert_eq!(still.status.current_step_index, Some(1), "not shortened");
         let done = plan(&spec, &paused.status, &at(t0 + ms(500)));
         assert_eq!(done.status.current_step_index, Some(3), "not lengthened");
+    }
+
+    #[test]
+    fn a_pause_exposes_only_the_weight_its_ready_canary_pods_carry() {
+        let spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 5, "selector": {}, "template": {},
+            "strategy": {"canary": {"steps": [{"setWeight": 40}, {"pause": {}}],
+                "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://x"}, "destinationRule": {"name": "reviews"}}}}}
+        }))
+        .expect("spec");
+        let status = CanaryRolloutStatus {
+            canary_weight: 4_000,
+            ..paused_canary()
+        };
+        let with_ready = |available| Observed {
+            template_hash: "v2".into(),
+            replica_sets: vec![
+                ObservedReplicaSet {
+                    hash: "v1".into(),
+                    replicas: 5,
+                    available: 5,
+                },
+                ObservedReplicaSet {
+                    hash: "v2".into(),
+                    replicas: 2,
+                    available,
+                },
+            ],
+            now: Utc::now(),
+            ..Observed::default()
+        };
+        let weight = |p: &Plan| p.traffic.as_ref().map(|t| t.canary_weight);
+        let all = plan(&spec, &status, &with_ready(2));
+        assert_eq!(
+            (weight(&all), all.status.phase),
+            (Some(4_000), Phase::Paused)
+        );
+        let one = plan(&spec, &status, &with_ready(1));
+        assert_eq!(weight(&one), Some(2_000), "1 of 5 pods carries 20%");
+        assert_eq!(one.status.canary_weight, 4_000, "the step's weight is kept");
+        assert_eq!(one.status.phase, Phase::Progressing);
+        assert_eq!(
+            one.replicas.get("v2"),
+            Some(&2),
+            "the canary keeps its size"
+        );
+        let none = plan(&spec, &status, &with_ready(0));
+        assert_eq!(weight(&none), Some(0));
     }
 
     #[test]

@@ -14,11 +14,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use canary_cluster::kubelet::set_pod_status;
 use canary_controller::analysis::AnalysisTemplate;
 use canary_controller::conditions::TRAFFIC_APPLIED;
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::RESYNC;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -614,4 +616,64 @@ async fn every_completed_step_keeps_its_own_event_and_message() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Marks every pod of version `hash` Ready or not, as a kubelet whose probes fail or pass.
+async fn set_ready(env: &RolloutEnv, hash: &str, ready: bool) {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let selector = format!("rollouts-pod-template-hash={hash}");
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+    {
+        let ip = pod.status.and_then(|s| s.pod_ip).unwrap();
+        let name = pod.metadata.name.unwrap();
+        set_pod_status(&env.client, &env.ns, &name, &ip, ready)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_stops_being_ready_during_a_pause_loses_its_traffic_until_ready_again() {
+    let env = RolloutEnv::new("readiness-drop").await;
+    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
+    env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    let v2 = env.canary_paused_at(5_000).await;
+    env.stop_kubelet();
+
+    set_ready(&env, &v2, false).await;
+    until_restored(
+        "weight 0 for a canary without Ready pods",
+        Some(0),
+        async || env.filter_weight("reviews-canary").await,
+    )
+    .await;
+    let message = env
+        .until("the reason in status", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase != Phase::Paused)
+                .then(|| s.message.clone())
+                .flatten()
+        })
+        .await;
+    assert!(
+        message.contains("0 Ready pod(s)") && message.contains("lowered from 50% to 0%"),
+        "{message}"
+    );
+
+    set_ready(&env, &v2, true).await;
+    until_restored(
+        "the step's weight once Ready again",
+        Some(5_000),
+        async || env.filter_weight("reviews-canary").await,
+    )
+    .await;
+    env.until("the pause again", |r| {
+        (r.status.as_ref()?.phase == Phase::Paused).then_some(())
+    })
+    .await;
 }

@@ -71,6 +71,11 @@ impl RolloutEnv {
         }));
     }
 
+    /// Stops playing kubelet: from now on Pods stay as they are unless the test changes them.
+    pub fn stop_kubelet(&self) {
+        self.kubelet.abort();
+    }
+
     /// The CanaryRollouts of the namespace.
     pub fn rollouts(&self) -> Api<CanaryRollout> {
         Api::namespaced(self.client.clone(), &self.ns)
