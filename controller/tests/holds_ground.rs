@@ -425,19 +425,7 @@ async fn a_missing_analysis_template_once_created_is_picked_up_within_seconds() 
         (r.status.as_ref()?.phase == Phase::Degraded).then_some(())
     })
     .await;
-    let template = json!({"apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
-        "metadata": {"name": "apdex", "namespace": env.ns},
-        "spec": {"metrics": [{"name": "apdex", "count": 1, "successCondition": "result > 0.9",
-            "provider": {"web": {"url": "http://127.0.0.1:9/apdex", "jsonPath": "{$.apdex}"}}}]}});
-    let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
-    templates
-        .patch(
-            "apdex",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&template),
-        )
-        .await
-        .unwrap();
+    apply_apdex_template(&env).await;
     until_restored(
         "the rollout once its template exists",
         Some(Phase::Healthy),
@@ -676,4 +664,71 @@ async fn a_canary_that_stops_being_ready_during_a_pause_loses_its_traffic_until_
         (r.status.as_ref()?.phase == Phase::Paused).then_some(())
     })
     .await;
+}
+
+/// AnalysisTemplate `apdex` (one web measurement) in the test's namespace.
+async fn apply_apdex_template(env: &RolloutEnv) {
+    let template = json!({"apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "apdex", "namespace": env.ns},
+        "spec": {"metrics": [{"name": "apdex", "count": 1, "successCondition": "result > 0.9",
+            "provider": {"web": {"url": "http://127.0.0.1:9/apdex", "jsonPath": "{$.apdex}"}}}]}});
+    let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
+    templates
+        .patch(
+            "apdex",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&template),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_wins_after_the_rollouts_analysis_template_was_deleted() {
+    let env = RolloutEnv::new("template-deleted").await;
+    apply_apdex_template(&env).await;
+    let steps = json!([{"setWeight": 20}, {"pause": {}},
+        {"analysis": {"templates": [{"templateName": "apdex"}]}}]);
+    env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", steps))
+        .await;
+    env.canary_paused_at(2_000).await;
+
+    let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
+    templates
+        .delete("apdex", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.until("the refusal for the deleted template", |r| {
+        (r.status.as_ref()?.phase == Phase::Degraded).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.filter_weight("reviews-canary").await,
+        Some(2_000),
+        "an invalid spec alone freezes traffic where it is"
+    );
+
+    env.patch_spec(json!({"abort": true})).await;
+    let start = tokio::time::Instant::now();
+    while env.filter_weight("reviews-canary").await != Some(0) {
+        assert!(
+            start.elapsed() < PROMPTLY,
+            "abort had no effect: {:#?}",
+            env.rollout().await.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = env
+        .until("Aborted", |r| {
+            r.status.clone().filter(|s| s.phase == Phase::Aborted)
+        })
+        .await;
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("AnalysisTemplate apdex not found")),
+        "{:?}",
+        status.message
+    );
 }
