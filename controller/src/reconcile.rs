@@ -105,6 +105,20 @@ pub async fn run(client: Client, namespace: Option<String>) {
 /// its ReplicaSets (owned), the Deployments of `workloadRef`, the WasmPlugins and
 /// DestinationRules named in the rollouts, and their (Cluster)AnalysisTemplates.
 pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
+    run_controller(ctx, namespace, None).await;
+}
+
+/// A future that resolves when the controller should stop.
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+
+/// [`run_with`], stopping gracefully (the reconciles in flight finish) when `shutdown`
+/// resolves, instead of on a signal it would only start listening for once running: a binary
+/// listens for SIGTERM from its first moment and passes that here.
+pub async fn run_until(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) {
+    run_controller(ctx, namespace, Some(shutdown)).await;
+}
+
+async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: Option<Shutdown>) {
     let client = ctx.client.clone();
     let scoped = |resource: &ApiResource| -> Api<DynamicObject> {
         match &namespace {
@@ -168,6 +182,10 @@ pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
     });
     let for_template = by(|r, name| references_template(r, name, false));
     let for_cluster_template = by(|r, name| references_template(r, name, true));
+    let controller = match shutdown {
+        Some(shutdown) => controller.graceful_shutdown_on(shutdown),
+        None => controller.shutdown_on_signal(),
+    };
     controller
         .owns(
             replica_sets,
@@ -202,7 +220,6 @@ pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
             watcher::Config::default(),
             move |t: ClusterAnalysisTemplate| for_cluster_template(None, t.name_any()),
         )
-        .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(move |r| {
             // The first result means the watches are established and the queue runs.
