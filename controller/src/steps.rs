@@ -417,6 +417,18 @@ pub fn validate_analysis(
     templates: &BTreeMap<String, AnalysisTemplateSpec>,
     fields: &RolloutFields,
 ) -> Result<(), String> {
+    validate_analysis_not_started(spec, templates, fields, &[])
+}
+
+/// [`validate_analysis`] except the analyses already `started`, by step index (`None`: the
+/// background analysis): a started run measures the metrics it recorded when it started, so
+/// its template being deleted or broken since must neither stop it nor freeze the rollout.
+pub fn validate_analysis_not_started(
+    spec: &CanaryRolloutSpec,
+    templates: &BTreeMap<String, AnalysisTemplateSpec>,
+    fields: &RolloutFields,
+    started: &[Option<i32>],
+) -> Result<(), String> {
     let canary = &spec.strategy.canary;
     let check = |where_: String, a: &RolloutAnalysis, finite: bool| -> Result<(), String> {
         let resolved = resolve(a, templates, "stable", "canary", fields)
@@ -432,11 +444,16 @@ pub fn validate_analysis(
         }
         Ok(())
     };
-    if let Some(a) = &canary.analysis {
+    if let Some(a) = canary
+        .analysis
+        .as_ref()
+        .filter(|_| !started.contains(&None))
+    {
         check("spec.strategy.canary.analysis".into(), a, false)?;
     }
     for (i, step) in canary.steps.iter().enumerate() {
-        if let Some(a) = &step.analysis {
+        let index = i32::try_from(i).ok();
+        if let Some(a) = step.analysis.as_ref().filter(|_| !started.contains(&index)) {
             check(format!("steps[{i}].analysis"), a, true)?;
         }
     }
@@ -486,9 +503,16 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
         created_runs: Vec::new(),
     };
     p.status.observed_generation = obs.generation;
-    if let Err(message) = validate(spec)
-        .and_then(|()| validate_analysis(spec, &obs.analysis_templates, &obs.rollout_fields))
-    {
+    // Runs of this canary that recorded their metrics when they started go on from those.
+    let started: Vec<Option<i32>> = current
+        .analysis_runs
+        .iter()
+        .filter(|r| r.canary_hash == obs.template_hash && !r.spec.is_empty())
+        .map(|r| r.step_index)
+        .collect();
+    if let Err(message) = validate(spec).and_then(|()| {
+        validate_analysis_not_started(spec, &obs.analysis_templates, &obs.rollout_fields, &started)
+    }) {
         return p.invalid(message);
     }
     p.run()

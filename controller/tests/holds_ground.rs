@@ -12,6 +12,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canary_cluster::kubelet::set_pod_status;
@@ -26,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use support::rollout_env::{rollout, RolloutEnv, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A write the controller must make on a resync-free path (a promote, an abort) is visible well
 /// within this; the old controller never made it.
@@ -447,6 +449,12 @@ impl Drop for ControllerProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_stops_the_controller_cleanly_with_status_0_and_releases_its_lease() {
     let env = RolloutEnv::without_controller("sigterm").await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_tail = || {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
     let mut process = ControllerProcess(
         std::process::Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"))
             .env("KUBECONFIG", env.plane.kubeconfig_path())
@@ -463,7 +471,8 @@ async fn a_sigterm_stops_the_controller_cleanly_with_status_0_and_releases_its_l
                 "--identity",
                 "sigterm-test",
             ])
-            .stdout(std::process::Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap(),
     );
@@ -498,11 +507,17 @@ async fn a_sigterm_stops_the_controller_cleanly_with_status_0_and_releases_its_l
         }
         assert!(
             start.elapsed() < WAIT,
-            "the controller did not stop on SIGTERM"
+            "the controller did not stop on SIGTERM; its log:\n{}",
+            log_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(status.code(), Some(0), "a clean shutdown: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean shutdown: {status}; its log:\n{}",
+        log_tail()
+    );
     assert_eq!(
         holder().await,
         None,
@@ -731,4 +746,111 @@ async fn abort_wins_after_the_rollouts_analysis_template_was_deleted() {
         "{:?}",
         status.message
     );
+}
+
+/// A web metric endpoint answering `{"apdex": <value>}`, the value set by the test.
+struct ApdexEndpoint {
+    url: String,
+    value: Arc<Mutex<f64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApdexEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ApdexEndpoint {
+    async fn start(value: f64) -> ApdexEndpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/apdex", listener.local_addr().unwrap());
+        let value = Arc::new(Mutex::new(value));
+        let served = value.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let served = served.clone();
+                tokio::spawn(async move {
+                    // A GET has no body: the request ends with its head.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = json!({"apdex": *served.lock().unwrap()}).to_string();
+                    let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        ApdexEndpoint { url, value, task }
+    }
+
+    fn set(&self, value: f64) {
+        *self.value.lock().unwrap() = value;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_analysis_goes_on_from_its_recorded_metrics_after_its_template_is_deleted() {
+    let env = RolloutEnv::new("analysis-goes-on").await;
+    let apdex = ApdexEndpoint::start(0.95).await;
+    let template = json!({"apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "apdex", "namespace": env.ns},
+        "spec": {"metrics": [{"name": "apdex", "interval": "500ms", "successCondition": "result > 0.9",
+            "provider": {"web": {"url": apdex.url, "jsonPath": "{$.apdex}"}}}]}});
+    let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
+    templates
+        .patch(
+            "apdex",
+            &PatchParams::apply("platform-team"),
+            &Patch::Apply(&template),
+        )
+        .await
+        .unwrap();
+    let mut spec = rollout(
+        &env.ns,
+        "reviews:v1",
+        json!([{"setWeight": 20}, {"pause": {}}]),
+    );
+    spec["spec"]["strategy"]["canary"]["analysis"] =
+        json!({"templates": [{"templateName": "apdex"}]});
+    env.healthy_on_first_version(&spec).await;
+    env.canary_paused_at(2_000).await;
+    let successful = |r: &CanaryRollout| {
+        r.status
+            .as_ref()?
+            .analysis_runs
+            .first()?
+            .metrics
+            .first()
+            .map(|m| m.successful)
+    };
+    env.until("a first successful measurement", |r| {
+        successful(r).filter(|n| *n > 0)
+    })
+    .await;
+
+    templates
+        .delete("apdex", &DeleteParams::default())
+        .await
+        .unwrap();
+    let before = successful(&env.rollout().await).unwrap();
+    env.until("measurements after the template is gone", |r| {
+        successful(r).filter(|n| *n > before)
+    })
+    .await;
+    assert_eq!(env.rollout().await.status.unwrap().phase, Phase::Paused);
+
+    // The canary degrades: the run fails, the rollout aborts, traffic leaves the canary.
+    apdex.set(0.5);
+    env.until("the abort by the failed analysis", |r| {
+        let s = r.status.as_ref()?;
+        (s.phase == Phase::Aborted && s.analysis_aborted).then_some(())
+    })
+    .await;
+    assert_eq!(env.filter_weight("reviews-canary").await, Some(0));
 }
