@@ -26,7 +26,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
-use support::rollout_env::{rollout, RolloutEnv, WAIT};
+use support::rollout_env::{platform_applies, rollout, RolloutEnv, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A write the controller must make on a resync-free path (a promote, an abort) is visible well
@@ -40,6 +40,20 @@ fn traffic_condition(r: &CanaryRollout) -> Option<Condition> {
         .iter()
         .find(|c| c.type_ == TRAFFIC_APPLIED)
         .cloned()
+}
+
+/// `kubectl canary abort`, then waits (bounded by [`PROMPTLY`]) for weight 0 in the filter.
+async fn abort_and_expect_weight_zero(env: &RolloutEnv, failure: &str) {
+    env.patch_spec(json!({"abort": true})).await;
+    let start = tokio::time::Instant::now();
+    while env.filter_weight("reviews-canary").await != Some(0) {
+        assert!(
+            start.elapsed() < PROMPTLY,
+            "{failure}: {:#?}",
+            env.rollout().await.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What `kubectl edit` does: read, change, PUT the whole object back (an Update by manager
@@ -77,16 +91,7 @@ async fn a_kubectl_edit_of_the_wasm_plugin_is_taken_back_at_the_next_step_and_ab
     );
 
     kubectl_edit_weight(&env, "reviews-canary", 9_000).await;
-    env.patch_spec(json!({"abort": true})).await;
-    let start = tokio::time::Instant::now();
-    while env.filter_weight("reviews-canary").await != Some(0) {
-        assert!(
-            start.elapsed() < PROMPTLY,
-            "abort left the canary at the edited weight: {:#?}",
-            env.rollout().await.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    abort_and_expect_weight_zero(&env, "abort left the canary at the edited weight").await;
     env.until("Aborted", |r| {
         (r.status.as_ref()?.phase == Phase::Aborted).then_some(())
     })
@@ -105,16 +110,7 @@ async fn abort_takes_traffic_off_the_canary_even_when_the_destination_rule_is_go
         .delete("reviews", &DeleteParams::default())
         .await
         .unwrap();
-    env.patch_spec(json!({"abort": true})).await;
-    let start = tokio::time::Instant::now();
-    while env.filter_weight("reviews-canary").await != Some(0) {
-        assert!(
-            start.elapsed() < PROMPTLY,
-            "abort did not reach the filter: {:#?}",
-            env.rollout().await.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    abort_and_expect_weight_zero(&env, "abort did not reach the filter").await;
     let condition = env
         .until("the abort and the missing DestinationRule in status", |r| {
             traffic_condition(r)
@@ -174,14 +170,7 @@ async fn weight_limit_policy(env: &RolloutEnv) {
             plural: plural.into(),
         };
         let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &resource);
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        api.patch(
-            &name,
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap();
+        platform_applies(&api, &object).await;
     }
     // The API server loads policies asynchronously: wait until a dry-run write above the limit
     // is refused.
@@ -284,14 +273,7 @@ async fn a_wasm_plugin_the_user_applied_is_adopted_for_its_plugin_config_only() 
             "pluginConfig": {"services": []}
         }
     });
-    env.wasm_plugins()
-        .patch(
-            "reviews-filter",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&users),
-        )
-        .await
-        .unwrap();
+    platform_applies(&env.wasm_plugins(), &users).await;
     let mut spec = rollout(
         &env.ns,
         "reviews:v1",
@@ -688,14 +670,7 @@ async fn apply_apdex_template(env: &RolloutEnv) {
         "spec": {"metrics": [{"name": "apdex", "count": 1, "successCondition": "result > 0.9",
             "provider": {"web": {"url": "http://127.0.0.1:9/apdex", "jsonPath": "{$.apdex}"}}}]}});
     let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
-    templates
-        .patch(
-            "apdex",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&template),
-        )
-        .await
-        .unwrap();
+    platform_applies(&templates, &template).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -723,16 +698,7 @@ async fn abort_wins_after_the_rollouts_analysis_template_was_deleted() {
         "an invalid spec alone freezes traffic where it is"
     );
 
-    env.patch_spec(json!({"abort": true})).await;
-    let start = tokio::time::Instant::now();
-    while env.filter_weight("reviews-canary").await != Some(0) {
-        assert!(
-            start.elapsed() < PROMPTLY,
-            "abort had no effect: {:#?}",
-            env.rollout().await.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    abort_and_expect_weight_zero(&env, "abort had no effect").await;
     let status = env
         .until("Aborted", |r| {
             r.status.clone().filter(|s| s.phase == Phase::Aborted)
@@ -803,14 +769,7 @@ async fn a_running_analysis_goes_on_from_its_recorded_metrics_after_its_template
         "spec": {"metrics": [{"name": "apdex", "interval": "500ms", "successCondition": "result > 0.9",
             "provider": {"web": {"url": apdex.url, "jsonPath": "{$.apdex}"}}}]}});
     let templates: Api<AnalysisTemplate> = Api::namespaced(env.client.clone(), &env.ns);
-    templates
-        .patch(
-            "apdex",
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&template),
-        )
-        .await
-        .unwrap();
+    platform_applies(&templates, &template).await;
     let mut spec = rollout(
         &env.ns,
         "reviews:v1",

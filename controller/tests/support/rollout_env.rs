@@ -251,3 +251,18 @@ pub fn rollout(ns: &str, image: &str, steps: Value) -> Value {
         }
     })
 }
+
+/// The platform team server-side applies `object` (named in its metadata) through `api`.
+pub async fn platform_applies<K>(api: &Api<K>, object: &Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object["metadata"]["name"].as_str().unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("platform-team"),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap();
+}
