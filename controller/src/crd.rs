@@ -309,7 +309,8 @@ pub struct CanaryRolloutStatus {
     /// Header routes in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub header_routes: Vec<SetHeaderRoute>,
-    /// When the current step began (RFC 3339); pause durations count from here.
+    /// When the current step began (RFC 3339 with milliseconds); pause durations count from
+    /// here to the millisecond.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<String>,
     /// ReplicaSets (by hash) to scale to zero at a time (RFC 3339).

@@ -110,25 +110,58 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result
     }
 }
 
-/// Waits to become leader, then runs `work` while renewing. Returns when `work` ends or when
-/// leadership is lost (then `work` is dropped: it stops acting at once).
+/// How a turn of [`run_as_leader`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// The work ended (a graceful shutdown): the lease was released so another replica takes
+    /// over at once instead of after the lease duration.
+    WorkEnded,
+    /// The lease was lost or could not be renewed in time: the work was dropped.
+    Lost,
+    /// Shutdown was requested before this replica became leader.
+    ShutDown,
+}
+
+/// Waits to become leader, then runs `work` while renewing. Returns when `work` ends (the lease
+/// is then released) or when leadership is lost (then `work` is dropped: it stops acting at
+/// once).
 pub async fn run_as_leader<F>(
     client: Client,
     cfg: LeaseConfig,
     metrics: &Metrics,
     work: F,
-) -> Result<()>
+) -> Result<Leadership>
 where
     F: Future<Output = ()>,
 {
+    run_as_leader_until(client, cfg, metrics, work, std::future::pending()).await
+}
+
+/// [`run_as_leader`], giving up the campaign when `shutdown` resolves before this replica
+/// leads. Once it leads, `work` owns the shutdown (it finishes what it is doing, then ends).
+pub async fn run_as_leader_until<F, S>(
+    client: Client,
+    cfg: LeaseConfig,
+    metrics: &Metrics,
+    work: F,
+    shutdown: S,
+) -> Result<Leadership>
+where
+    F: Future<Output = ()>,
+    S: Future<Output = ()>,
+{
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    tokio::pin!(shutdown);
     loop {
         match try_acquire_or_renew(&api, &cfg).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => warn!(error = %e, "leader election"),
         }
-        tokio::time::sleep(cfg.renew_every).await;
+        tokio::select! {
+            () = &mut shutdown => return Ok(Leadership::ShutDown),
+            () = tokio::time::sleep(cfg.renew_every) => {}
+        }
     }
     info!(identity = %cfg.identity, lease = %cfg.name, "became leader");
     metrics.leader.set(1);
@@ -154,6 +187,33 @@ where
     metrics.leader.set(0);
     if lost {
         warn!(identity = %cfg.identity, "lost leadership; stopped acting");
+        return Ok(Leadership::Lost);
     }
-    Ok(())
+    release(&api, &cfg).await?;
+    info!(identity = %cfg.identity, lease = %cfg.name, "released the lease");
+    Ok(Leadership::WorkEnded)
+}
+
+/// Gives the lease up (as client-go's `ReleaseOnCancel`): no holder, so the next candidate
+/// takes it at its next round. Only a lease this replica still holds is touched.
+pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<()> {
+    let Some(mut lease) = api
+        .get_opt(&cfg.name)
+        .await
+        .map_err(kube_err("reading the leader Lease"))?
+    else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now());
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        // Someone wrote it since we read it: it is not ours to release any more.
+        Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+        Err(e) => Err(kube_err("releasing the leader Lease")(e)),
+    }
 }

@@ -2,12 +2,14 @@
 //!
 //! - [`crd`]: the resource; [`crd_yaml`]: its committed YAML; [`hash`]: the pod-template hash;
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
-//! - [`reconcile`]: the Kubernetes I/O around them.
+//! - [`conditions`]: the status conditions;
+//! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes.
 
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
 
 pub mod analysis;
+pub mod conditions;
 pub mod crd;
 pub mod crd_yaml;
 pub mod hash;
@@ -16,6 +18,7 @@ pub mod reconcile;
 pub mod steps;
 pub mod telemetry;
 pub mod traffic;
+pub mod traffic_writes;
 
 /// The one field manager every write of the controller uses.
 pub const FIELD_MANAGER: &str = "wasm-canary-controller";

@@ -3,8 +3,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canary_controller::leader::{run_as_leader, LeaseConfig};
-use canary_controller::reconcile::{run_with, Context};
+use canary_controller::leader::{run_as_leader_until, Leadership, LeaseConfig};
+use canary_controller::reconcile::{run_until, Context};
 use canary_controller::telemetry::{serve, Metrics};
 use clap::Parser;
 use tracing::{error, info};
@@ -65,10 +65,26 @@ async fn main() -> anyhow::Result<()> {
     metrics.set_ready(true);
     let server = tokio::spawn(serve(args.metrics_addr, metrics.clone()));
     info!(addr = %args.metrics_addr, "serving /metrics /healthz /readyz");
+    // Listen for SIGTERM/SIGINT from the start: a signal that arrived before the controller
+    // listened would be lost (and, with a handler installed, not kill the process either).
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        let _ = stop.send(true);
+    });
+    let requested = move || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    };
     let ctx = Arc::new(Context::with_metrics(client.clone(), metrics.clone()));
-    let controller = run_with(ctx, args.namespace.clone());
-    if args.no_leader_election {
+    let controller = run_until(ctx, args.namespace.clone(), Box::pin(requested()));
+    let outcome = if args.no_leader_election {
+        // The controller stops on SIGTERM/SIGINT, after the reconciles in flight.
         controller.await;
+        Leadership::WorkEnded
     } else {
         let identity = args
             .identity
@@ -77,11 +93,30 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = LeaseConfig::new(&args.lease_namespace, &args.lease_name, identity);
         cfg.duration = Duration::from_secs(args.lease_seconds.max(3));
         cfg.renew_every = cfg.duration / 5;
-        run_as_leader(client, cfg, &metrics, controller).await?;
+        run_as_leader_until(client, cfg, &metrics, controller, requested()).await?
+    };
+    server.abort();
+    if outcome == Leadership::Lost {
         // Losing the lease ends the process: the Deployment restarts it as a fresh candidate,
         // with no state in memory that could disagree with the cluster.
-        error!("leadership lost or controller stopped; exiting");
+        error!("leadership lost; exiting");
+        std::process::exit(1);
     }
-    server.abort();
-    std::process::exit(1);
+    // A requested shutdown (SIGTERM from the kubelet, Ctrl-C) is a clean exit: status 0.
+    info!("shut down");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT (Ctrl-C). Before this replica leads, nothing else listens for them.
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        // Without a SIGTERM handler, Ctrl-C still works.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 
 use canary_core::config::POD_TEMPLATE_HASH_LABEL;
-use canary_core::PluginConfig;
 
 use crate::analysis::provider;
 use crate::analysis::template::{AnalysisTemplateRef, RolloutFields};
@@ -29,11 +28,13 @@ use crate::analysis::{
     AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Measurement,
     TakenMeasurement,
 };
-use crate::crd::{CanaryRollout, CanaryRolloutStatus, Phase};
+use crate::conditions::{set_traffic_condition, TrafficReason};
+use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::hash::pod_template_hash;
-use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Traffic};
+use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Transition};
 use crate::telemetry::{ErrorLabels, Metrics, RolloutLabels};
 use crate::traffic;
+use crate::traffic_writes::{apply_traffic, TrafficWrite};
 use crate::{kube_err, Error, Result, FIELD_MANAGER};
 
 /// Label on every ReplicaSet a rollout owns: the rollout's name.
@@ -97,22 +98,94 @@ pub async fn run(client: Client, namespace: Option<String>) {
 }
 
 /// [`run`] with a given context (shared metrics).
+///
+/// Besides the rollouts, the controller watches everything it writes or reads to plan, and maps
+/// a change back to the rollouts concerned, so drift (a deleted WasmPlugin, DestinationRule
+/// hash labels taken by another manager) is re-asserted at once, not at the next [`RESYNC`]:
+/// its ReplicaSets (owned), the Deployments of `workloadRef`, the WasmPlugins and
+/// DestinationRules named in the rollouts, and their (Cluster)AnalysisTemplates.
 pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
+    run_controller(ctx, namespace, None).await;
+}
+
+/// A future that resolves when the controller should stop.
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+
+/// [`run_with`], stopping gracefully (the reconciles in flight finish) when `shutdown`
+/// resolves, instead of on a signal it would only start listening for once running: a binary
+/// listens for SIGTERM from its first moment and passes that here.
+pub async fn run_until(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) {
+    run_controller(ctx, namespace, Some(shutdown)).await;
+}
+
+async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: Option<Shutdown>) {
     let client = ctx.client.clone();
-    let (rollouts, replica_sets): (Api<CanaryRollout>, Api<ReplicaSet>) = match &namespace {
+    let scoped = |resource: &ApiResource| -> Api<DynamicObject> {
+        match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+            None => Api::all_with(client.clone(), resource),
+        }
+    };
+    let (wasm_plugins, destination_rules) = (
+        scoped(&wasm_plugin_resource()),
+        scoped(&destination_rule_resource()),
+    );
+    let (rollouts, replica_sets, deployments, templates): (
+        Api<CanaryRollout>,
+        Api<ReplicaSet>,
+        Api<Deployment>,
+        Api<AnalysisTemplate>,
+    ) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
-    let deployments: Api<Deployment> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let metrics = ctx.metrics.clone();
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
+    // The rollouts of `namespace` (any, for `None`) that `refers` to an object named `name`.
+    let referring =
+        move |namespace: Option<String>, name: String, refers: fn(&CanaryRollout, &str) -> bool| {
+            store
+                .state()
+                .into_iter()
+                .filter(|r| namespace.is_none() || r.namespace() == namespace)
+                .filter(|r| refers(r, &name))
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        };
+    let by = |refers: fn(&CanaryRollout, &str) -> bool| {
+        let referring = referring.clone();
+        move |namespace: Option<String>, name: String| referring(namespace, name, refers)
+    };
+    let for_deployment = by(|r, name| r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name));
+    let for_wasm_plugin = by(|r, name| traffic::wasm_plugin_name(r) == name);
+    let for_destination_rule = by(|r, name| {
+        r.spec
+            .strategy
+            .canary
+            .traffic_routing
+            .wasm
+            .destination_rule
+            .name
+            == name
+    });
+    let for_template = by(|r, name| references_template(r, name, false));
+    let for_cluster_template = by(|r, name| references_template(r, name, true));
+    let controller = match shutdown {
+        Some(shutdown) => controller.graceful_shutdown_on(shutdown),
+        None => controller.shutdown_on_signal(),
+    };
     controller
         .owns(
             replica_sets,
@@ -122,21 +195,31 @@ pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
         .watches(
             deployments,
             watcher::Config::default(),
-            move |d: Deployment| {
-                let ns = d.namespace();
-                let name = d.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|r| {
-                        r.namespace() == ns
-                            && r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name)
-                    })
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
-            },
+            move |d: Deployment| for_deployment(d.namespace(), d.name_any()),
         )
-        .shutdown_on_signal()
+        .watches_with(
+            wasm_plugins,
+            wasm_plugin_resource(),
+            watcher::Config::default(),
+            move |w: DynamicObject| for_wasm_plugin(w.namespace(), w.name_any()),
+        )
+        .watches_with(
+            destination_rules,
+            destination_rule_resource(),
+            watcher::Config::default(),
+            move |d: DynamicObject| for_destination_rule(d.namespace(), d.name_any()),
+        )
+        // A template fixed (or broken) is planned with at once.
+        .watches(
+            templates,
+            watcher::Config::default(),
+            move |t: AnalysisTemplate| for_template(t.namespace(), t.name_any()),
+        )
+        .watches(
+            cluster_templates,
+            watcher::Config::default(),
+            move |t: ClusterAnalysisTemplate| for_cluster_template(None, t.name_any()),
+        )
         .run(reconcile, error_policy, ctx)
         .for_each(move |r| {
             // The first result means the watches are established and the queue runs.
@@ -148,6 +231,18 @@ pub async fn run_with(ctx: Arc<Context>, namespace: Option<String>) {
             }
         })
         .await;
+}
+
+/// Whether the rollout's analysis (background or a step's) uses the template `name` (a
+/// ClusterAnalysisTemplate when `cluster_scope`).
+fn references_template(rollout: &CanaryRollout, name: &str, cluster_scope: bool) -> bool {
+    let canary = &rollout.spec.strategy.canary;
+    canary
+        .analysis
+        .iter()
+        .chain(canary.steps.iter().filter_map(|s| s.analysis.as_ref()))
+        .flat_map(|a| a.templates.iter())
+        .any(|t| t.template_name == name && t.cluster_scope == cluster_scope)
 }
 
 fn error_policy(rollout: Arc<CanaryRollout>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -237,12 +332,43 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         plan = steps::plan(&rollout.spec, &status, &observed);
     }
 
-    if let Some(traffic) = &plan.traffic {
-        if let Err(message) = apply_traffic(client, &ns, &rollout, traffic).await? {
-            plan.status.phase = Phase::Degraded;
-            plan.status.message = Some(message);
-            plan.replicas.clear();
-            plan.transitions.clear();
+    let written = match &plan.traffic {
+        Some(traffic) => Some(apply_traffic(client, &ns, &rollout, traffic).await?),
+        None => None,
+    };
+    if let Some(written) = written {
+        match written {
+            TrafficWrite::Applied {
+                summary,
+                adopted_now,
+            } => {
+                if adopted_now {
+                    plan.transitions.push(Transition::new(
+                        "WasmPluginAdopted",
+                        format!("{summary}: the WasmPlugin was created by someone else; this rollout writes its spec.pluginConfig only (forced), leaves the rest to its owner and never deletes it"),
+                    ));
+                }
+                set_traffic_condition(
+                    &mut plan.status,
+                    TrafficReason::Applied,
+                    summary,
+                    observed.now,
+                );
+            }
+            TrafficWrite::NotApplied {
+                reason,
+                message,
+                filter_written,
+            } => {
+                warn!(reason = reason.as_str(), %message, "traffic not applied");
+                plan = plan.traffic_not_applied(
+                    &status,
+                    reason,
+                    message,
+                    filter_written,
+                    observed.now,
+                );
+            }
         }
     }
     apply_replica_sets(&rs_api, &rollout, &template, &template_hash, &plan).await?;
@@ -286,8 +412,10 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     for t in &plan.transitions {
         info!(reason = t.reason, message = %t.message, "transition");
         let event = Event {
-            type_: if matches!(t.reason, "Aborted" | "CanaryRestarted" | "CanaryCancelled")
-                || (t.reason == "AnalysisCompleted" && !t.message.contains("Successful"))
+            type_: if matches!(
+                t.reason,
+                "Aborted" | "CanaryRestarted" | "CanaryCancelled" | "WasmPluginAdopted"
+            ) || (t.reason == "AnalysisCompleted" && !t.message.contains("Successful"))
             {
                 EventType::Warning
             } else {
@@ -295,7 +423,7 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
             },
             reason: t.reason.into(),
             note: Some(t.message.clone()),
-            action: t.reason.into(),
+            action: t.action.clone(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
@@ -423,131 +551,6 @@ async fn pod_template(client: &Client, ns: &str, rollout: &CanaryRollout) -> Res
         context: "pod template".into(),
         source,
     })
-}
-
-/// Canary exposure of a filter config: (weight, header routes).
-fn exposure(config: Option<&PluginConfig>) -> (u32, usize) {
-    config
-        .and_then(|c| c.services.first())
-        .map_or((0, 0), |s| (s.canary_weight, s.header_routes.len()))
-}
-
-/// Writes the DestinationRule subsets and the WasmPlugin. When the plan lowers canary exposure,
-/// the WasmPlugin goes first (traffic leaves the canary before any subset moves); otherwise the
-/// DestinationRule goes first (a subset points at the right pods before traffic arrives).
-/// Returns `Ok(Err(message))` for problems the user must fix (missing DestinationRule/subset).
-async fn apply_traffic(
-    client: &Client,
-    ns: &str,
-    rollout: &CanaryRollout,
-    plan: &Traffic,
-) -> Result<std::result::Result<(), String>> {
-    let wp_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &wasm_plugin_resource());
-    let dr_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
-    let dr_name = &rollout
-        .spec
-        .strategy
-        .canary
-        .traffic_routing
-        .wasm
-        .destination_rule
-        .name;
-    let Some(dr) = dr_api
-        .get_opt(dr_name)
-        .await
-        .map_err(kube_err("reading the DestinationRule"))?
-    else {
-        return Ok(Err(format!(
-            "DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary"
-        )));
-    };
-    let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json {
-        context: "DestinationRule".into(),
-        source,
-    })?;
-    let subsets = match traffic::destination_rule_subsets(rollout, &dr_value, plan) {
-        Ok(s) => s,
-        Err(message) => return Ok(Err(message)),
-    };
-    let wp_name = traffic::wasm_plugin_name(rollout);
-    let current = wp_api
-        .get_opt(&wp_name)
-        .await
-        .map_err(kube_err("reading the WasmPlugin"))?;
-    let current_config = current
-        .as_ref()
-        .and_then(|w| PluginConfig::from_value(&w.data["spec"]["pluginConfig"]).ok());
-    let (old_weight, old_routes) = exposure(current_config.as_ref());
-    let lowering = plan.canary_weight < old_weight || plan.header_routes.len() < old_routes;
-
-    let mut wasm_plugin = traffic::wasm_plugin(rollout, ns, plan);
-    let owner = rollout
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::Invalid("rollout has no uid".into()))?;
-    wasm_plugin["metadata"]["ownerReferences"] = json!([owner]);
-    let dr_changed = dr_value["spec"]["subsets"] != Value::Array(subsets.clone());
-    let dr_patch = json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        // The resourceVersion makes the apply fail (409) if someone changed the DestinationRule
-        // since we read it: their edit is never overwritten; we retry from a fresh read.
-        "metadata": {"name": dr_name, "namespace": ns, "resourceVersion": dr.metadata.resource_version},
-        "spec": {"subsets": subsets},
-    });
-    let apply_dr = || async {
-        if dr_changed {
-            // subsets is an atomic list in Istio's schema: force takes it over from whoever
-            // created the DestinationRule; the resourceVersion above keeps that safe.
-            dr_api
-                .patch(
-                    dr_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&dr_patch),
-                )
-                .await
-                .map_err(kube_err("applying DestinationRule subsets"))?;
-        }
-        Ok::<_, Error>(())
-    };
-    // What the controller owns is already in place (spec fields and the owner reference): no
-    // write, so a resync does not touch the WasmPlugin (nor make istiod push it again).
-    let wp_current = current
-        .as_ref()
-        .and_then(|w| serde_json::to_value(w).ok())
-        .unwrap_or(Value::Null);
-    let wp_unchanged = wasm_plugin["spec"]
-        .as_object()
-        .is_some_and(|spec| spec.iter().all(|(k, v)| &wp_current["spec"][k] == v))
-        && wp_current["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| {
-                refs.iter()
-                    .any(|r| r["uid"] == wasm_plugin["metadata"]["ownerReferences"][0]["uid"])
-            });
-    let apply_wp = || async {
-        if wp_unchanged {
-            return Ok::<_, Error>(());
-        }
-        wp_api
-            .patch(
-                &wp_name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&wasm_plugin),
-            )
-            .await
-            .map_err(kube_err("applying the WasmPlugin"))?;
-        Ok::<_, Error>(())
-    };
-    if lowering {
-        apply_wp().await?;
-        apply_dr().await?;
-    } else {
-        apply_dr().await?;
-        apply_wp().await?;
-    }
-    Ok(Ok(()))
 }
 
 async fn apply_replica_sets(

@@ -116,8 +116,24 @@ pub struct Traffic {
 pub struct Transition {
     /// CamelCase reason (`CanaryStarted`, `StepCompleted`, `Promoted`, `Aborted`, ...).
     pub reason: &'static str,
+    /// The Event's action: the reason, plus what it is about when the same reason recurs for
+    /// different things (`StepCompleted/step-3`, `AnalysisStarted/background`). Kubernetes'
+    /// Event recorder merges Events with the same reason and action into one series that keeps
+    /// the first message: distinct actions keep one Event, and its message, per step and run.
+    pub action: String,
     /// Sentence for humans.
     pub message: String,
+}
+
+impl Transition {
+    /// A transition whose action is its reason.
+    pub fn new(reason: &'static str, message: String) -> Self {
+        Self {
+            reason,
+            action: reason.to_owned(),
+            message,
+        }
+    }
 }
 
 /// A measurement to take now.
@@ -150,6 +166,48 @@ pub struct Plan {
     pub promote_consumed: bool,
     /// Measurements due now: take them and plan again with them in [`Observed::measurements`].
     pub measure: Vec<MeasureRequest>,
+}
+
+/// How soon a traffic write the API server refused is tried again.
+pub const RETRY_REFUSED_WRITE: Duration = Duration::from_secs(5);
+
+impl Plan {
+    /// The plan's traffic could not be (fully) written: nothing else of it happens (no
+    /// ReplicaSet resized, no Event, the promote request kept), and the status is the previous
+    /// one, `Degraded`, with `message` and a `False` [`crate::conditions::TRAFFIC_APPLIED`]
+    /// condition, so the next reconcile plans the same step again. `filter_written`: the
+    /// WasmPlugin already carries the plan's weight and header routes (a lowering is written
+    /// there first), so the status says so.
+    pub fn traffic_not_applied(
+        self,
+        previous: &CanaryRolloutStatus,
+        reason: crate::conditions::TrafficReason,
+        message: String,
+        filter_written: bool,
+        now: DateTime<Utc>,
+    ) -> Plan {
+        let mut status = previous.clone();
+        status.observed_generation = self.status.observed_generation;
+        if filter_written {
+            status.canary_weight = self.status.canary_weight;
+            status.header_routes = self.status.header_routes.clone();
+            status.weight = self.status.weight.clone();
+        }
+        status.phase = Phase::Degraded;
+        status.message = Some(message.clone());
+        crate::conditions::set_phase_conditions(&mut status, now);
+        crate::conditions::set_traffic_condition(&mut status, reason, message, now);
+        Plan {
+            status,
+            traffic: self.traffic,
+            replicas: BTreeMap::new(),
+            canary: self.canary,
+            transitions: Vec::new(),
+            requeue_after: Some(RETRY_REFUSED_WRITE),
+            promote_consumed: false,
+            measure: Vec::new(),
+        }
+    }
 }
 
 /// Canary pods needed for a weight: ceil(replicas x weight), and at least one while header
@@ -359,6 +417,18 @@ pub fn validate_analysis(
     templates: &BTreeMap<String, AnalysisTemplateSpec>,
     fields: &RolloutFields,
 ) -> Result<(), String> {
+    validate_analysis_not_started(spec, templates, fields, &[])
+}
+
+/// [`validate_analysis`] except the analyses already `started`, by step index (`None`: the
+/// background analysis): a started run measures the metrics it recorded when it started, so
+/// its template being deleted or broken since must neither stop it nor freeze the rollout.
+pub fn validate_analysis_not_started(
+    spec: &CanaryRolloutSpec,
+    templates: &BTreeMap<String, AnalysisTemplateSpec>,
+    fields: &RolloutFields,
+    started: &[Option<i32>],
+) -> Result<(), String> {
     let canary = &spec.strategy.canary;
     let check = |where_: String, a: &RolloutAnalysis, finite: bool| -> Result<(), String> {
         let resolved = resolve(a, templates, "stable", "canary", fields)
@@ -374,19 +444,39 @@ pub fn validate_analysis(
         }
         Ok(())
     };
-    if let Some(a) = &canary.analysis {
+    if let Some(a) = canary
+        .analysis
+        .as_ref()
+        .filter(|_| !started.contains(&None))
+    {
         check("spec.strategy.canary.analysis".into(), a, false)?;
     }
     for (i, step) in canary.steps.iter().enumerate() {
-        if let Some(a) = &step.analysis {
+        let index = i32::try_from(i).ok();
+        if let Some(a) = step.analysis.as_ref().filter(|_| !started.contains(&index)) {
             check(format!("steps[{i}].analysis"), a, true)?;
         }
     }
     Ok(())
 }
 
+/// Times in the status keep milliseconds (as `metav1.MicroTime` keeps sub-seconds): a step's
+/// start rounded to the second would end a `500ms` pause early, or skip it.
 fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    use chrono::SubsecRound;
+    // Whole seconds print as before (`12:00:45Z`), others with their milliseconds.
+    t.trunc_subsecs(3)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// `500ms`, `2s`, `1.5s`, `90s`: as a user wrote it, to the millisecond.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.subsec_millis();
+    match (d.as_secs(), ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) => format!("{s}s"),
+        (s, ms) => format!("{s}.{}s", format!("{ms:03}").trim_end_matches('0')),
+    }
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -413,14 +503,63 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
         created_runs: Vec::new(),
     };
     p.status.observed_generation = obs.generation;
-    if let Err(message) = validate(spec)
-        .and_then(|()| validate_analysis(spec, &obs.analysis_templates, &obs.rollout_fields))
-    {
-        p.status.phase = Phase::Degraded;
-        p.status.message = Some(message);
-        return p.finish(None, BTreeMap::new(), None);
+    // Runs of this canary that recorded their metrics when they started go on from those.
+    let started: Vec<Option<i32>> = current
+        .analysis_runs
+        .iter()
+        .filter(|r| r.canary_hash == obs.template_hash && !r.spec.is_empty())
+        .map(|r| r.step_index)
+        .collect();
+    if let Err(message) = validate(spec).and_then(|()| {
+        validate_analysis_not_started(spec, &obs.analysis_templates, &obs.rollout_fields, &started)
+    }) {
+        return p.invalid(message);
     }
     p.run()
+}
+
+impl Planner<'_> {
+    /// The spec cannot be executed. Nothing moves, except that an abort still takes traffic off
+    /// a running canary: abort needs no step, no template and no analysis, so it always wins.
+    fn invalid(mut self, message: String) -> Plan {
+        let running = self
+            .status
+            .stable_hash
+            .clone()
+            .zip(self.status.canary_hash.clone());
+        let (Some((stable, canary)), true) = (running, self.spec.abort || self.status.aborted)
+        else {
+            self.status.phase = Phase::Degraded;
+            self.status.message = Some(message);
+            return self.finish(None, BTreeMap::new(), None);
+        };
+        self.status.canary_weight = 0;
+        self.status.header_routes.clear();
+        self.status.phase = Phase::Aborted;
+        self.status.message = Some(format!(
+            "aborted: traffic on stable; the spec cannot be executed ({message}): fix it to retry or scale down"
+        ));
+        let traffic = Traffic {
+            stable_hash: stable,
+            canary_hash: canary.clone(),
+            canary_weight: 0,
+            header_routes: Vec::new(),
+        };
+        self.status.weight = Some(format_weight(0));
+        crate::conditions::set_phase_conditions(&mut self.status, self.obs.now);
+        // No ReplicaSet is resized and no scale-down scheduled or dropped: the abort's
+        // scale-down is planned once the spec can be executed again.
+        Plan {
+            status: self.status,
+            traffic: Some(traffic),
+            replicas: BTreeMap::new(),
+            canary: Some(canary),
+            transitions: self.transitions,
+            requeue_after: None,
+            promote_consumed: false,
+            measure: Vec::new(),
+        }
+    }
 }
 
 struct Planner<'a> {
@@ -440,7 +579,16 @@ impl Planner<'_> {
     }
 
     fn note(&mut self, reason: &'static str, message: String) {
-        self.transitions.push(Transition { reason, message });
+        self.transitions.push(Transition::new(reason, message));
+    }
+
+    /// [`Self::note`] for a reason that recurs for different steps or runs (`about`).
+    fn note_about(&mut self, reason: &'static str, about: &str, message: String) {
+        self.transitions.push(Transition {
+            reason,
+            action: format!("{reason}/{about}"),
+            message,
+        });
     }
 
     fn requeue_in(&mut self, d: Duration) {
@@ -618,8 +766,9 @@ impl Planner<'_> {
             };
             match self.execute(index, step, &canary) {
                 StepOutcome::Done(message) => {
-                    self.note(
+                    self.note_about(
                         "StepCompleted",
+                        &format!("step-{}", index + 1),
                         format!("step {}/{total}: {message}", index + 1),
                     );
                     self.status.current_step_index = Some(index as i32 + 1);
@@ -690,17 +839,19 @@ impl Planner<'_> {
                 .unwrap_or(self.obs.now);
             let ends = started + chrono::Duration::from_std(d).unwrap_or_default();
             if self.obs.now >= ends {
-                return StepOutcome::Done(format!("paused {}s", d.as_secs()));
+                return StepOutcome::Done(format!("paused {}", format_duration(d)));
             }
             let left = (ends - self.obs.now).to_std().unwrap_or_default();
             self.requeue_in(left);
+            // The end, not the time left: the message stays the same from one reconcile to
+            // the next, so the status is not rewritten (nor the rollout's watch woken) for it.
             return StepOutcome::Wait {
                 phase: Phase::Paused,
                 message: format!(
-                    "paused at step {} for {}s ({}s left)",
+                    "paused at step {} for {} (until {})",
                     index + 1,
-                    d.as_secs(),
-                    left.as_secs()
+                    format_duration(d),
+                    rfc3339(ends)
                 ),
             };
         }
@@ -784,7 +935,7 @@ impl Planner<'_> {
         self.finish(Some(traffic), replicas, None)
     }
 
-    fn canary_plan(self, stable: String, canary: String, canary_replicas: i32) -> Plan {
+    fn canary_plan(mut self, stable: String, canary: String, canary_replicas: i32) -> Plan {
         let r = self.replicas();
         let mut replicas = BTreeMap::new();
         replicas.insert(stable.clone(), r);
@@ -792,13 +943,43 @@ impl Planner<'_> {
             canary.clone(),
             canary_replicas.max(self.obs.available(&canary).min(canary_replicas.max(0))),
         );
+        let (canary_weight, header_routes) = self.exposed(&canary);
         let traffic = Traffic {
             stable_hash: stable,
             canary_hash: canary.clone(),
-            canary_weight: self.status.canary_weight,
-            header_routes: self.status.header_routes.clone(),
+            canary_weight,
+            header_routes,
         };
         self.finish(Some(traffic), replicas, Some(canary))
+    }
+
+    /// The weight and header routes the canary's available (Ready) pods can carry: the weight
+    /// in force capped at `available / replicas`, header routes only while a pod is Ready. Pods
+    /// that stop being Ready after their step (during a pause) lower the exposure at once; the
+    /// status keeps the step's weight, so it comes back when they are Ready again, and says why
+    /// in the meantime.
+    fn exposed(&mut self, canary: &str) -> (u32, Vec<SetHeaderRoute>) {
+        let weight = self.status.canary_weight;
+        let routes = self.status.header_routes.clone();
+        let available = self.obs.available(canary).max(0);
+        let carried = match self.replicas() {
+            0 => 0,
+            r => u32::try_from(i64::from(available) * i64::from(BASIS_POINTS) / i64::from(r))
+                .unwrap_or(u32::MAX),
+        };
+        let exposed = weight.min(carried);
+        let routes_dropped = available == 0 && !routes.is_empty();
+        if exposed == weight && !routes_dropped {
+            return (weight, routes);
+        }
+        self.status.phase = Phase::Progressing;
+        self.status.message = Some(format!(
+            "canary {canary} has {available} Ready pod(s): exposed weight lowered from {} to {}{} until its pods are Ready again",
+            format_weight(weight),
+            format_weight(exposed),
+            if routes_dropped { ", header routes removed" } else { "" }
+        ));
+        (exposed, if routes_dropped { Vec::new() } else { routes })
     }
 
     fn schedule_scale_down(&mut self, hash: &str, at: DateTime<Utc>) {
@@ -851,7 +1032,7 @@ impl Planner<'_> {
             Vec::new()
         };
         self.status.weight = Some(format_weight(self.status.canary_weight));
-        set_conditions(&mut self.status, now);
+        crate::conditions::set_phase_conditions(&mut self.status, now);
         Plan {
             status: self.status,
             traffic,
@@ -928,8 +1109,9 @@ impl Planner<'_> {
             self.obs.now,
         );
         let metrics: Vec<&str> = resolved.metrics.iter().map(|m| m.name.as_str()).collect();
-        self.note(
+        self.note_about(
             "AnalysisStarted",
+            name,
             format!("analysis {name} started: metrics {}", metrics.join(", ")),
         );
         self.status.analysis_runs.retain(|r| r.name != name);
@@ -977,7 +1159,8 @@ impl Planner<'_> {
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default()
                 );
-                self.note("AnalysisCompleted", message);
+                let run = run.name.clone();
+                self.note_about("AnalysisCompleted", &run, message);
             }
         }
     }
@@ -1135,40 +1318,161 @@ pub fn format_weight(bp: u32) -> String {
     }
 }
 
-fn set_conditions(status: &mut CanaryRolloutStatus, now: DateTime<Utc>) {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    let kinds = [
-        ("Progressing", Phase::Progressing),
-        ("Paused", Phase::Paused),
-        ("Healthy", Phase::Healthy),
-        ("Aborted", Phase::Aborted),
-        ("Degraded", Phase::Degraded),
-    ];
-    let mut out = Vec::new();
-    for (kind, phase) in kinds {
-        let value = if status.phase == phase {
-            "True"
-        } else {
-            "False"
-        };
-        let previous = status.conditions.iter().find(|c| c.type_ == kind);
-        let since = match previous {
-            Some(c) if c.status == value => c.last_transition_time.clone(),
-            _ => Time(now_k8s(now)),
-        };
-        out.push(Condition {
-            type_: kind.to_owned(),
-            status: value.to_owned(),
-            reason: format!("{:?}", status.phase),
-            message: status.message.clone().unwrap_or_default(),
-            last_transition_time: since,
-            observed_generation: status.observed_generation,
-        });
-    }
-    status.conditions = out;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CanaryStrategy, RolloutStrategy};
 
-fn now_k8s(now: DateTime<Utc>) -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+    fn paused_canary() -> CanaryRolloutStatus {
+        CanaryRolloutStatus {
+            phase: Phase::Paused,
+            stable_hash: Some("v1".into()),
+            canary_hash: Some("v2".into()),
+            canary_weight: 5_000,
+            current_step_index: Some(1),
+            ..CanaryRolloutStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_500ms_pause_counts_from_the_millisecond_its_step_started() {
+        let spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+            "selector": {}, "template": {},
+            "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "500ms"}}, {"setWeight": 40}, {"pause": {}}],
+                "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://x"}, "destinationRule": {"name": "reviews"}}}}}
+        }))
+        .expect("spec");
+        let status = CanaryRolloutStatus {
+            stable_hash: Some("v1".into()),
+            canary_hash: Some("v2".into()),
+            current_step_index: Some(0),
+            ..CanaryRolloutStatus::default()
+        };
+        // Late in a second: rounded down, the pause would already be over.
+        let t0 = "2026-11-29T12:00:00.900Z"
+            .parse::<DateTime<Utc>>()
+            .expect("time");
+        let at = |now: DateTime<Utc>| Observed {
+            template_hash: "v2".into(),
+            replica_sets: vec![
+                ObservedReplicaSet {
+                    hash: "v1".into(),
+                    replicas: 1,
+                    available: 1,
+                },
+                ObservedReplicaSet {
+                    hash: "v2".into(),
+                    replicas: 1,
+                    available: 1,
+                },
+            ],
+            now,
+            ..Observed::default()
+        };
+        let paused = plan(&spec, &status, &at(t0));
+        assert_eq!(
+            paused.status.phase,
+            Phase::Paused,
+            "{:?}",
+            paused.status.message
+        );
+        assert_eq!(paused.status.current_step_index, Some(1));
+        assert_eq!(
+            paused.status.step_started_at.as_deref(),
+            Some("2026-11-29T12:00:00.900Z")
+        );
+        assert_eq!(paused.requeue_after, Some(Duration::from_millis(500)));
+        let ms = chrono::Duration::milliseconds;
+        let still = plan(&spec, &paused.status, &at(t0 + ms(499)));
+        assert_eq!(still.status.current_step_index, Some(1), "not shortened");
+        let done = plan(&spec, &paused.status, &at(t0 + ms(500)));
+        assert_eq!(done.status.current_step_index, Some(3), "not lengthened");
+    }
+
+    #[test]
+    fn a_pause_exposes_only_the_weight_its_ready_canary_pods_carry() {
+        let spec: CanaryRolloutSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 5, "selector": {}, "template": {},
+            "strategy": {"canary": {"steps": [{"setWeight": 40}, {"pause": {}}],
+                "trafficRouting": {"wasm": {"service": "reviews", "wasmPlugin": {"url": "oci://x"}, "destinationRule": {"name": "reviews"}}}}}
+        }))
+        .expect("spec");
+        let status = CanaryRolloutStatus {
+            canary_weight: 4_000,
+            ..paused_canary()
+        };
+        let with_ready = |available| Observed {
+            template_hash: "v2".into(),
+            replica_sets: vec![
+                ObservedReplicaSet {
+                    hash: "v1".into(),
+                    replicas: 5,
+                    available: 5,
+                },
+                ObservedReplicaSet {
+                    hash: "v2".into(),
+                    replicas: 2,
+                    available,
+                },
+            ],
+            now: Utc::now(),
+            ..Observed::default()
+        };
+        let weight = |p: &Plan| p.traffic.as_ref().map(|t| t.canary_weight);
+        let all = plan(&spec, &status, &with_ready(2));
+        assert_eq!(
+            (weight(&all), all.status.phase),
+            (Some(4_000), Phase::Paused)
+        );
+        let one = plan(&spec, &status, &with_ready(1));
+        assert_eq!(weight(&one), Some(2_000), "1 of 5 pods carries 20%");
+        assert_eq!(one.status.canary_weight, 4_000, "the step's weight is kept");
+        assert_eq!(one.status.phase, Phase::Progressing);
+        assert_eq!(
+            one.replicas.get("v2"),
+            Some(&2),
+            "the canary keeps its size"
+        );
+        let none = plan(&spec, &status, &with_ready(0));
+        assert_eq!(weight(&none), Some(0));
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        let ms = Duration::from_millis;
+        assert_eq!(format_duration(ms(500)), "500ms");
+        assert_eq!(format_duration(ms(2_000)), "2s");
+        assert_eq!(format_duration(ms(1_500)), "1.5s");
+        assert_eq!(format_duration(ms(61_250)), "61.25s");
+    }
+
+    #[test]
+    fn abort_takes_traffic_off_the_canary_even_when_the_spec_cannot_be_executed() {
+        // No template nor workloadRef: validate() refuses the spec.
+        let mut spec = CanaryRolloutSpec {
+            strategy: RolloutStrategy {
+                canary: CanaryStrategy::default(),
+            },
+            ..CanaryRolloutSpec::default()
+        };
+        let obs = Observed {
+            template_hash: "v2".into(),
+            now: Utc::now(),
+            ..Observed::default()
+        };
+        let frozen = plan(&spec, &paused_canary(), &obs);
+        assert_eq!(frozen.status.phase, Phase::Degraded);
+        assert_eq!(
+            frozen.traffic, None,
+            "without abort, traffic stays as it is"
+        );
+
+        spec.abort = true;
+        let aborted = plan(&spec, &paused_canary(), &obs);
+        let traffic = aborted.traffic.expect("abort plans traffic");
+        assert_eq!((traffic.canary_weight, traffic.header_routes.len()), (0, 0));
+        assert_eq!(aborted.status.phase, Phase::Aborted);
+        assert_eq!(aborted.status.canary_weight, 0);
+        assert!(aborted.replicas.is_empty(), "no ReplicaSet resized");
+    }
 }

@@ -114,3 +114,4 @@ pub fn rollout_with_analysis_step(
         }
     })
 }
+pub mod rollout_env;
