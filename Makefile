@@ -41,8 +41,7 @@ oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to
 	python3 filter/oci_image.py --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
 
 crd: ## Regenerate the CanaryRollout, AnalysisTemplate and ClusterAnalysisTemplate CRD YAML from the Rust types (committed; tests check them)
-	cargo run -q -p wasm-canary-controller --bin crdgen > controller/crds/canaryrollout.yaml
-	WASM_CANARY_WRITE_CRDS=1 cargo test -q -p wasm-canary-controller --test analysis_crd -- crd_is_fresh
+	cargo run -q -p wasm-canary-controller --bin crdgen -- --out-dir controller/crds
 
 test: setup wasm cluster-build mesh-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars, Envoy end-to-end
 	$(MAKE) --no-print-directory lint

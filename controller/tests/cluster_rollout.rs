@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::ops::Not;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -405,16 +404,16 @@ async fn a_header_route_step_sends_testers_to_canary_at_weight_zero_until_promot
         50,
         "0.5% = 50 basis points"
     );
-    assert!(
-        env.rollout()
-            .await
-            .metadata
+    // The annotation is cleared by a write after the status write: wait for it rather than
+    // read it once (a reader between the two writes sees it still set).
+    env.until("the promote annotation consumed", |r| {
+        (!r.metadata
             .annotations
-            .unwrap_or_default()
-            .contains_key(PROMOTE_ANNOTATION)
-            .not(),
-        "promote consumed"
-    );
+            .as_ref()
+            .is_some_and(|a| a.contains_key(PROMOTE_ANNOTATION)))
+        .then_some(())
+    })
+    .await;
 
     env.promote("full").await;
     let r = env
