@@ -269,7 +269,18 @@ async fn a_secret_argument_reaches_the_provider_and_is_nowhere_a_user_without_se
     );
 
     // Everything a user without `get secrets` reads: no spelling of the token anywhere.
-    let events = events(&cluster.client, &cluster.ns).await;
+    // The controller writes its Events after the status that the wait above read: wait for
+    // the Event quoting the failed metric's redacted error instead of reading the list once.
+    let start = std::time::Instant::now();
+    let events = loop {
+        let events = events(&cluster.client, &cluster.ns).await;
+        if events.contains("tenant-errors") && events.contains("*****")
+            || start.elapsed() > std::time::Duration::from_secs(60)
+        {
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let (kubeconfig, ns) = (
         cluster.plane.kubeconfig_path().to_owned(),
         cluster.ns.clone(),
