@@ -170,11 +170,6 @@ impl Bookinfo {
     pub fn http(&self) -> wasm_canary_e2e::http::Client {
         wasm_canary_e2e::http::Client::new(self.caller_addr)
     }
-
-    /// The `reviews` pod whose app answered (by the app's name, its version).
-    pub fn pod_of_version(&self, version: &str) -> Option<&ReviewsPod> {
-        self.reviews.iter().find(|p| p.version == version)
-    }
 }
 
 /// A user's manifests from `wasm-plugin/` for namespace `ns`, with the WasmPlugins' `url`

@@ -4,7 +4,7 @@
 //! once its sidecar's inbound listener answers. A Pod being deleted is torn down, then removed.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,14 +56,6 @@ impl MeshKubelet {
         MeshKubelet { task, running }
     }
 
-    /// The value of Envoy stat `name` in the sidecar of every Pod running now.
-    pub fn sidecar_stats(&self, name: &str) -> Vec<u64> {
-        self.running
-            .lock()
-            .map(|r| r.values().map(|p| p.sidecar.stat(name)).collect())
-            .unwrap_or_default()
-    }
-
     /// Every stat whose name contains `filter`, per sidecar of the Pods running now.
     pub fn sidecar_stats_matching(
         &self,
@@ -74,18 +66,6 @@ impl MeshKubelet {
             .map(|r| {
                 r.values()
                     .map(|p| p.sidecar.stats(filter).unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// `(pod name, hash)` of every Pod running now.
-    pub fn running(&self) -> Vec<(String, String)> {
-        self.running
-            .lock()
-            .map(|r| {
-                r.values()
-                    .map(|p| (p.pod.name.clone(), p.hash.clone()))
                     .collect()
             })
             .unwrap_or_default()
@@ -271,9 +251,4 @@ async fn stop_pod(
     let _ = Api::<KubePod>::namespaced(client.clone(), ns)
         .delete(name, &DeleteParams::default().grace_period(0))
         .await;
-}
-
-/// The address a running Pod got (for tests that reach it directly).
-pub fn address_of(kubelet: &MeshKubelet, pod: &str) -> Option<Ipv4Addr> {
-    kubelet.running.lock().ok()?.get(pod).map(|r| r.pod.ip)
 }
