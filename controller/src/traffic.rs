@@ -71,6 +71,7 @@ pub fn plugin_config(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic
             canary_weight: traffic.canary_weight,
             stable_hash: Some(traffic.stable_hash.clone()),
             canary_hash: Some(traffic.canary_hash.clone()),
+            decision_header: None,
             header_routes: traffic.header_routes.iter().map(header_route).collect(),
             sticky,
         }],

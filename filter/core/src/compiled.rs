@@ -27,6 +27,9 @@ pub const MAX_MATCHES_PER_ROUTE: usize = 16;
 pub const MAX_REGEX_LEN: usize = 1024;
 /// Longest name or value accepted in any string field.
 pub const MAX_STRING_LEN: usize = 1024;
+/// At most this many distinct decision headers in one config (the config's `decisionHeader`
+/// plus the services' own). Each costs a header lookup on every request.
+pub const MAX_DECISION_HEADERS: usize = 8;
 
 /// A validated config, ready for the request path.
 #[derive(Debug, Clone)]
@@ -35,6 +38,9 @@ pub struct CompiledConfig {
     pub mode: FilterMode,
     /// Lower-cased decision header name.
     pub decision_header: String,
+    /// Every distinct decision header of the config, lower-cased: `decision_header` first,
+    /// then services' own. A client-sent value of any of them is never trusted.
+    pub decision_headers: Vec<String>,
     /// Whether `stable` decisions are written too.
     pub write_stable_decision: bool,
     /// Lower-cased hash header name, if any.
@@ -92,6 +98,9 @@ pub struct CompiledService {
     pub name: String,
     /// Canary share in basis points.
     pub canary_weight: u32,
+    /// Index into [`CompiledConfig::decision_headers`] of the header this service's decision
+    /// is written into.
+    pub decision_header: usize,
     /// Stable ReplicaSet's pod-template hash.
     pub stable_hash: Option<String>,
     /// Canary ReplicaSet's pod-template hash.
@@ -181,16 +190,45 @@ impl CompiledConfig {
             ));
         }
 
+        let mut decision_headers = vec![decision_header.clone()];
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_host: HashMap<String, usize, BuildHasherDefault<HostHasher>> =
             HashMap::default();
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, svc) in config.services.iter().enumerate() {
-            let path = format!("services[{i}]");
-            let compiled = compile_service(&path, svc)?;
+            // Name the entry as the JSON does: by key (the controller's form), or by index
+            // when it has no usable name.
+            let path = if svc.name.is_empty() {
+                format!("services[{i}]")
+            } else {
+                format!("services[{:?}]", svc.name)
+            };
+            let mut compiled = compile_service(&path, svc)?;
+            if let Some(own) = &svc.decision_header {
+                let header_path = format!("{path}.decisionHeader");
+                let own = header_name(&header_path, own)?;
+                if hash_header.as_deref() == Some(own.as_str()) {
+                    return Err(ConfigError::new(header_path, "must differ from hashHeader"));
+                }
+                compiled.decision_header = match decision_headers.iter().position(|h| *h == own) {
+                    Some(index) => index,
+                    None if decision_headers.len() < MAX_DECISION_HEADERS => {
+                        decision_headers.push(own);
+                        decision_headers.len() - 1
+                    }
+                    None => {
+                        return Err(ConfigError::new(
+                            header_path,
+                            format!(
+                                "more than {MAX_DECISION_HEADERS} distinct decision headers in one config"
+                            ),
+                        ))
+                    }
+                };
+            }
             if let Some(first) = names.insert(svc.name.as_str(), i) {
                 return Err(ConfigError::new(
-                    format!("{path}.name"),
+                    format!("services[{i}].name"),
                     format!("\"{}\" is already the name of services[{first}]", svc.name),
                 ));
             }
@@ -206,7 +244,7 @@ impl CompiledConfig {
                     let reason = if other == i {
                         format!("host \"{normalized}\" is listed twice")
                     } else {
-                        format!("host \"{normalized}\" is already claimed by services[{other}] (\"{owner}\")")
+                        format!("host \"{normalized}\" is already claimed by service \"{owner}\"")
                     };
                     return Err(ConfigError::new(host_path, reason));
                 }
@@ -216,6 +254,7 @@ impl CompiledConfig {
         Ok(Self {
             mode: config.mode,
             decision_header,
+            decision_headers,
             write_stable_decision: config.write_stable_decision,
             hash_header,
             version_header,
@@ -233,6 +272,13 @@ impl CompiledConfig {
             *self.by_host.get(host)?
         };
         self.services.get(idx).map(|s| (idx, s))
+    }
+
+    /// The lower-cased decision header `service` writes.
+    pub fn decision_header_of(&self, service: &CompiledService) -> &str {
+        self.decision_headers
+            .get(service.decision_header)
+            .unwrap_or(&self.decision_header)
     }
 
     /// How many distinct hosts are covered.
@@ -300,6 +346,7 @@ fn compile_service(path: &str, svc: &CanaryService) -> Result<CompiledService, C
     Ok(CompiledService {
         name: svc.name.clone(),
         canary_weight: svc.canary_weight,
+        decision_header: 0,
         stable_hash,
         canary_hash,
         header_routes,

@@ -77,6 +77,12 @@ pub struct PluginConfig {
 
     /// Services under canary (client mode). A request whose `:authority` matches none of their
     /// hosts passes untouched, except that a client-sent decision header is removed.
+    ///
+    /// In JSON this is an object keyed by service name (`{"bookinfo/reviews": {...}}`), so that
+    /// in a WasmPlugin composed from several rollouts each rollout's field manager owns exactly
+    /// its own key (server-side apply merges objects key by key; a list would be one atomic
+    /// field). The filter also reads the older list form (`[{"name": ..., ...}]`).
+    #[serde(serialize_with = "services_by_name")]
     pub services: Vec<CanaryService>,
 }
 
@@ -109,7 +115,8 @@ pub enum FilterMode {
 #[serde(rename_all = "camelCase")]
 pub struct CanaryService {
     /// A unique name, conventionally `<namespace>/<service>` (e.g. `bookinfo/reviews`). It seeds
-    /// the sticky hash and names the metrics.
+    /// the sticky hash and names the metrics. In JSON it is the entry's key in `services`.
+    #[serde(skip_serializing)]
     pub name: String,
 
     /// Hostnames this service answers to, matched against `:authority` with the port removed and
@@ -133,6 +140,13 @@ pub struct CanaryService {
     /// matching ALL matches of ANY route goes to canary.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub header_routes: Vec<HeaderRoute>,
+
+    /// The request header this service's decision is written into, when it is not the
+    /// config's `decisionHeader` (its VirtualService routes on another header). Every decision
+    /// header of the config is a routing header: a client-sent one is removed or overwritten
+    /// on every request, whichever host it addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_header: Option<String>,
 
     /// Where the sticky key is read from. When present on a request, the decision is a pure
     /// function of (key, service name, weight), and monotone in the weight: a user on canary at
@@ -207,6 +221,18 @@ pub enum StickyKey {
     Header(String),
     /// A cookie (case-sensitive name).
     Cookie(String),
+}
+
+fn services_by_name<S: serde::Serializer>(
+    services: &[CanaryService],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(services.len()))?;
+    for service in services {
+        map.serialize_entry(&service.name, service)?;
+    }
+    map.end()
 }
 
 fn is_false(b: &bool) -> bool {

@@ -48,17 +48,37 @@ pub(crate) fn plugin_config(v: &Value) -> Result<PluginConfig> {
     if let Some(h) = m.get("versionHeader") {
         config.version_header = string("versionHeader", h)?.to_owned();
     }
-    if let Some(services) = m.get("services") {
-        config.services = array("services", services)?
-            .iter()
-            .enumerate()
-            .map(|(i, s)| service(&format!("services[{i}]"), s))
-            .collect::<Result<_>>()?;
+    match m.get("services") {
+        None | Some(Value::Null) => {}
+        // The older list form: each entry carries its `name`.
+        Some(Value::Array(list)) => {
+            config.services = list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| service(&format!("services[{i}]"), s, None))
+                .collect::<Result<_>>()?;
+        }
+        // Keyed by name, as the controller writes it (see `PluginConfig::services`).
+        Some(Value::Object(by_name)) => {
+            config.services = by_name
+                .iter()
+                .map(|(name, s)| service(&format!("services[{name:?}]"), s, Some(name)))
+                .collect::<Result<_>>()?;
+        }
+        Some(other) => {
+            return Err(invalid_type(
+                "services",
+                other,
+                "an object keyed by service name (or a list of services)",
+            ))
+        }
     }
     Ok(config)
 }
 
-fn service(path: &str, v: &Value) -> Result<CanaryService> {
+/// One service: `key` is its name when `services` is keyed by name (an entry may then repeat
+/// it as `name`, with the same value).
+fn service(path: &str, v: &Value, key: Option<&str>) -> Result<CanaryService> {
     let m = object(
         path,
         v,
@@ -68,11 +88,26 @@ fn service(path: &str, v: &Value) -> Result<CanaryService> {
             "canaryWeight",
             "stableHash",
             "canaryHash",
+            "decisionHeader",
             "headerRoutes",
             "sticky",
         ],
     )?;
-    let name = string(&join(path, "name"), required(path, m, "name")?)?.to_owned();
+    let name_path = join(path, "name");
+    let name = match (key, m.get("name")) {
+        (Some(key), None) => key.to_owned(),
+        (Some(key), Some(n)) => {
+            let n = string(&name_path, n)?;
+            if n != key {
+                return Err(ConfigError::new(
+                    name_path,
+                    format!("{n:?} differs from the entry's key {key:?}"),
+                ));
+            }
+            key.to_owned()
+        }
+        (None, _) => string(&name_path, required(path, m, "name")?)?.to_owned(),
+    };
     let hosts_path = join(path, "hosts");
     let hosts = array(&hosts_path, required(path, m, "hosts")?)?
         .iter()
@@ -102,6 +137,7 @@ fn service(path: &str, v: &Value) -> Result<CanaryService> {
         canary_weight,
         stable_hash: optional_string(&join(path, "stableHash"), m.get("stableHash"))?,
         canary_hash: optional_string(&join(path, "canaryHash"), m.get("canaryHash"))?,
+        decision_header: optional_string(&join(path, "decisionHeader"), m.get("decisionHeader"))?,
         header_routes,
         sticky,
     })

@@ -4,7 +4,7 @@
 //! calls [`route_client_request`] or [`server_edits`], and applies the [`HeaderEdit`]s it gets
 //! back, one host call each. The rules live here so they are tested as tables, natively and
 //! under wasm, without an Envoy. Nothing here allocates: edits borrow their names and values
-//! from the compiled config, and a request has at most two of them.
+//! from the compiled config, and a request has at most one per decision header, plus the hash header.
 //!
 //! Client mode, for a request whose `:authority` is a covered host:
 //! - the decision header is SET to `canary` for a canary decision, and to `stable` for a stable
@@ -15,7 +15,9 @@
 //!   subset has no hash and the client sent one.
 //!
 //! Client mode, any other host: a client-sent decision header and hash header are REMOVED, so
-//! they cannot reach a VirtualService match or an upstream's logs. A header that is not there is
+//! they cannot reach a VirtualService match or an upstream's logs. A config may name several
+//! decision headers (a service can have its own); every one the client sent is removed, except
+//! the covered service's own, which is overwritten as above. A header that is not there is
 //! not removed: that would cost a host call for nothing.
 //!
 //! When the host's header map could not be read, nothing is decided (the request goes on to the
@@ -28,7 +30,7 @@
 
 use std::fmt;
 
-use crate::compiled::CompiledConfig;
+use crate::compiled::{CompiledConfig, MAX_DECISION_HEADERS};
 use crate::config::{is_label_value, POD_TEMPLATE_HASH_LABEL};
 use crate::decision::{decide_for_service, Decision, RequestHeaders, Subset};
 use crate::header_map::SerializedHeaders;
@@ -50,11 +52,11 @@ pub enum HeaderEdit<'a> {
     },
 }
 
-/// The edits for one request, in the order they are to be applied. At most two: the decision
-/// header and the hash header.
+/// The edits for one request, in the order they are to be applied: one per decision header
+/// (set, or a client-sent one removed) and the hash header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HeaderEdits<'a> {
-    slots: [Option<HeaderEdit<'a>>; 2],
+    slots: [Option<HeaderEdit<'a>>; MAX_DECISION_HEADERS + 1],
 }
 
 impl<'a> HeaderEdits<'a> {
@@ -100,12 +102,15 @@ pub fn route_client_request<'a>(
     let covered = view
         .header(":authority")
         .and_then(|authority| config.service_for_authority(authority));
-    let Some((index, service)) = covered else {
-        if client_sent(&config.decision_header) {
-            edits.push(HeaderEdit::Remove {
-                name: &config.decision_header,
-            });
+    // Decision headers other than the one this request's service writes: a client-sent value
+    // must not reach a VirtualService match (of this host or another), so it goes.
+    let own = covered.map(|(_, service)| config.decision_header_of(service));
+    for name in &config.decision_headers {
+        if Some(name.as_str()) != own && client_sent(name) {
+            edits.push(HeaderEdit::Remove { name });
         }
+    }
+    let Some((index, service)) = covered else {
         if let Some(name) = config.hash_header.as_deref().filter(|h| client_sent(h)) {
             edits.push(HeaderEdit::Remove { name });
         }
@@ -115,12 +120,10 @@ pub fn route_client_request<'a>(
         };
     };
     let (subset, reason) = decide_for_service(service, &view, draw());
-    if subset == Subset::Canary
-        || config.write_stable_decision
-        || client_sent(&config.decision_header)
-    {
+    let decision_header = config.decision_header_of(service);
+    if subset == Subset::Canary || config.write_stable_decision || client_sent(decision_header) {
         edits.push(HeaderEdit::Set {
-            name: &config.decision_header,
+            name: decision_header,
             value: subset.as_str(),
         });
     }

@@ -28,6 +28,7 @@ fn reviews() -> CanaryService {
         canary_weight: 50,
         stable_hash: Some("6d5f7c9b8".into()),
         canary_hash: Some("7b9c4d5f6".into()),
+        decision_header: None,
         header_routes: vec![HeaderRoute {
             name: "testers".into(),
             matches: vec![RequestMatch::header(
@@ -121,7 +122,7 @@ fn invalid_configs_are_rejected_naming_the_field() {
         ),
         (
             format!(r#"{{"services":[{{{svc},"canaryWeight":10001}}]}}"#),
-            "services[0].canaryWeight",
+            r#"services["a/b"].canaryWeight"#,
             "out of range",
         ),
         (
@@ -141,7 +142,7 @@ fn invalid_configs_are_rejected_naming_the_field() {
         ),
         (
             r#"{"services":[{"name":"a/b","hosts":[]}]}"#.into(),
-            "services[0].hosts",
+            r#"services["a/b"].hosts"#,
             "at least one",
         ),
         (
@@ -156,23 +157,23 @@ fn invalid_configs_are_rejected_naming_the_field() {
         ),
         (
             r#"{"services":[{"name":"a/b","hosts":["b:9080"]}]}"#.into(),
-            "services[0].hosts[0]",
+            r#"services["a/b"].hosts[0]"#,
             "port",
         ),
         (
             r#"{"services":[{"name":"a/b","hosts":["http://b"]}]}"#.into(),
-            "services[0].hosts[0]",
+            r#"services["a/b"].hosts[0]"#,
             "not a hostname",
         ),
         (
             r#"{"services":[{"name":"a/b","hosts":["b"]},{"name":"a/c","hosts":["c","B"]}]}"#
                 .into(),
-            "services[1].hosts[1]",
-            "already claimed by services[0]",
+            r#"services["a/c"].hosts[1]"#,
+            r#"already claimed by service "a/b""#,
         ),
         (
             r#"{"services":[{"name":"a/b","hosts":["b","b"]}]}"#.into(),
-            "services[0].hosts[1]",
+            r#"services["a/b"].hosts[1]"#,
             "listed twice",
         ),
         (
@@ -191,33 +192,33 @@ fn invalid_configs_are_rejected_naming_the_field() {
             format!(
                 r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"x","value":{{"regex":"(unclosed"}}}}]}}]}}]}}"#
             ),
-            "services[0].headerRoutes[0].match[0].value.regex",
+            r#"services["a/b"].headerRoutes[0].match[0].value.regex"#,
             "invalid regex",
         ),
         (
             format!(r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[]}}]}}]}}"#),
-            "services[0].headerRoutes[0].match",
+            r#"services["a/b"].headerRoutes[0].match"#,
             "at least one",
         ),
         (
             format!(
                 r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"value":{{"exact":"y"}}}}]}}]}}]}}"#
             ),
-            "services[0].headerRoutes[0].match[0]",
+            r#"services["a/b"].headerRoutes[0].match[0]"#,
             "needs",
         ),
         (
             format!(
                 r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"x","cookie":"c","value":{{"exact":"y"}}}}]}}]}}]}}"#
             ),
-            "services[0].headerRoutes[0].match[0]",
+            r#"services["a/b"].headerRoutes[0].match[0]"#,
             "not both",
         ),
         (
             format!(
                 r#"{{"services":[{{{svc},"headerRoutes":[{{"name":"r","match":[{{"header":"bad header","value":{{"exact":"y"}}}}]}}]}}]}}"#
             ),
-            "services[0].headerRoutes[0].match[0].header",
+            r#"services["a/b"].headerRoutes[0].match[0].header"#,
             "not a valid header name",
         ),
         (
@@ -227,7 +228,7 @@ fn invalid_configs_are_rejected_naming_the_field() {
         ),
         (
             format!(r#"{{"services":[{{{svc},"stableHash":"not a hash!"}}]}}"#),
-            "services[0].stableHash",
+            r#"services["a/b"].stableHash"#,
             "label value",
         ),
         (
@@ -268,7 +269,7 @@ fn regex_that_would_compile_huge_is_rejected() {
     let err = CompiledConfig::from_json(json.as_bytes()).unwrap_err();
     assert_eq!(
         err.field,
-        "services[0].headerRoutes[0].match[0].value.regex"
+        r#"services["a/b"].headerRoutes[0].match[0].value.regex"#
     );
 }
 
@@ -279,6 +280,90 @@ fn the_error_message_is_one_line_with_field_first() {
     )
     .unwrap_err();
     let line = err.to_string();
-    assert!(line.starts_with("services[0].canaryWeight: "), "{line}");
+    assert!(
+        line.starts_with(r#"services["a"].canaryWeight: "#),
+        "{line}"
+    );
     assert!(!line.contains('\n'));
+}
+
+#[test]
+fn services_are_written_keyed_by_name_so_each_rollout_owns_its_own_entry() {
+    let config = PluginConfig {
+        services: vec![reviews()],
+        ..PluginConfig::default()
+    };
+    let json = config.to_json_value();
+    let entry = &json["services"]["bookinfo/reviews"];
+    assert_eq!(entry["canaryWeight"], 50);
+    assert!(entry.get("name").is_none(), "the key is the name: {json}");
+}
+
+#[test]
+fn the_older_list_form_and_the_keyed_form_read_the_same() {
+    let keyed = br#"{"services":{"a/b":{"hosts":["b"],"canaryWeight":7}}}"#;
+    let listed = br#"{"services":[{"name":"a/b","hosts":["b"],"canaryWeight":7}]}"#;
+    let same_name = br#"{"services":{"a/b":{"name":"a/b","hosts":["b"],"canaryWeight":7}}}"#;
+    let keyed = PluginConfig::from_json(keyed).unwrap();
+    assert_eq!(keyed, PluginConfig::from_json(listed).unwrap());
+    assert_eq!(keyed, PluginConfig::from_json(same_name).unwrap());
+    assert_eq!(keyed.services[0].name, "a/b");
+}
+
+#[test]
+fn a_keyed_entry_is_refused_naming_it_when_it_is_wrong() {
+    let cases: [(&[u8], &str, &str); 5] = [
+        (
+            br#"{"services":{"a/b":{"name":"a/c","hosts":["b"]}}}"#,
+            r#"services["a/b"].name"#,
+            "differs from the entry's key",
+        ),
+        (
+            br#"{"services":{"a/b":{"hosts":["b"],"canaryWeight":"10"}}}"#,
+            r#"services["a/b"].canaryWeight"#,
+            "invalid type",
+        ),
+        (
+            br#"{"services":"a/b"}"#,
+            "services",
+            "object keyed by service name",
+        ),
+        (
+            br#"{"services":{"a/b":{"hosts":["b"],"decisionHeader":"bad header"}}}"#,
+            r#"services["a/b"].decisionHeader"#,
+            "not a valid header name",
+        ),
+        (
+            br#"{"hashHeader":"x-h","services":{"a/b":{"hosts":["b"],"decisionHeader":"X-H"}}}"#,
+            r#"services["a/b"].decisionHeader"#,
+            "differ from hashHeader",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let err = CompiledConfig::from_json(json).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.reason.contains(reason), "{err}");
+    }
+}
+
+#[test]
+fn more_distinct_decision_headers_than_the_limit_are_refused() {
+    use canary_core::compiled::MAX_DECISION_HEADERS;
+    let services = |n: usize| {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("ns/s{i}"),
+                    serde_json::json!({"hosts": [format!("s{i}")], "decisionHeader": format!("x-d{i}")}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+    };
+    // The config's default header counts as one.
+    let fits = serde_json::json!({ "services": services(MAX_DECISION_HEADERS - 1) });
+    let config = CompiledConfig::from_json(fits.to_string().as_bytes()).unwrap();
+    assert_eq!(config.decision_headers.len(), MAX_DECISION_HEADERS);
+    let over = serde_json::json!({ "services": services(MAX_DECISION_HEADERS) });
+    let err = CompiledConfig::from_json(over.to_string().as_bytes()).unwrap_err();
+    assert!(err.reason.contains("distinct decision headers"), "{err}");
 }

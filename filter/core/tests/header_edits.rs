@@ -345,3 +345,70 @@ fn server_mode_sets_the_version_header_to_the_tag_and_removes_it_without_one() {
         "no label: no tag, and no forged one either"
     );
 }
+
+/// Two services of one composed config, each routed by its own VirtualService on its own
+/// header: `reviews` on the config's default header, `ratings` on `x-ratings-subset`.
+fn two_headers() -> CompiledConfig {
+    let json = serde_json::json!({
+        "services": {
+            "bookinfo/reviews": {"hosts": ["reviews"], "canaryWeight": 5000},
+            "bookinfo/ratings": {"hosts": ["ratings"], "canaryWeight": 5000,
+                                 "decisionHeader": "X-Ratings-Subset"}
+        }
+    });
+    CompiledConfig::from_json(json.to_string().as_bytes()).unwrap()
+}
+
+#[test]
+fn a_service_with_its_own_decision_header_is_decided_into_that_header() {
+    let config = two_headers();
+    let buf = serialize(&[(":authority", b"ratings")]);
+    let routing = route_client_request(&config, SerializedHeaders::parse(&buf), || CANARY);
+    assert_eq!(
+        routing.edits.iter().collect::<Vec<_>>(),
+        [set("x-ratings-subset", "canary")]
+    );
+    let buf = serialize(&[(":authority", b"reviews")]);
+    let routing = route_client_request(&config, SerializedHeaders::parse(&buf), || CANARY);
+    assert_eq!(
+        routing.edits.iter().collect::<Vec<_>>(),
+        [set(DECISION, "canary")]
+    );
+}
+
+#[test]
+fn every_decision_header_a_client_sends_is_removed_or_overwritten_whatever_the_host() {
+    let config = two_headers();
+    let forged: &[(&str, &[u8])] = &[(DECISION, b"canary"), ("x-ratings-subset", b"canary")];
+    for (host, expected) in [
+        (
+            &b"ratings"[..],
+            vec![remove(DECISION), set("x-ratings-subset", "stable")],
+        ),
+        (
+            &b"reviews"[..],
+            vec![remove("x-ratings-subset"), set(DECISION, "stable")],
+        ),
+        (
+            &b"details"[..],
+            vec![remove(DECISION), remove("x-ratings-subset")],
+        ),
+    ] {
+        let mut headers = vec![(":authority", host)];
+        headers.extend_from_slice(forged);
+        let buf = serialize(&headers);
+        let routing = route_client_request(&config, SerializedHeaders::parse(&buf), || STABLE);
+        assert_eq!(
+            routing.edits.iter().collect::<Vec<_>>(),
+            expected,
+            "{}",
+            String::from_utf8_lossy(host)
+        );
+    }
+    let routing = route_client_request(&config, None, || STABLE);
+    assert_eq!(
+        routing.edits.iter().collect::<Vec<_>>(),
+        [remove(DECISION), remove("x-ratings-subset")],
+        "an unreadable header map: every decision header is treated as client-sent"
+    );
+}
