@@ -203,19 +203,37 @@ pub struct WasmTrafficRouting {
     /// Extra hostnames that reach the service (e.g. a gateway host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    /// The WasmPlugin the controller creates and owns.
+    /// The client WasmPlugin the filter config goes into, in each callers' namespace.
     pub wasm_plugin: WasmPluginRef,
+    /// The workloads that call the service, by namespace: each namespace gets (at most) one
+    /// client WasmPlugin, shared by every rollout with callers there; this rollout writes only
+    /// its own service's entry in it. Absent: the callers are `wasmPlugin.selector` (or every
+    /// workload) in the rollout's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<Callers>,
     /// The DestinationRule whose subsets select stable and canary pods (by
     /// `rollouts-pod-template-hash`). It must exist; the controller edits only the two subsets'
     /// hash labels.
     pub destination_rule: DestinationRuleRef,
-    /// Request header the filter writes (`stable`/`canary`) and the VirtualService routes on.
-    /// Default `x-canary-subset`. Rollouts whose clients overlap need distinct headers.
+    /// Request header the filter writes (`stable`/`canary`) for this service and its
+    /// VirtualService routes on. Default `x-canary-subset`; rollouts sharing callers may use
+    /// the same header (the filter decides per service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_header: Option<String>,
     /// Where the sticky key is read: `{header: x-user-id}` or `{cookie: session}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyKeySpec>,
+}
+
+/// The callers of the service in one namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Callers {
+    /// Their namespace.
+    pub namespace: String,
+    /// Their pod labels. Absent: every workload of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 /// Sticky key source; exactly one field.
@@ -230,11 +248,14 @@ pub struct StickyKeySpec {
     pub cookie: Option<String>,
 }
 
-/// The WasmPlugin to create.
+/// The client WasmPlugin.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmPluginRef {
-    /// Its name. Default `<rollout>-canary`.
+    /// Its name, in every callers' namespace. Default `wasm-canary`. Rollouts with callers in
+    /// one namespace share it (one filter per sidecar); they must then agree on `url` and
+    /// `sha256`. A WasmPlugin of that name that a user applied is adopted: rollouts write only
+    /// their entries of its `spec.pluginConfig.services`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Where Istio fetches the filter: `oci://...`, `https://...` or `file://...`.
@@ -242,8 +263,8 @@ pub struct WasmPluginRef {
     /// sha256 of the module (required by Istio for https/file URLs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// Labels of the CLIENT workloads (the callers of the service). Absent: every workload in
-    /// the namespace.
+    /// Labels of the CLIENT workloads (the callers of the service) in the rollout's namespace,
+    /// when `callers` is not given. Absent: every workload in the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<BTreeMap<String, String>>,
 }
@@ -329,6 +350,10 @@ pub struct CanaryRolloutStatus {
     /// The spec generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The client WasmPlugins (`namespace/name`) holding this rollout's entry; an entry in
+    /// one no longer named (callers changed) is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_plugins: Option<Vec<String>>,
     /// Standard conditions: `Progressing`, `Paused`, `Healthy`, `Aborted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

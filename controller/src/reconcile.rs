@@ -14,8 +14,9 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
@@ -70,6 +71,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Every rollout, as the controller's watch sees them (set once it runs): the callers of
+    /// a shared WasmPlugin and the claims on a service are read from it, not listed.
+    pub rollouts: std::sync::OnceLock<Store<CanaryRollout>>,
 }
 
 impl Context {
@@ -88,7 +92,13 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            rollouts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The rollouts in the controller's cache (none before it runs).
+    pub fn rollouts(&self) -> Vec<Arc<CanaryRollout>> {
+        self.rollouts.get().map(Store::state).unwrap_or_default()
     }
 }
 
@@ -151,8 +161,29 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let metrics = ctx.metrics.clone();
-    let controller = Controller::new(rollouts, watcher::Config::default());
+    let controller = Controller::new(rollouts.clone(), watcher::Config::default());
     let store = controller.store();
+    let _ = ctx.rollouts.set(store.clone());
+    // Ends with the controller (aborted when this function returns or is dropped).
+    let releaser = AbortOnDrop(tokio::spawn(release_deleted_rollouts(
+        ctx.clone(),
+        rollouts,
+        scoped(&wasm_plugin_resource()),
+    )));
+    // The rollouts writing into the client WasmPlugin `namespace/name` (any namespace: callers
+    // may live elsewhere than their rollout).
+    let plugin_store = store.clone();
+    let for_wasm_plugin = move |namespace: Option<String>, name: String| {
+        let all = plugin_store.state();
+        all.iter()
+            .filter(|r| {
+                traffic::targets(r, &all)
+                    .iter()
+                    .any(|t| Some(&t.namespace) == namespace.as_ref() && t.name == name)
+            })
+            .map(|r| ObjectRef::from_obj(&**r))
+            .collect::<Vec<_>>()
+    };
     // The rollouts of `namespace` (any, for `None`) that `refers` to an object named `name`.
     let referring =
         move |namespace: Option<String>, name: String, refers: fn(&CanaryRollout, &str) -> bool| {
@@ -169,7 +200,6 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
         move |namespace: Option<String>, name: String| referring(namespace, name, refers)
     };
     let for_deployment = by(|r, name| r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name));
-    let for_wasm_plugin = by(|r, name| traffic::wasm_plugin_name(r) == name);
     let for_destination_rule = by(|r, name| {
         r.spec
             .strategy
@@ -231,6 +261,7 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
             }
         })
         .await;
+    drop(releaser);
 }
 
 /// Whether the rollout's analysis (background or a step's) uses the template `name` (a
@@ -280,6 +311,10 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         .ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
     let name = rollout.name_any();
     let client = &ctx.client;
+
+    if let Some(holder) = claimed_by_another(&ctx.rollouts(), &rollout) {
+        return refuse_claimed(&ctx, &ns, &rollout, &holder).await;
+    }
 
     let template = pod_template(client, &ns, &rollout).await?;
     let template_hash = pod_template_hash(&template);
@@ -333,7 +368,9 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     }
 
     let written = match &plan.traffic {
-        Some(traffic) => Some(apply_traffic(client, &ns, &rollout, traffic).await?),
+        Some(traffic) => {
+            Some(apply_traffic(client, &ns, &rollout, traffic, &ctx.rollouts()).await?)
+        }
         None => None,
     };
     if let Some(written) = written {
@@ -341,7 +378,12 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
             TrafficWrite::Applied {
                 summary,
                 adopted_now,
+                wasm_plugins,
             } => {
+                if status.wasm_plugins.is_none() {
+                    remove_per_rollout_wasm_plugins(client, &ns, &rollout, &wasm_plugins).await?;
+                }
+                plan.status.wasm_plugins = Some(wasm_plugins);
                 if adopted_now {
                     plan.transitions.push(Transition::new(
                         "WasmPluginAdopted",
@@ -433,6 +475,212 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(200)
     })))
+}
+
+/// The older rollout (`namespace/name`) already running the service this rollout names, if any:
+/// one service is under one rollout. Older means created first (then by name), so every
+/// reconcile, whatever its order, agrees on which one runs.
+fn claimed_by_another(rollouts: &[Arc<CanaryRollout>], rollout: &CanaryRollout) -> Option<String> {
+    let ns = rollout.namespace();
+    let service = &rollout.spec.strategy.canary.traffic_routing.wasm.service;
+    let age = |r: &CanaryRollout| (r.metadata.creation_timestamp.clone(), r.name_any());
+    rollouts
+        .iter()
+        .filter(|r| r.namespace() == ns && r.uid() != rollout.uid())
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .filter(|r| &r.spec.strategy.canary.traffic_routing.wasm.service == service)
+        .filter(|r| age(r) < age(rollout))
+        .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
+        .next()
+}
+
+/// A rollout naming a service another rollout runs does nothing (no ReplicaSet, no traffic
+/// write: nothing of the other changes) and says why in status.
+async fn refuse_claimed(
+    ctx: &Context,
+    ns: &str,
+    rollout: &CanaryRollout,
+    holder: &str,
+) -> Result<Action> {
+    let service = &rollout.spec.strategy.canary.traffic_routing.wasm.service;
+    let message = format!(
+        "service {service} is already under rollout {holder}: one service is rolled out by one CanaryRollout; delete one of them"
+    );
+    let mut status = rollout.status.clone().unwrap_or_default();
+    if status.phase != crate::crd::Phase::Degraded || status.message.as_deref() != Some(&message) {
+        let now = Utc::now();
+        status.phase = crate::crd::Phase::Degraded;
+        status.message = Some(message.clone());
+        status.observed_generation = rollout.metadata.generation;
+        crate::conditions::set_phase_conditions(&mut status, now);
+        set_traffic_condition(
+            &mut status,
+            TrafficReason::Misconfigured,
+            message.clone(),
+            now,
+        );
+        patch_status(&ctx.client, ns, &rollout.name_any(), &status).await?;
+        warn!(%message, "rollout refused");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ServiceClaimed".into(),
+            note: Some(message),
+            action: "Refuse".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
+            warn!(error = %e, "recording event");
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Upgrade from the versions before composition, where each rollout had its own WasmPlugin
+/// (controlled by it, named `<rollout>-canary` by default): once the rollout's entry is in the
+/// shared ones, its own goes, so no sidecar runs two filters. Runs once per rollout (until
+/// `status.wasmPlugins` is first written).
+async fn remove_per_rollout_wasm_plugins(
+    client: &Client,
+    ns: &str,
+    rollout: &CanaryRollout,
+    keep: &[String],
+) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasm_plugin_resource());
+    let uid = rollout.uid().unwrap_or_default();
+    for plugin in api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing WasmPlugins to migrate"))?
+    {
+        let controlled = plugin
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid && o.controller == Some(true));
+        if controlled && !keep.contains(&format!("{ns}/{}", plugin.name_any())) {
+            api.delete(&plugin.name_any(), &Default::default())
+                .await
+                .map_err(kube_err("deleting a per-rollout WasmPlugin"))?;
+            info!(wasm_plugin = %plugin.name_any(), "per-rollout WasmPlugin of an older version removed");
+        }
+    }
+    Ok(())
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Removing a rollout removes only its part: when one is deleted, its entries leave the shared
+/// WasmPlugins (and a WasmPlugin left with none is deleted). At every (re)start of the watch,
+/// entries of rollouts deleted while the controller was away go too.
+async fn release_deleted_rollouts(
+    ctx: Arc<Context>,
+    rollouts: Api<CanaryRollout>,
+    wasm_plugins: Api<DynamicObject>,
+) {
+    let mut events =
+        std::pin::pin!(watcher(rollouts, watcher::Config::default()).default_backoff());
+    // The rollouts of the current (re)list: only a complete list may say a manager is gone (the
+    // controller's own cache may still be empty when this list is done).
+    let mut listed: Vec<String> = Vec::new();
+    while let Some(event) = events.next().await {
+        let result = match event {
+            Ok(watcher::Event::Delete(gone)) => release_rollout(&ctx, &gone).await,
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                Ok(())
+            }
+            Ok(watcher::Event::InitApply(r)) => {
+                listed.push(traffic::field_manager(&r));
+                Ok(())
+            }
+            Ok(watcher::Event::InitDone) => release_orphans(&ctx, &wasm_plugins, &listed).await,
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, "watching rollouts for deletions");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "releasing WasmPlugin entries of a deleted rollout");
+        }
+    }
+}
+
+async fn release_rollout(ctx: &Context, gone: &CanaryRollout) -> Result<()> {
+    let manager = traffic::field_manager(gone);
+    let mut keys: Vec<String> = traffic::targets(gone, &ctx.rollouts())
+        .iter()
+        .map(|t| t.key())
+        .collect();
+    keys.extend(
+        gone.status
+            .iter()
+            .flat_map(|s| s.wasm_plugins.iter().flatten())
+            .cloned(),
+    );
+    keys.sort();
+    keys.dedup();
+    // A rollout of the same name created since then writes with the same manager: keep it.
+    let recreated = ctx.rollouts().iter().any(|r| {
+        r.namespace() == gone.namespace()
+            && r.name_any() == gone.name_any()
+            && r.uid() != gone.uid()
+    });
+    if recreated {
+        return Ok(());
+    }
+    for key in keys {
+        if let Some((namespace, name)) = key.split_once('/') {
+            crate::traffic_writes::release(&ctx.client, namespace, name, &manager, &ctx.rollouts())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Entries in the controller's WasmPlugins written by rollouts that no longer exist.
+async fn release_orphans(
+    ctx: &Context,
+    wasm_plugins: &Api<DynamicObject>,
+    live: &[String],
+) -> Result<()> {
+    let rollouts = ctx.rollouts();
+    let labelled = ListParams::default().labels(&format!(
+        "{}={}",
+        traffic::MANAGED_BY.0,
+        traffic::MANAGED_BY.1
+    ));
+    for plugin in wasm_plugins
+        .list(&labelled)
+        .await
+        .map_err(kube_err("listing WasmPlugins"))?
+    {
+        let namespace = plugin.namespace().unwrap_or_default();
+        for manager in plugin
+            .managed_fields()
+            .iter()
+            .filter_map(|m| m.manager.as_deref())
+            .filter(|m| {
+                m.starts_with(traffic::ROLLOUT_MANAGER_PREFIX) && !live.iter().any(|l| l == m)
+            })
+        {
+            crate::traffic_writes::release(
+                &ctx.client,
+                &namespace,
+                &plugin.name_any(),
+                manager,
+                &rollouts,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The AnalysisTemplates and ClusterAnalysisTemplates the rollout references, keyed as

@@ -1,7 +1,16 @@
-//! What a [`Traffic`] plan means for Istio objects: the WasmPlugin's `pluginConfig` (built from
-//! the filter's own [`PluginConfig`] type, so what is written is what the filter parses) and the
-//! DestinationRule subsets' hash labels.
+//! What a [`Traffic`] plan means for Istio objects: the rollout's entry in the client
+//! WasmPlugins of its callers' namespaces (built from the filter's own [`PluginConfig`] type, so
+//! what is written is what the filter parses) and the DestinationRule subsets' hash labels.
+//!
+//! One filter per sidecar: every rollout with callers in a namespace writes into the same
+//! client WasmPlugin there ([`targets`]), each with its own field manager ([`field_manager`])
+//! over its own key of `pluginConfig.services` (server-side apply merges an object key by key),
+//! so a rollout's step changes only its entry, and only in the namespaces of its callers.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use canary_core::config::{DEFAULT_DECISION_HEADER, POD_TEMPLATE_HASH_LABEL};
@@ -9,6 +18,7 @@ use canary_core::{CanaryService, HeaderRoute, PluginConfig, RequestMatch, Sticky
 
 use crate::crd::{CanaryRollout, SetHeaderRoute, WasmTrafficRouting};
 use crate::steps::Traffic;
+use crate::FIELD_MANAGER;
 
 /// The hosts a Service answers to inside the cluster, plus any extra ones configured.
 pub fn service_hosts(routing: &WasmTrafficRouting, namespace: &str) -> Vec<String> {
@@ -49,8 +59,189 @@ fn header_route(route: &SetHeaderRoute) -> HeaderRoute {
     }
 }
 
-/// The filter configuration for a rollout's traffic plan.
-pub fn plugin_config(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) -> PluginConfig {
+/// The default name of the client WasmPlugin in each callers' namespace.
+pub const DEFAULT_WASM_PLUGIN: &str = "wasm-canary";
+
+/// The label every client WasmPlugin the controller creates carries: one without it (and with
+/// no controller owner) was applied by a user and is only adopted.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", FIELD_MANAGER);
+
+/// Prefix of the field manager of each rollout (see [`field_manager`]).
+pub const ROLLOUT_MANAGER_PREFIX: &str = "wasm-canary/";
+
+/// The server-side-apply field manager a rollout writes its WasmPlugin entries with:
+/// `wasm-canary/<namespace>/<name>` (its uid when that is over the API server's 128
+/// characters). A WasmPlugin shared by several rollouts then says, field by field, which
+/// rollout wrote what, and a rollout's write can neither change nor remove another's entry.
+pub fn field_manager(rollout: &CanaryRollout) -> String {
+    let readable = format!(
+        "{ROLLOUT_MANAGER_PREFIX}{}/{}",
+        rollout.namespace().unwrap_or_default(),
+        rollout.name_any()
+    );
+    if readable.len() <= 128 {
+        readable
+    } else {
+        format!(
+            "{ROLLOUT_MANAGER_PREFIX}{}",
+            rollout.uid().unwrap_or_default()
+        )
+    }
+}
+
+/// The key of the rollout's entry in `pluginConfig.services`: `<namespace>/<service>`. It
+/// names the filter's metrics and seeds sticky hashing, as before composition.
+pub fn service_key(rollout: &CanaryRollout, namespace: &str) -> String {
+    format!(
+        "{namespace}/{}",
+        rollout.spec.strategy.canary.traffic_routing.wasm.service
+    )
+}
+
+/// One client WasmPlugin a rollout writes into.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PluginTarget {
+    /// The callers' namespace (the WasmPlugin's).
+    pub namespace: String,
+    /// The WasmPlugin's name.
+    pub name: String,
+    /// The callers' pod labels there (`None`: every workload).
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+impl PluginTarget {
+    /// `namespace/name`, as status lists it.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The callers of a rollout, by namespace: `(namespace, selector)`.
+fn callers_of(rollout: &CanaryRollout) -> Vec<(String, Option<BTreeMap<String, String>>)> {
+    let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
+    if routing.callers.is_empty() {
+        vec![(
+            rollout.namespace().unwrap_or_default(),
+            routing.wasm_plugin.selector.clone(),
+        )]
+    } else {
+        routing
+            .callers
+            .iter()
+            .map(|c| (c.namespace.clone(), c.selector.clone()))
+            .collect()
+    }
+}
+
+/// Whether two callers selectors may select one pod: yes unless a label is required with two
+/// different values (`app: a` and `app: b` never meet; `app: a` and `tier: web` may).
+fn may_overlap(a: &Option<BTreeMap<String, String>>, b: &Option<BTreeMap<String, String>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v)),
+        _ => true,
+    }
+}
+
+/// The client WasmPlugins the rollout writes into: one per callers' namespace.
+///
+/// With an explicit `wasmPlugin.name`, that WasmPlugin. By default, the callers selectors of
+/// every rollout in a namespace (`all`, plus `rollout` itself) are grouped so that selectors
+/// that may select one pod are in one group ([`may_overlap`], transitively); each group gets
+/// one WasmPlugin, `wasm-canary-<hash of the group's common labels>` (`wasm-canary` when they
+/// have none), selecting those common labels. A pod is selected by at most one group's
+/// WasmPlugin (selectors in different groups require some label with different values), so
+/// it runs at most one filter; and callers with disjoint selectors (`app: a`, `app: b`) get
+/// separate WasmPlugins, so a step of one rollout is pushed only to its own callers.
+pub fn targets(rollout: &CanaryRollout, all: &[Arc<CanaryRollout>]) -> Vec<PluginTarget> {
+    let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
+    let mut targets: Vec<PluginTarget> = callers_of(rollout)
+        .into_iter()
+        .map(|(namespace, selector)| {
+            let name = match &routing.wasm_plugin.name {
+                Some(name) => name.clone(),
+                None => group_plugin_name(rollout, all, &namespace, &selector),
+            };
+            PluginTarget {
+                namespace,
+                name,
+                selector,
+            }
+        })
+        .collect();
+    targets.sort();
+    targets.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    targets
+}
+
+/// The default-named WasmPlugin of the group of `selector` among the callers in `namespace`.
+fn group_plugin_name(
+    rollout: &CanaryRollout,
+    all: &[Arc<CanaryRollout>],
+    namespace: &str,
+    selector: &Option<BTreeMap<String, String>>,
+) -> String {
+    let uid = rollout.uid();
+    let others = all
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| r.uid() != uid && r.metadata.deletion_timestamp.is_none())
+        .filter(|r| {
+            r.spec
+                .strategy
+                .canary
+                .traffic_routing
+                .wasm
+                .wasm_plugin
+                .name
+                .is_none()
+        });
+    let mut selectors: Vec<Option<BTreeMap<String, String>>> = std::iter::once(rollout)
+        .chain(others)
+        .flat_map(callers_of)
+        .filter(|(ns, _)| ns == namespace)
+        .map(|(_, s)| s)
+        .collect();
+    selectors.sort();
+    selectors.dedup();
+    // Grow the group of `selector` until no other selector may overlap it.
+    let mut group = vec![selector.clone()];
+    let mut rest: Vec<_> = selectors.into_iter().filter(|s| s != selector).collect();
+    loop {
+        let (joined, apart): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|s| group.iter().any(|g| may_overlap(g, s)));
+        rest = apart;
+        if joined.is_empty() {
+            break;
+        }
+        group.extend(joined);
+    }
+    lone_plugin_name(&composed_selector(&group))
+}
+
+/// The default client WasmPlugin name of a rollout that is alone with its callers
+/// `selector` in their namespace (e.g. `wasm-canary` without a selector).
+pub fn lone_plugin_name(selector: &Option<BTreeMap<String, String>>) -> String {
+    match composed_selector([selector]) {
+        None => DEFAULT_WASM_PLUGIN.to_owned(),
+        Some(common) => format!("{DEFAULT_WASM_PLUGIN}-{}", selector_hash(&common)),
+    }
+}
+
+/// Ten hex digits of FNV-1a over `k=v,` of the sorted labels: a stable, name-safe suffix.
+fn selector_hash(labels: &BTreeMap<String, String>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([b',']) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{:010x}", hash & 0xff_ffff_ffff)
+}
+
+/// The rollout's entry in `pluginConfig.services` for a traffic plan.
+pub fn service_entry(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) -> CanaryService {
     let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
     let sticky = routing
         .sticky
@@ -60,60 +251,52 @@ pub fn plugin_config(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic
             (None, Some(c)) => Some(StickyKey::Cookie(c.clone())),
             _ => None,
         });
-    PluginConfig {
+    CanaryService {
+        name: service_key(rollout, namespace),
+        hosts: service_hosts(routing, namespace),
+        canary_weight: traffic.canary_weight,
+        stable_hash: Some(traffic.stable_hash.clone()),
+        canary_hash: Some(traffic.canary_hash.clone()),
+        // The config's default header needs no entry field: a rollout that names it writes
+        // nothing another rollout could disagree with.
         decision_header: routing
             .decision_header
             .clone()
-            .unwrap_or_else(|| DEFAULT_DECISION_HEADER.to_owned()),
-        services: vec![CanaryService {
-            name: format!("{namespace}/{}", routing.service),
-            hosts: service_hosts(routing, namespace),
-            canary_weight: traffic.canary_weight,
-            stable_hash: Some(traffic.stable_hash.clone()),
-            canary_hash: Some(traffic.canary_hash.clone()),
-            decision_header: None,
-            header_routes: traffic.header_routes.iter().map(header_route).collect(),
-            sticky,
-        }],
+            .filter(|h| !h.eq_ignore_ascii_case(DEFAULT_DECISION_HEADER)),
+        header_routes: traffic.header_routes.iter().map(header_route).collect(),
+        sticky,
+    }
+}
+
+/// The filter configuration holding only this rollout's entry (what its field manager applies
+/// in `spec.pluginConfig`).
+pub fn plugin_config(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) -> PluginConfig {
+    PluginConfig {
+        services: vec![service_entry(rollout, namespace, traffic)],
         ..PluginConfig::default()
     }
 }
 
-/// The name of the WasmPlugin the rollout owns.
-pub fn wasm_plugin_name(rollout: &CanaryRollout) -> String {
-    let name = rollout.metadata.name.clone().unwrap_or_default();
-    rollout
-        .spec
-        .strategy
-        .canary
-        .traffic_routing
-        .wasm
-        .wasm_plugin
-        .name
-        .clone()
-        .unwrap_or(format!("{name}-canary"))
-}
-
-/// Who the named WasmPlugin belongs to, which decides what the controller writes in it.
+/// Who a client WasmPlugin belongs to, which decides what a rollout writes in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WasmPluginOwnership {
-    /// It does not exist yet, or this rollout controls it (its controller ownerReference):
-    /// the controller is the owner of record of every field it applies (`url`, `pluginName`,
-    /// `match`, `selector`, `sha256`, `failStrategy`, `pluginConfig`) and takes them back from
-    /// any other writer. Fields it never applies (`priority`, `imagePullPolicy`, ...) stay
-    /// with whoever set them.
+    /// It does not exist yet, or the controller created it (label [`MANAGED_BY`]): each
+    /// rollout writing into it applies `url`, `sha256`, `pluginName`, `match`, `failStrategy`
+    /// (shared, so they must agree) and its own entry; the controller writes the `selector`.
+    /// Fields it never applies (`priority`, `imagePullPolicy`, ...) stay with whoever set them.
     Owned,
-    /// Someone else created it (named by `wasmPlugin.name`) and no object controls it: the
-    /// controller writes `spec.pluginConfig` only, the traffic decision the rollout exists to
-    /// make; url, selector and the rest stay the user's, and no ownerReference is added (the
-    /// plugin outlives the rollout).
+    /// Someone else created it and no object controls it: rollouts write their entries of
+    /// `spec.pluginConfig.services` only; url, selector and the rest stay the user's, and the
+    /// controller never deletes it.
     Adopted,
     /// Another object controls it (`kind/name`): nothing is written; the status says so.
     ControlledByOther(String),
 }
 
-/// The ownership of `current` (the WasmPlugin as read, `None` if absent) for the rollout
-/// with uid `rollout_uid`.
+/// The ownership of `current` (the WasmPlugin as read, `None` if absent) for the rollout with
+/// uid `rollout_uid`. A WasmPlugin controlled by this very rollout is the per-rollout one of
+/// versions before composition: it is taken over as [`WasmPluginOwnership::Owned`] (and its
+/// ownerReference dropped when written).
 pub fn wasm_plugin_ownership(current: Option<&Value>, rollout_uid: &str) -> WasmPluginOwnership {
     let Some(current) = current else {
         return WasmPluginOwnership::Owned;
@@ -122,30 +305,32 @@ pub fn wasm_plugin_ownership(current: Option<&Value>, rollout_uid: &str) -> Wasm
         .as_array()
         .and_then(|refs| refs.iter().find(|r| r["controller"] == true));
     match controller {
-        None => WasmPluginOwnership::Adopted,
         Some(r) if r["uid"] == rollout_uid => WasmPluginOwnership::Owned,
         Some(r) => WasmPluginOwnership::ControlledByOther(format!(
             "{}/{}",
             r["kind"].as_str().unwrap_or_default(),
             r["name"].as_str().unwrap_or_default()
         )),
+        None if current["metadata"]["labels"][MANAGED_BY.0] == MANAGED_BY.1 => {
+            WasmPluginOwnership::Owned
+        }
+        None => WasmPluginOwnership::Adopted,
     }
 }
 
-/// What the controller applies to the WasmPlugin for `ownership` (see
-/// [`WasmPluginOwnership`]); `owner` is the rollout's controller ownerReference.
+/// What the rollout's field manager applies to the client WasmPlugin `target` for a plan.
 pub fn wasm_plugin(
     rollout: &CanaryRollout,
-    namespace: &str,
+    target: &PluginTarget,
     traffic: &Traffic,
     ownership: &WasmPluginOwnership,
-    owner: &Value,
 ) -> Value {
     let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
-    let plugin_config = plugin_config(rollout, namespace, traffic).to_json_value();
-    let mut metadata = json!({"name": wasm_plugin_name(rollout), "namespace": namespace});
+    let ns = rollout.namespace().unwrap_or_default();
+    let plugin_config = plugin_config(rollout, &ns, traffic).to_json_value();
+    let mut metadata = json!({"name": target.name, "namespace": target.namespace});
     let spec = if *ownership == WasmPluginOwnership::Owned {
-        metadata["ownerReferences"] = json!([owner]);
+        metadata["labels"] = json!({MANAGED_BY.0: MANAGED_BY.1});
         let mut spec = json!({
             "url": routing.wasm_plugin.url,
             "pluginName": "wasm-canary",
@@ -155,9 +340,6 @@ pub fn wasm_plugin(
         });
         if let Some(sha) = &routing.wasm_plugin.sha256 {
             spec["sha256"] = json!(sha);
-        }
-        if let Some(sel) = &routing.wasm_plugin.selector {
-            spec["selector"] = json!({"matchLabels": sel});
         }
         spec
     } else {
@@ -171,11 +353,55 @@ pub fn wasm_plugin(
     })
 }
 
+/// The selector of a shared client WasmPlugin: the labels every one of its rollouts' callers
+/// selectors has in common (`None`: some rollout calls from every workload there, or they
+/// share no label). A superset of every rollout's callers, so each caller runs the filter; a
+/// workload selected only by the common part runs it too, at the cost of a host lookup per
+/// request (README, "One filter per sidecar").
+pub fn composed_selector<'a>(
+    selectors: impl IntoIterator<Item = &'a Option<BTreeMap<String, String>>>,
+) -> Option<BTreeMap<String, String>> {
+    let mut common: Option<BTreeMap<String, String>> = None;
+    for selector in selectors {
+        let selector = selector.as_ref()?;
+        common = Some(match common {
+            None => selector.clone(),
+            Some(c) => c
+                .into_iter()
+                .filter(|(k, v)| selector.get(k) == Some(v))
+                .collect(),
+        });
+    }
+    common.filter(|c| !c.is_empty())
+}
+
+/// The rollout's own entry in a WasmPlugin as read, as JSON (`None`: not there).
+pub fn entry_in<'a>(wasm_plugin: &'a Value, key: &str) -> Option<&'a Value> {
+    match &wasm_plugin["spec"]["pluginConfig"]["services"] {
+        Value::Object(by_name) => by_name.get(key),
+        Value::Array(list) => list.iter().find(|s| s["name"] == key),
+        _ => None,
+    }
+}
+
+/// The field managers another rollout's write conflicts with, read from the API server's 409
+/// (`conflict with "wasm-canary/ns/name" using ...`): a rollout never takes fields from
+/// another rollout by force.
+pub fn conflicting_managers(message: &str) -> Vec<String> {
+    message
+        .split("conflict with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether `current` already holds everything `wanted` sets: objects field by field (extra
 /// fields in `current`, set by others or defaulted by the API server, are fine), lists element
 /// by element (same length: they are atomic in Istio's schemas), scalars equal. An apply of
 /// `wanted` would change nothing the controller owns, so it is not sent (no write, no istiod
-/// push, no watch event that would come back as a reconcile).
+/// push, no watch event that would come back as a reconcile). The rollout's own entry is
+/// compared exactly (a field it dropped, e.g. its last header route, must go).
 pub fn holds(current: &Value, wanted: &Value) -> bool {
     match (current, wanted) {
         (Value::Object(have), Value::Object(want)) => want
@@ -188,18 +414,10 @@ pub fn holds(current: &Value, wanted: &Value) -> bool {
     }
 }
 
-/// Whether the WasmPlugin as read (`current`) already carries the apply `wanted`: its spec
-/// fields and, when it sets one, its ownerReference (other owners may be listed too).
-pub fn wasm_plugin_in_place(current: &Value, wanted: &Value) -> bool {
-    let owner_in_place = match wanted["metadata"]["ownerReferences"].as_array() {
-        Some(ours) => ours.iter().all(|o| {
-            current["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == o["uid"]))
-        }),
-        None => true,
-    };
-    owner_in_place && holds(&current["spec"], &wanted["spec"])
+/// Whether the WasmPlugin as read (`current`) already carries the apply `wanted` of the
+/// rollout whose entry is `key`.
+pub fn wasm_plugin_in_place(current: &Value, wanted: &Value, key: &str) -> bool {
+    holds(&current["spec"], &wanted["spec"]) && entry_in(current, key) == entry_in(wanted, key)
 }
 
 /// The DestinationRule's `subsets` with the stable and canary subsets' hash labels set, every

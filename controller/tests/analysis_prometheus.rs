@@ -294,7 +294,7 @@ async fn play_istiod(
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &wasm_plugin_resource());
     let mut pushed = String::new();
     loop {
-        if let Ok(Some(wp)) = api.get_opt("reviews-canary").await {
+        if let Ok(Some(wp)) = api.get_opt("wasm-canary").await {
             let config = wp.data["spec"]["pluginConfig"].to_string();
             if config != pushed {
                 let m = mesh.clone();
@@ -370,8 +370,7 @@ async fn run_canary(
     let start = tokio::time::Instant::now();
     loop {
         env.assert_tasks_running().await;
-        let current =
-            wp.get("reviews-canary").await.unwrap().data["spec"]["pluginConfig"].to_string();
+        let current = wp.get("wasm-canary").await.unwrap().data["spec"]["pluginConfig"].to_string();
         if *env.pushed.lock().unwrap() == current {
             break;
         }

@@ -205,7 +205,7 @@ impl Env {
     async fn plugin_config(&self) -> Option<PluginConfig> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
-        let wp = api.get_opt("reviews-rollout-canary").await.unwrap()?;
+        let wp = api.get_opt(&support::productpage_plugin()).await.unwrap()?;
         Some(PluginConfig::from_value(&wp.data["spec"]["pluginConfig"]).unwrap())
     }
 

@@ -92,7 +92,7 @@ impl Env {
     async fn plugin_config(&self) -> Option<PluginConfig> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
-        let wp = api.get_opt("reviews-canary").await.unwrap()?;
+        let wp = api.get_opt(&support::productpage_plugin()).await.unwrap()?;
         Some(
             PluginConfig::from_value(&wp.data["spec"]["pluginConfig"])
                 .expect("the controller writes what the filter parses"),
@@ -102,7 +102,7 @@ impl Env {
     async fn wasm_plugin(&self) -> Value {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
-        serde_json::to_value(api.get("reviews-canary").await.unwrap()).unwrap()
+        serde_json::to_value(api.get(&support::productpage_plugin()).await.unwrap()).unwrap()
     }
 
     async fn destination_rule(&self) -> Value {
@@ -120,7 +120,8 @@ impl Env {
     /// Records every version of the controller's WasmPlugin from now on.
     async fn record_wasm_plugin(&self) -> Recording<DynamicObject> {
         let api = Api::namespaced_with(self.client.clone(), &self.ns, &wasm_plugin_resource());
-        Recording::start(api, "", "metadata.name=reviews-canary").await
+        let name = support::productpage_plugin();
+        Recording::start(api, "", &format!("metadata.name={name}")).await
     }
 
     /// Records every version of the DestinationRule from now on.
@@ -648,9 +649,9 @@ async fn edits_by_another_manager_are_not_clobbered() {
     let wp: Api<DynamicObject> =
         Api::namespaced_with(env.client.clone(), &env.ns, &wasm_plugin_resource());
     let wp_edit = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-        "metadata": {"name": "reviews-canary"}, "spec": {"priority": 10, "imagePullPolicy": "Always"}});
+        "metadata": {"name": &support::productpage_plugin()}, "spec": {"priority": 10, "imagePullPolicy": "Always"}});
     wp.patch(
-        "reviews-canary",
+        &support::productpage_plugin(),
         &PatchParams::apply("platform-team"),
         &Patch::Apply(&wp_edit),
     )
@@ -680,8 +681,8 @@ async fn edits_by_another_manager_are_not_clobbered() {
     );
     assert_eq!(plugin["spec"]["imagePullPolicy"], "Always");
     assert_eq!(
-        plugin["metadata"]["ownerReferences"][0]["kind"], "CanaryRollout",
-        "the controller owns its WasmPlugin"
+        plugin["metadata"]["labels"]["app.kubernetes.io/managed-by"], "wasm-canary-controller",
+        "the controller owns the WasmPlugin it created (shared by rollouts: no ownerReference)"
     );
     let rule = env.destination_rule().await;
     assert_eq!(

@@ -46,7 +46,7 @@ fn traffic_condition(r: &CanaryRollout) -> Option<Condition> {
 async fn abort_and_expect_weight_zero(env: &RolloutEnv, failure: &str) {
     env.patch_spec(json!({"abort": true})).await;
     let start = tokio::time::Instant::now();
-    while env.filter_weight("reviews-canary").await != Some(0) {
+    while env.filter_weight(&support::productpage_plugin()).await != Some(0) {
         assert!(
             start.elapsed() < PROMPTLY,
             "{failure}: {:#?}",
@@ -61,7 +61,8 @@ async fn abort_and_expect_weight_zero(env: &RolloutEnv, failure: &str) {
 async fn kubectl_edit_weight(env: &RolloutEnv, plugin: &str, weight: u32) {
     let api = env.wasm_plugins();
     let mut wp = api.get(plugin).await.unwrap();
-    wp.data["spec"]["pluginConfig"]["services"][0]["canaryWeight"] = json!(weight);
+    support::traffic::first_entry_mut(&mut wp.data["spec"]["pluginConfig"])["canaryWeight"] =
+        json!(weight);
     let params = PostParams {
         field_manager: Some("kubectl-edit".into()),
         ..PostParams::default()
@@ -77,7 +78,7 @@ async fn a_kubectl_edit_of_the_wasm_plugin_is_taken_back_at_the_next_step_and_ab
         .await;
     env.canary_paused_at(2_000).await;
 
-    kubectl_edit_weight(&env, "reviews-canary", 9_000).await;
+    kubectl_edit_weight(&env, &support::productpage_plugin(), 9_000).await;
     env.promote("step").await;
     env.until_within(PROMPTLY, "the next step's weight in status", |r| {
         let s = r.status.as_ref()?;
@@ -85,12 +86,12 @@ async fn a_kubectl_edit_of_the_wasm_plugin_is_taken_back_at_the_next_step_and_ab
     })
     .await;
     assert_eq!(
-        env.filter_weight("reviews-canary").await,
+        env.filter_weight(&support::productpage_plugin()).await,
         Some(5_000),
         "the step's weight replaced the edited one in the filter"
     );
 
-    kubectl_edit_weight(&env, "reviews-canary", 9_000).await;
+    kubectl_edit_weight(&env, &support::productpage_plugin(), 9_000).await;
     abort_and_expect_weight_zero(&env, "abort left the canary at the edited weight").await;
     env.until("Aborted", |r| {
         (r.status.as_ref()?.phase == Phase::Aborted).then_some(())
@@ -144,7 +145,7 @@ async fn weight_limit_policy(env: &RolloutEnv) {
             "matchConstraints": {"resourceRules": [{"apiGroups": ["extensions.istio.io"], "apiVersions": ["*"],
                 "operations": ["CREATE", "UPDATE"], "resources": ["wasmplugins"]}]},
             "validations": [{
-                "expression": "object.spec.pluginConfig.services.all(s, s.canaryWeight <= 2000)",
+                "expression": "object.spec.pluginConfig.services.all(k, object.spec.pluginConfig.services[k].canaryWeight <= 2000)",
                 "message": "canary weights above 20% need the release board's approval"
             }]
         }
@@ -176,15 +177,20 @@ async fn weight_limit_policy(env: &RolloutEnv) {
     // is refused.
     let start = tokio::time::Instant::now();
     loop {
-        let mut wp = env.wasm_plugins().get("reviews-canary").await.unwrap();
-        wp.data["spec"]["pluginConfig"]["services"][0]["canaryWeight"] = json!(9_000);
+        let mut wp = env
+            .wasm_plugins()
+            .get(&support::productpage_plugin())
+            .await
+            .unwrap();
+        support::traffic::first_entry_mut(&mut wp.data["spec"]["pluginConfig"])["canaryWeight"] =
+            json!(9_000);
         let dry = PostParams {
             dry_run: true,
             ..PostParams::default()
         };
         if env
             .wasm_plugins()
-            .replace("reviews-canary", &dry, &wp)
+            .replace(&support::productpage_plugin(), &dry, &wp)
             .await
             .is_err()
         {
@@ -229,9 +235,7 @@ async fn a_write_the_api_server_refuses_is_in_status_and_the_step_runs_once_it_i
         .await;
     assert_eq!(condition.reason, "WriteRefused");
     assert!(
-        condition
-            .message
-            .contains("cannot write WasmPlugin reviews-canary")
+        condition.message.contains("cannot write WasmPlugin")
             && condition.message.contains("release board's approval"),
         "{}",
         condition.message
@@ -245,7 +249,10 @@ async fn a_write_the_api_server_refuses_is_in_status_and_the_step_runs_once_it_i
         (2_000, Some(1)),
         "the status stays at the step the filter is at"
     );
-    assert_eq!(env.filter_weight("reviews-canary").await, Some(2_000));
+    assert_eq!(
+        env.filter_weight(&support::productpage_plugin()).await,
+        Some(2_000)
+    );
 
     lift_weight_limit_policy(&env).await;
     env.until("the step once the write is allowed", |r| {
@@ -253,7 +260,10 @@ async fn a_write_the_api_server_refuses_is_in_status_and_the_step_runs_once_it_i
         (s.canary_weight == 5_000 && s.phase == Phase::Paused).then_some(())
     })
     .await;
-    assert_eq!(env.filter_weight("reviews-canary").await, Some(5_000));
+    assert_eq!(
+        env.filter_weight(&support::productpage_plugin()).await,
+        Some(5_000)
+    );
     assert_eq!(
         traffic_condition(&env.rollout().await).map(|c| c.status),
         Some("True".to_owned())
@@ -352,11 +362,11 @@ async fn a_deleted_wasm_plugin_and_stripped_subset_hashes_are_restored_within_se
     let v2 = env.canary_paused_at(2_000).await;
 
     env.wasm_plugins()
-        .delete("reviews-canary", &DeleteParams::default())
+        .delete(&support::productpage_plugin(), &DeleteParams::default())
         .await
         .unwrap();
     until_restored("the deleted WasmPlugin", Some(2_000), async || {
-        env.filter_weight("reviews-canary").await
+        env.filter_weight(&support::productpage_plugin()).await
     })
     .await;
 
@@ -389,7 +399,11 @@ async fn a_deleted_wasm_plugin_and_stripped_subset_hashes_are_restored_within_se
     // Watching its own writes does not make the controller write again and again: with
     // nothing changing, neither object changes over a few seconds.
     let versions = async || {
-        let wp = env.wasm_plugins().get("reviews-canary").await.unwrap();
+        let wp = env
+            .wasm_plugins()
+            .get(&support::productpage_plugin())
+            .await
+            .unwrap();
         let dr = env.destination_rules().get("reviews").await.unwrap();
         (wp.metadata.resource_version, dr.metadata.resource_version)
     };
@@ -634,7 +648,7 @@ async fn a_canary_that_stops_being_ready_during_a_pause_loses_its_traffic_until_
     until_restored(
         "weight 0 for a canary without Ready pods",
         Some(0),
-        async || env.filter_weight("reviews-canary").await,
+        async || env.filter_weight(&support::productpage_plugin()).await,
     )
     .await;
     let message = env
@@ -654,7 +668,7 @@ async fn a_canary_that_stops_being_ready_during_a_pause_loses_its_traffic_until_
     until_restored(
         "the step's weight once Ready again",
         Some(5_000),
-        async || env.filter_weight("reviews-canary").await,
+        async || env.filter_weight(&support::productpage_plugin()).await,
     )
     .await;
     env.until("the pause again", |r| {
@@ -693,7 +707,7 @@ async fn abort_wins_after_the_rollouts_analysis_template_was_deleted() {
     })
     .await;
     assert_eq!(
-        env.filter_weight("reviews-canary").await,
+        env.filter_weight(&support::productpage_plugin()).await,
         Some(2_000),
         "an invalid spec alone freezes traffic where it is"
     );
@@ -811,5 +825,8 @@ async fn a_running_analysis_goes_on_from_its_recorded_metrics_after_its_template
         (s.phase == Phase::Aborted && s.analysis_aborted).then_some(())
     })
     .await;
-    assert_eq!(env.filter_weight("reviews-canary").await, Some(0));
+    assert_eq!(
+        env.filter_weight(&support::productpage_plugin()).await,
+        Some(0)
+    );
 }

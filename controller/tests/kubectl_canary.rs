@@ -454,7 +454,10 @@ async fn the_converted_demo_runs_and_is_steered_with_kubectl_canary() {
 
     // The controller's own objects, for the record: the client WasmPlugin and the subsets.
     let wp: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &wasm_plugin_resource());
-    let client_plugin = wp.get(&format!("{NAME}-canary")).await.unwrap();
+    let productpage = canary_controller::traffic::lone_plugin_name(&Some(
+        [("app".to_owned(), "productpage".to_owned())].into(),
+    ));
+    let client_plugin = wp.get(&productpage).await.unwrap();
     assert_eq!(
         client_plugin.data["spec"]["selector"]["matchLabels"]["app"],
         "productpage"

@@ -264,9 +264,9 @@ async fn the_controller_runs_a_rollout_with_only_the_shipped_cluster_role_and_is
         "the controller cleared the promote annotation (patch on canaryrollouts)"
     );
     let wp: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &wasm_plugin_resource());
-    let plugin = wp.get("reviews-canary").await.unwrap();
+    let plugin = wp.get("wasm-canary").await.unwrap();
     assert_eq!(
-        plugin.data["spec"]["pluginConfig"]["services"][0]["stableHash"],
+        support::traffic::first_entry(&plugin.data["spec"]["pluginConfig"])["stableHash"],
         json!(v2)
     );
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), NS);

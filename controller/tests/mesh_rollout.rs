@@ -153,7 +153,7 @@ fn weight_in_caller(mesh: &Bookinfo) -> Option<u64> {
     running_plugin_configs(&mesh.caller)
         .ok()?
         .into_iter()
-        .find_map(|(_, c)| c["services"][0]["canaryWeight"].as_u64())
+        .find_map(|(_, c)| support::traffic::first_entry(&c)["canaryWeight"].as_u64())
 }
 
 /// Waits until the caller's sidecar runs `weight`; returns how long that took.
@@ -667,9 +667,9 @@ async fn bench_step_to_sidecar_latency() {
     );
     let written_weight = || async {
         let list = plugins.list(&Default::default()).await.ok()?;
-        list.items
-            .iter()
-            .find_map(|p| p.data["spec"]["pluginConfig"]["services"][0]["canaryWeight"].as_u64())
+        list.items.iter().find_map(|p| {
+            support::traffic::first_entry(&p.data["spec"]["pluginConfig"])["canaryWeight"].as_u64()
+        })
     };
     seed.at_step(1, weights[0]).await;
     let mut to_api = Vec::new();

@@ -208,7 +208,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over_when_it
     let plugins = Recording::start(
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &wasm_plugin_resource()),
         "",
-        "metadata.name=reviews-canary",
+        "metadata.name=wasm-canary",
     )
     .await;
     apply_rollout(&api, ns, "reviews:v2").await;

@@ -115,3 +115,11 @@ pub fn rollout_with_analysis_step(
     })
 }
 pub mod rollout_env;
+
+/// The client WasmPlugin of a rollout whose callers are `app: productpage` (alone in their
+/// namespace): `wasm-canary-<hash of the selector>`.
+pub fn productpage_plugin() -> String {
+    canary_controller::traffic::lone_plugin_name(&Some(
+        [("app".to_owned(), "productpage".to_owned())].into(),
+    ))
+}

@@ -37,3 +37,20 @@ pub fn weight_sequence(versions: &[Version<DynamicObject>]) -> Vec<u32> {
     }
     weights
 }
+
+/// The first entry of a pluginConfig's `services`, keyed by name as the controller writes it
+/// (`Null` when there is none).
+pub fn first_entry(plugin_config: &serde_json::Value) -> &serde_json::Value {
+    plugin_config["services"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// [`first_entry`], to edit it as another writer would.
+pub fn first_entry_mut(plugin_config: &mut serde_json::Value) -> &mut serde_json::Value {
+    plugin_config["services"]
+        .as_object_mut()
+        .and_then(|m| m.values_mut().next())
+        .expect("the WasmPlugin has an entry")
+}

@@ -185,7 +185,7 @@ async fn a_destination_rule_is_created_applied_patched_deleted_and_each_change_i
 async fn a_second_field_manager_applying_a_different_value_without_force_gets_a_409_conflict() {
     let resource = wasm_plugin();
     let (_plane, api) = namespaced_api("apply-conflict", &resource).await;
-    let name = "reviews-canary";
+    let name = "wasm-canary";
     let with_url = |url: &str| object(&resource, name, json!({"url": url}));
 
     let controller = PatchParams::apply("wasm-canary-controller");
