@@ -15,7 +15,7 @@ OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
 export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
 export WASM_CANARY_FILTER ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm oci crd test test-unit controller-test test-wasm e2e bench demo lint fmt clean
+.PHONY: help setup build wasm oci crd test test-unit controller-test test-wasm e2e bench bench-fanout demo lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,9 @@ bench: setup wasm ## Measure throughput, latency and CPU with/without the filter
 	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-core --example request_path
 	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md \
 	  --noop target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_noop_filter.wasm $(BENCH_ARGS)
+
+bench-fanout: ## Simulate where a rollout step's config is pushed (10k sidecars, 1k rollouts) with the controller's placement code; writes bench/FANOUT.md
+	cargo run --release -q -p wasm-canary-controller --example push_fanout -- --out bench/FANOUT.md
 
 demo: setup wasm ## Run a canary locally on a real Envoy: 0 -> 10 -> 50 -> 100%, live (ARGS="--help" for options)
 	cargo run --release -q -p wasm-canary-e2e --bin demo -- $(ARGS)
