@@ -223,8 +223,8 @@ fn invalid_configs_are_rejected_naming_the_field_while_the_previous_config_keeps
     let bad = [
         (r#"{"services":[{"name":"bookinfo/reviews","hosts":["reviews"],"canaryWeight":20000}]}"#.to_owned(), "services[0].canaryWeight"),
         (r#"{"services":[{"name":"bookinfo/reviews","hosts":["reviews"],"canaryWeight":"10%"}]}"#.to_owned(), "services[0].canaryWeight"),
-        (reviews_config(0).replace(".*CanaryTester/[0-9]+.*", "(unclosed"), "services[0].headerRoutes[2].match[0].value.regex"),
-        (r#"{"services":[{"name":"a","hosts":["reviews"]},{"name":"b","hosts":["reviews"]}]}"#.to_owned(), "services[1].hosts[0]"),
+        (reviews_config(0).replace(".*CanaryTester/[0-9]+.*", "(unclosed"), r#"services["bookinfo/reviews"].headerRoutes[2].match[0].value.regex"#),
+        (r#"{"services":[{"name":"a","hosts":["reviews"]},{"name":"b","hosts":["reviews"]}]}"#.to_owned(), r#"services["b"].hosts[0]"#),
         (r#"["not", "an", "object"]"#.to_owned(), "(root)"),
         (r#"{"services":[{"name":"a","hosts":["reviews"],"sticky":{"query":"user"}}]}"#.to_owned(), "services[0].sticky"),
     ];
