@@ -159,8 +159,19 @@ fn spread(values: &[f64], decimals: usize) -> String {
 pub struct RequestPath {
     pub native: Option<[f64; 4]>,
     pub v8: Option<[f64; 4]>,
+    /// The same for (c), (c1), (c200) and (u).
+    pub by_variant: Vec<VariantPath>,
     /// Why a column is missing, if one is.
     pub note: Option<String>,
+}
+
+/// The request path of one variant's config and request: native and V8 timings, as
+/// [`RequestPath`]'s.
+#[derive(Debug, Clone, Copy)]
+pub struct VariantPath {
+    pub variant: Variant,
+    pub native: Option<[f64; 4]>,
+    pub v8: Option<[f64; 4]>,
 }
 
 pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> String {
@@ -448,6 +459,34 @@ fn request_path_section(s: &mut String, path: &RequestPath) {
             None => {
                 let _ = writeln!(s, "| {label} | – | – | – | – |");
             }
+        }
+    }
+    if !path.by_variant.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nBy the number of services in the config, and for a host no service covers (the same \
+             request; (u) decides nothing, so its time is parsing, the failed lookup and the check \
+             for client-sent decision headers):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| ns per request | find service, native | all, native | find service, V8 | all, V8 |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        let cell = |row: Option<[f64; 4]>, i: usize| {
+            row.map_or_else(|| "–".to_owned(), |r| format!("{:.1}", r[i]))
+        };
+        for row in &path.by_variant {
+            let _ = writeln!(
+                s,
+                "| ({}) {} | {} | {} | {} | **{}** |",
+                row.variant.letter(),
+                row.variant.label(),
+                cell(row.native, 1),
+                cell(row.native, 3),
+                cell(row.v8, 1),
+                cell(row.v8, 3)
+            );
         }
     }
     if let Some(note) = &path.note {

@@ -42,9 +42,9 @@ pub fn request_headers(host: String) -> Vec<(&'static str, String)> {
 
 /// The benchmark request as the filter sees it: wrk's headers under Envoy's names, plus the
 /// pseudo-headers and the headers the connection manager adds before filters run.
-pub fn envoy_request_headers() -> Vec<(String, String)> {
+pub fn envoy_request_headers(host: String) -> Vec<(String, String)> {
     let mut out = vec![
-        (":authority".to_owned(), target_host()),
+        (":authority".to_owned(), host),
         (":path".to_owned(), "/".to_owned()),
         (":method".to_owned(), "GET".to_owned()),
         (":scheme".to_owned(), "http".to_owned()),

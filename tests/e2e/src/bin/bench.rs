@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use wasm_canary_e2e::envoy::{Envoy, EnvoyOptions};
 use wasm_canary_e2e::http::Client;
 
-use report::{FileInfo, ModeResult, RequestPath, Sample};
+use report::{FileInfo, ModeResult, RequestPath, Sample, VariantPath};
 use topology::{Mode, Modules, Variant};
 
 const USAGE: &str = "\
@@ -449,18 +449,13 @@ fn file_info(path: &Path) -> anyhow::Result<FileInfo> {
 }
 
 /// Times the filter's request path outside Envoy, natively and in V8 (see
-/// `filter/core/examples/request_path.rs`). `make bench` builds both; a missing build or a
-/// missing `node` leaves its row empty with the reason, it does not stop the benchmark.
+/// `filter/core/examples/request_path.rs`), for (c)'s config and request, then for (c1), (c200)
+/// and (u). `make bench` builds both; a missing build or a missing `node` leaves its cells
+/// empty with the reason, it does not stop the benchmark.
 fn request_path() -> RequestPath {
     let root = wasm_canary_e2e::workspace_root();
     let native = root.join("target/release/examples/request_path");
     let wasm = root.join("target/wasm32-wasip1/wasm-release/examples/request_path.wasm");
-    let mut args = vec![topology::realistic_config(topology::SERVICES, false)];
-    args.extend(
-        topology::envoy_request_headers()
-            .into_iter()
-            .map(|(k, v)| format!("{k}: {v}")),
-    );
     let mut notes = Vec::new();
     let mut run = |label: &str, cmd: &mut Command| -> Option<[f64; 4]> {
         eprintln!("bench: timing the request path ({label})");
@@ -487,18 +482,47 @@ fn request_path() -> RequestPath {
             }
         }
     };
-    let native_row = run("native", Command::new(&native).args(&args));
-    let v8_row = run(
-        "V8",
-        Command::new("node")
-            .arg("--no-warnings")
-            .arg(root.join("bench/wasi-run.mjs"))
-            .arg(&wasm)
-            .args(&args),
-    );
+    let mut rows = Vec::new();
+    for variant in [
+        Variant::Canary,
+        Variant::CanaryOneService,
+        Variant::CanaryManyServices,
+        Variant::Uncovered,
+    ] {
+        let services = match variant {
+            Variant::CanaryOneService => topology::FEW_SERVICES,
+            Variant::CanaryManyServices => topology::MANY_SERVICES,
+            _ => topology::SERVICES,
+        };
+        let mut args = vec![topology::realistic_config(services, false)];
+        args.extend(
+            topology::envoy_request_headers(variant.host())
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}")),
+        );
+        let label = format!("({})", variant.letter());
+        let native_row = run(
+            &format!("{label} native"),
+            Command::new(&native).args(&args),
+        );
+        let v8_row = run(
+            &format!("{label} V8"),
+            Command::new("node")
+                .arg("--no-warnings")
+                .arg(root.join("bench/wasi-run.mjs"))
+                .arg(&wasm)
+                .args(&args),
+        );
+        rows.push(VariantPath {
+            variant,
+            native: native_row,
+            v8: v8_row,
+        });
+    }
     RequestPath {
-        native: native_row,
-        v8: v8_row,
+        native: rows[0].native,
+        v8: rows[0].v8,
+        by_variant: rows,
         note: (!notes.is_empty()).then(|| {
             format!(
                 "Not measured: {} (`make bench` builds both examples; the V8 row needs `node`).",
@@ -508,7 +532,6 @@ fn request_path() -> RequestPath {
     }
 }
 
-/// Reads `request_path parse_ns=.. lookup_ns=.. decide_ns=.. total_ns=..`.
 fn parse_request_path(text: &str) -> Option<[f64; 4]> {
     let line = text.lines().find(|l| l.starts_with("request_path "))?;
     let field = |name: &str| -> Option<f64> {
