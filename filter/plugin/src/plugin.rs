@@ -9,6 +9,12 @@
 //! the client sent one, or with `writeStableDecision`), plus the hash header if configured.
 //! Decision counters are added up in the guest and published to Envoy once a second
 //! (`on_tick`) and when the plugin instance ends.
+//!
+//! Config pushes: Envoy keeps one VM per thread across pushes and makes a new root context in
+//! it for each config. Counter ids are therefore remembered per VM ([`METRIC_IDS`]): Envoy
+//! allocates a new id, map entry and stat-name storage on EVERY `define_metric` call, even for
+//! a name it already has, so defining each counter again on each push grew its memory with the
+//! number of services times the number of pushes.
 //! client mode, other host: the header map read, and a removal of the decision (and hash) header
 //! only when the client sent one.
 //! server mode: one request header write, one response header write (removals without a
@@ -16,6 +22,7 @@
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
@@ -106,9 +113,14 @@ struct CanaryRoot {
 }
 
 impl Context for CanaryRoot {
+    /// This config is being replaced or removed: publish what it counted and stop its tick
+    /// (a retired config has nothing more to publish).
     fn on_done(&mut self) -> bool {
         if let Some(shared) = &self.shared {
             shared.flush_decisions();
+            if shared.config.mode == FilterMode::Client {
+                let _ = hostcalls::set_tick_period(Duration::ZERO);
+            }
         }
         true
     }
@@ -196,13 +208,34 @@ impl RootContext for CanaryRoot {
     }
 }
 
+thread_local! {
+    /// Counter ids this VM has defined, by name. Ids belong to the VM (Envoy's `Wasm` object),
+    /// not to a root context, so every config pushed to this VM reuses them.
+    static METRIC_IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+/// The id of counter `name`, defined in Envoy only the first time this VM asks for it. A
+/// failed definition is not remembered (the next call tries again).
+fn counter_id(name: &str) -> Option<u32> {
+    METRIC_IDS.with(|ids| {
+        let mut ids = ids.try_borrow_mut().ok()?;
+        if let Some(id) = ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(MetricType::Counter, name).ok()?;
+        ids.insert(name.to_owned(), id);
+        Some(id)
+    })
+}
+
 fn define_decision_counters(config: &CompiledConfig) -> Vec<Option<u32>> {
     let mut ids = Vec::with_capacity(config.services.len() * 6);
     for svc in &config.services {
         for subset in Subset::ALL {
             for reason in Reason::ALL {
-                let name = metrics::decision_counter(&svc.name, subset, reason);
-                ids.push(hostcalls::define_metric(MetricType::Counter, &name).ok());
+                ids.push(counter_id(&metrics::decision_counter(
+                    &svc.name, subset, reason,
+                )));
             }
         }
     }
@@ -223,7 +256,7 @@ fn counter_index(service: usize, subset: Subset, reason: Reason) -> usize {
 }
 
 fn count(name: &str) {
-    if let Ok(id) = hostcalls::define_metric(MetricType::Counter, name) {
+    if let Some(id) = counter_id(name) {
         let _ = hostcalls::increment_metric(id, 1);
     }
 }

@@ -197,6 +197,20 @@ impl Envoy {
         Ok(kb * 1024)
     }
 
+    /// Bytes Envoy's allocator (tcmalloc) has handed out and not taken back: admin `/memory`
+    /// `allocated`. Unlike RSS it excludes V8's own heap pages and freed-but-cached memory, so
+    /// it moves only with what Envoy itself keeps (stats, config objects, timers).
+    pub fn allocated_bytes(&self) -> anyhow::Result<u64> {
+        let r = admin_get(self.admin, "/memory")?;
+        let v: serde_json::Value = serde_json::from_str(&r.body)?;
+        let allocated = &v["allocated"];
+        allocated
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| allocated.as_u64())
+            .context("/memory has no allocated field")
+    }
+
     /// CPU time (user + system) consumed so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use canary_core::config::DEFAULT_DECISION_HEADER;
 
 use crate::app::App;
 use crate::envoy::{Envoy, EnvoyOptions};
@@ -151,22 +152,67 @@ pub fn reviews_routes(
     stable_cluster: &str,
     other_cluster: &str,
 ) -> serde_json::Value {
-    let domains: Vec<String> = REVIEWS_HOSTS
-        .iter()
-        .flat_map(|h| [h.to_string(), format!("{h}:*")])
-        .collect();
     serde_json::json!({
         "name": "outbound",
         "virtual_hosts": [
-            {"name": "reviews", "domains": domains, "routes": [
-                {"name": "canary",
-                 "match": {"prefix": "/", "headers": [{"name": "x-canary-subset", "string_match": {"exact": "canary"}}]},
-                 "route": {"cluster": canary_cluster}},
-                {"name": "stable", "match": {"prefix": "/"}, "route": {"cluster": stable_cluster}}
-            ]},
+            canary_virtual_host(
+                "reviews",
+                &REVIEWS_HOSTS,
+                DEFAULT_DECISION_HEADER,
+                canary_cluster,
+                stable_cluster
+            ),
             {"name": "other", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": other_cluster}}]}
         ]
     })
+}
+
+/// The virtual host a decision-header VirtualService produces for one service: `hosts` (with
+/// any port) go to `canary_cluster` when `decision_header` is `canary`, else to
+/// `stable_cluster`.
+pub fn canary_virtual_host(
+    name: &str,
+    hosts: &[&str],
+    decision_header: &str,
+    canary_cluster: &str,
+    stable_cluster: &str,
+) -> serde_json::Value {
+    let domains: Vec<String> = hosts
+        .iter()
+        .flat_map(|h| [h.to_string(), format!("{h}:*")])
+        .collect();
+    serde_json::json!({"name": name, "domains": domains, "routes": [
+        {"name": "canary",
+         "match": {"prefix": "/", "headers": [{"name": decision_header, "string_match": {"exact": "canary"}}]},
+         "route": {"cluster": canary_cluster}},
+        {"name": "stable", "match": {"prefix": "/"}, "route": {"cluster": stable_cluster}}
+    ]})
+}
+
+/// A client sidecar (listener `outbound`) running the filter with `plugin_config` given in its
+/// bootstrap (no ECDS), routing by `route_config` to `clusters`.
+pub fn start_client_sidecar(
+    plugin_config: &str,
+    route_config: serde_json::Value,
+    clusters: Vec<serde_json::Value>,
+    wasm: &Path,
+) -> anyhow::Result<Envoy> {
+    let filter = serde_json::json!([{
+        "name": FILTER_NAME,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": wasm_plugin_config(wasm, plugin_config)
+        }
+    }]);
+    let config = bootstrap(
+        serde_json::json!({"id": "productpage", "cluster": "productpage"}),
+        vec![listener(
+            "outbound",
+            http_connection_manager("outbound", route_config, filter),
+        )],
+        clusters,
+    );
+    Envoy::start("client", &config, &EnvoyOptions::default(), |_| Ok(()))
 }
 
 /// A server-side sidecar for one version: node metadata carries the pod's labels.

@@ -223,8 +223,8 @@ fn invalid_configs_are_rejected_naming_the_field_while_the_previous_config_keeps
     let bad = [
         (r#"{"services":[{"name":"bookinfo/reviews","hosts":["reviews"],"canaryWeight":20000}]}"#.to_owned(), "services[0].canaryWeight"),
         (r#"{"services":[{"name":"bookinfo/reviews","hosts":["reviews"],"canaryWeight":"10%"}]}"#.to_owned(), "services[0].canaryWeight"),
-        (reviews_config(0).replace(".*CanaryTester/[0-9]+.*", "(unclosed"), "services[0].headerRoutes[2].match[0].value.regex"),
-        (r#"{"services":[{"name":"a","hosts":["reviews"]},{"name":"b","hosts":["reviews"]}]}"#.to_owned(), "services[1].hosts[0]"),
+        (reviews_config(0).replace(".*CanaryTester/[0-9]+.*", "(unclosed"), r#"services["bookinfo/reviews"].headerRoutes[2].match[0].value.regex"#),
+        (r#"{"services":[{"name":"a","hosts":["reviews"]},{"name":"b","hosts":["reviews"]}]}"#.to_owned(), r#"services["b"].hosts[0]"#),
         (r#"["not", "an", "object"]"#.to_owned(), "(root)"),
         (r#"{"services":[{"name":"a","hosts":["reviews"],"sticky":{"query":"user"}}]}"#.to_owned(), "services[0].sticky"),
     ];
@@ -303,5 +303,133 @@ fn five_hundred_config_pushes_do_not_grow_envoys_memory() {
         growth <= 4 << 20,
         "Envoy grew {} KiB over 450 pushes (bound 4 MiB)",
         growth >> 10
+    );
+}
+
+/// A client config as the controller composes it for `services` rollouts side by side (keyed by
+/// service name): `bookinfo/reviews` at `reviews_weight` and `services - 1` others, each with
+/// four host forms, two header routes, a sticky key and pod hashes, at `others_weight`.
+fn composed_config(services: usize, reviews_weight: u32, others_weight: u32) -> String {
+    let mut config: serde_json::Value =
+        serde_json::from_str(&reviews_config(reviews_weight)).unwrap();
+    let reviews = config["services"][0].take();
+    let mut by_name = serde_json::Map::new();
+    by_name.insert("bookinfo/reviews".to_owned(), reviews);
+    for i in 1..services {
+        let name = format!("svc-{i}");
+        by_name.insert(
+            format!("bookinfo/{name}"),
+            serde_json::json!({
+                "hosts": [name.clone(), format!("{name}.bookinfo"), format!("{name}.bookinfo.svc"), format!("{name}.bookinfo.svc.cluster.local")],
+                "canaryWeight": others_weight,
+                "stableHash": format!("stable-{i}"),
+                "canaryHash": format!("canary-{i}"),
+                "headerRoutes": [
+                    {"name": "exact", "match": [{"header": "x-canary", "value": {"exact": name}}]},
+                    {"name": "cookie", "match": [{"cookie": "canary", "value": {"exact": "yes"}}]}
+                ],
+                "sticky": {"header": "x-user-id"}
+            }),
+        );
+    }
+    config["services"] = serde_json::Value::Object(by_name);
+    config.to_string()
+}
+
+/// Config churn at scale: 2,000 pushes of a 200-service config (the same service names, the
+/// weights alternating), as a busy mesh's istiod would send on every rollout step.
+///
+/// Each push is waited for as a user sees it: `reviews` alternates between 0% and 100%, so
+/// after each push requests are sent until one is answered by the version that push chose (the
+/// worker thread's new plugin instance is deciding). The filter's own `config_accepted` counter
+/// then shows every push reached it.
+///
+/// What is measured is Envoy's heap (admin `/memory` `allocated`: what its allocator handed out
+/// and kept) and its RSS, from after a warm-up of 100 pushes to the end. The filter used to
+/// define every decision counter again on every push (1,200 names here, in each of the 2 VMs),
+/// and Envoy allocates a new metric id, map entry and stat-name storage on each such call:
+/// measured here +130 MiB of heap (+141 MiB RSS) over the 1,900 pushes. Defining only names the
+/// VM has not seen leaves +2.2 MiB of heap (+2.0 MiB RSS), ~1.2 KiB a push, and the same with a
+/// one-service config (+2.2 MiB): a per-push cost of Envoy's ECDS update of a wasm filter
+/// (its per-plugin-instance bookkeeping), not of the config's size; stopping the retired
+/// instance's tick did not change it. The bound, 4 MiB for each, is ~1.8x that residual and
+/// 1/30 of the old growth: re-defining even 1 in 60 of the counters on each push would cross it.
+/// Runtime here ~80 s (each push is a 200-service config compiled in 2 VMs).
+#[test]
+fn two_thousand_pushes_of_a_200_service_config_keep_envoys_memory_flat() {
+    const SERVICES: usize = 200;
+    const PUSHES: usize = 2_000;
+    const WARM_UP: usize = 100;
+    let mesh = Mesh::start(&composed_config(SERVICES, 0, 0)).unwrap();
+    let mut http = mesh.http();
+    let accepted_at_start = mesh.client.stat("wasmcustom.wasmcanary.config_accepted");
+    let mut warm = None;
+    let started = Instant::now();
+    for i in 1..=PUSHES {
+        let to_canary = i % 2 == 1;
+        let (reviews, others) = if to_canary {
+            (10_000, 2_500)
+        } else {
+            (0, 7_500)
+        };
+        assert_eq!(
+            mesh.push_config(&composed_config(SERVICES, reviews, others))
+                .unwrap(),
+            Push::Accepted,
+            "push {i}"
+        );
+        let expected = if to_canary { "canary" } else { "stable" };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = http.get("reviews", "/", &[]).unwrap();
+            assert_eq!(r.status, 200, "push {i}");
+            if r.header("x-app-version") == Some(expected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "push {i} ({expected}) not deciding within 10 s"
+            );
+        }
+        if i == WARM_UP {
+            warm = Some((
+                mesh.client.allocated_bytes().unwrap(),
+                mesh.client.rss_bytes().unwrap(),
+            ));
+        }
+    }
+    let (warm_heap, warm_rss) = warm.unwrap();
+    let (heap, rss) = (
+        mesh.client.allocated_bytes().unwrap(),
+        mesh.client.rss_bytes().unwrap(),
+    );
+    let accepted = mesh.client.stat("wasmcustom.wasmcanary.config_accepted") - accepted_at_start;
+    let heap_growth = heap.saturating_sub(warm_heap);
+    eprintln!(
+        "{PUSHES} pushes of {SERVICES} services in {:?}: heap {} -> {} KiB (+{} KiB), RSS {} -> {} KiB (+{} KiB), config_accepted +{accepted}",
+        started.elapsed(),
+        warm_heap >> 10,
+        heap >> 10,
+        heap_growth >> 10,
+        warm_rss >> 10,
+        rss >> 10,
+        rss.saturating_sub(warm_rss) >> 10,
+    );
+    assert!(
+        accepted >= PUSHES as u64,
+        "the filter took every push: config_accepted grew by {accepted}"
+    );
+    assert!(
+        heap_growth <= 4 << 20,
+        "Envoy's heap grew {} KiB over {} pushes (bound 4 MiB)",
+        heap_growth >> 10,
+        PUSHES - WARM_UP
+    );
+    let rss_growth = rss.saturating_sub(warm_rss);
+    assert!(
+        rss_growth <= 4 << 20,
+        "Envoy's RSS grew {} KiB over {} pushes (bound 4 MiB)",
+        rss_growth >> 10,
+        PUSHES - WARM_UP
     );
 }

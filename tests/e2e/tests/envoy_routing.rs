@@ -10,7 +10,8 @@ use wasm_canary_e2e::app::App;
 use wasm_canary_e2e::envoy::Envoy;
 use wasm_canary_e2e::http::{run_load, Client};
 use wasm_canary_e2e::mesh::{
-    reviews_config, start_server_sidecar, Mesh, Push, CANARY_HASH, STABLE_HASH,
+    canary_virtual_host, cluster, reviews_config, start_client_sidecar, start_server_sidecar, Mesh,
+    Push, CANARY_HASH, STABLE_HASH,
 };
 use wasm_canary_e2e::{assert_binomial, filter_wasm};
 
@@ -498,5 +499,234 @@ fn a_pod_without_a_valid_hash_label_is_served_untagged_and_forged_tags_are_remov
             "{name}: {}",
             sidecar.log_tail(20)
         );
+    }
+}
+
+/// One rollout of [`three_rollouts_config`]: a service, how clients address it, its weight and
+/// the header its VirtualService routes on.
+struct Rollout {
+    service: &'static str,
+    /// The short host; the config also lists `<host>.<ns>`, `.svc` and `.svc.cluster.local`.
+    host: &'static str,
+    namespace: &'static str,
+    weight_bp: u32,
+    decision_header: &'static str,
+    /// Requests to the host for each split check. At 1e-6 false alarms the accepted share is
+    /// within ~2.7 points of 10% at 3,000 requests and ~5.5 points of 50% at 2,000: a service
+    /// decided with another's weight, or forced by a forged header, fails.
+    requests: u64,
+}
+
+impl Rollout {
+    fn hosts(&self) -> Vec<String> {
+        let (h, ns) = (self.host, self.namespace);
+        vec![
+            h.to_owned(),
+            format!("{h}.{ns}"),
+            format!("{h}.{ns}.svc"),
+            format!("{h}.{ns}.svc.cluster.local"),
+        ]
+    }
+    /// The value of `x-canary` that is this rollout's header route.
+    fn tester_value(&self) -> String {
+        format!("tester-{}", self.host)
+    }
+    fn version(&self, subset: &str) -> String {
+        format!("{}-{subset}", self.host)
+    }
+}
+
+/// Three rollouts side by side; the last routes on its own decision header.
+const ROLLOUTS: [Rollout; 3] = [
+    Rollout {
+        service: "bookinfo/reviews",
+        host: "reviews",
+        namespace: "bookinfo",
+        weight_bp: 1_000,
+        decision_header: "x-canary-subset",
+        requests: 3_000,
+    },
+    Rollout {
+        service: "bookinfo/ratings",
+        host: "ratings",
+        namespace: "bookinfo",
+        weight_bp: 0,
+        decision_header: "x-canary-subset",
+        requests: 1_000,
+    },
+    Rollout {
+        service: "shop/cart",
+        host: "cart",
+        namespace: "shop",
+        weight_bp: 5_000,
+        decision_header: "x-cart-subset",
+        requests: 2_000,
+    },
+];
+
+/// The client filter's config as the controller composes it from the three rollouts: one
+/// entry per service, keyed by name, each with its own weight, header route and (for `cart`)
+/// decision header.
+fn three_rollouts_config() -> String {
+    let services: serde_json::Map<String, serde_json::Value> = ROLLOUTS
+        .iter()
+        .map(|r| {
+            let mut entry = serde_json::json!({
+                "hosts": r.hosts(),
+                "canaryWeight": r.weight_bp,
+                "headerRoutes": [{"name": "tester", "match": [{"header": "x-canary", "value": {"exact": r.tester_value()}}]}]
+            });
+            if r.decision_header != canary_core::config::DEFAULT_DECISION_HEADER {
+                entry["decisionHeader"] = r.decision_header.into();
+            }
+            (r.service.to_owned(), entry)
+        })
+        .collect();
+    serde_json::json!({"services": services}).to_string()
+}
+
+/// Several rollouts in one filter, as one caller sees them: each service gets its own split,
+/// each header route sends to canary only the service it belongs to, `cart`'s decision goes
+/// into its own header (the one its VirtualService routes on), and decision headers a client
+/// sends choose nothing on any host.
+#[test]
+fn three_rollouts_in_one_filter_each_get_their_own_split_and_header_route() {
+    let wasm = filter_wasm().unwrap();
+    let mut apps = Vec::new();
+    let mut clusters = Vec::new();
+    let mut virtual_hosts = Vec::new();
+    for r in &ROLLOUTS {
+        for subset in ["stable", "canary"] {
+            let app = App::start(&r.version(subset)).unwrap();
+            clusters.push(cluster(&r.version(subset), app.addr));
+            apps.push(app);
+        }
+        let hosts = r.hosts();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        virtual_hosts.push(canary_virtual_host(
+            r.host,
+            &hosts,
+            r.decision_header,
+            &r.version("canary"),
+            &r.version("stable"),
+        ));
+    }
+    let other = App::start("other").unwrap();
+    clusters.push(cluster("other", other.addr));
+    virtual_hosts.push(serde_json::json!({"name": "other", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "other"}}]}));
+    let routes = serde_json::json!({"name": "outbound", "virtual_hosts": virtual_hosts});
+    let client = start_client_sidecar(&three_rollouts_config(), routes, clusters, &wasm).unwrap();
+    let addr = client.listener("outbound").unwrap();
+
+    // Splits, the three hosts loaded at once from the one caller; then again with every
+    // request carrying `canary` in both decision headers, which must change nothing.
+    let forged = |_| {
+        vec![
+            ("x-canary-subset".to_owned(), "canary".to_owned()),
+            ("x-cart-subset".to_owned(), "canary".to_owned()),
+        ]
+    };
+    for (what, headers) in [
+        (
+            "plain",
+            &no_headers as &(dyn Fn(u64) -> Vec<(String, String)> + Sync),
+        ),
+        ("forged decision headers", &forged),
+    ] {
+        let reports: Vec<_> = std::thread::scope(|s| {
+            let loads: Vec<_> = ROLLOUTS
+                .iter()
+                .map(|r| {
+                    let host = format!("{}.{}.svc.cluster.local:9080", r.host, r.namespace);
+                    s.spawn(move || run_load(addr, &host, r.requests, 4, LOAD_DEADLINE, headers))
+                })
+                .collect();
+            loads.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        for (r, report) in ROLLOUTS.iter().zip(&reports) {
+            assert_eq!(report.non_2xx(), 0, "{} ({what}): {report:?}", r.host);
+            let canary = report.version(&r.version("canary"));
+            assert_eq!(
+                canary + report.version(&r.version("stable")),
+                r.requests,
+                "{} ({what}): every request served by one of its own versions: {report:?}",
+                r.host
+            );
+            match r.weight_bp {
+                0 => assert_eq!(canary, 0, "{} ({what}) at 0%: nobody on canary", r.host),
+                w => assert_binomial(
+                    canary,
+                    r.requests,
+                    f64::from(w) / 10_000.0,
+                    &format!("{} ({what}) canary share at {w} bp", r.host),
+                ),
+            }
+        }
+    }
+
+    // Header routes: a rollout's route forces canary on its own service; on another service
+    // the request is decided by that service's weight (checked binomially, 0% exactly).
+    let mut http = Client::new(addr);
+    for target in &ROLLOUTS {
+        for route_of in &ROLLOUTS {
+            let value = route_of.tester_value();
+            let n = if route_of.host == target.host {
+                20
+            } else {
+                400
+            };
+            let mut canary = 0;
+            for _ in 0..n {
+                let r = http.get(target.host, "/", &[("x-canary", &value)]).unwrap();
+                let version = r.header("x-app-version").unwrap_or("none").to_owned();
+                if version == target.version("canary") {
+                    canary += 1;
+                    assert_eq!(
+                        r.header(&format!("x-seen-{}", target.decision_header)),
+                        Some("canary"),
+                        "{}: the decision is written into the header its routes match",
+                        target.host
+                    );
+                } else {
+                    assert_eq!(version, target.version("stable"), "{}", target.host);
+                }
+            }
+            let what = format!("{} with {}'s header route", target.host, route_of.host);
+            match (route_of.host == target.host, target.weight_bp) {
+                (true, _) => assert_eq!(canary, n, "{what}: always canary"),
+                (false, 0) => assert_eq!(canary, 0, "{what}: never canary at 0%"),
+                (false, w) => assert_binomial(canary, n, f64::from(w) / 10_000.0, &what),
+            }
+        }
+    }
+
+    // Every decision header of the config is the filter's: a forged one reaches no upstream.
+    // On a covered host the service's own is overwritten with the decision and the others
+    // are removed; on any other host all are removed.
+    for (host, own) in [
+        ("cart", Some("x-cart-subset")),
+        ("ratings.bookinfo", Some("x-canary-subset")),
+        ("other", None),
+    ] {
+        for _ in 0..20 {
+            let r = http
+                .get(
+                    host,
+                    "/",
+                    &[("x-canary-subset", "canary"), ("x-cart-subset", "canary")],
+                )
+                .unwrap();
+            let version = r.header("x-app-version").unwrap_or("none");
+            let subset = version.rsplit('-').next();
+            for header in ["x-canary-subset", "x-cart-subset"] {
+                let expected = if own == Some(header) { subset } else { None };
+                assert_eq!(
+                    r.header(&format!("x-seen-{header}")),
+                    expected,
+                    "{host} served by {version}: {header}"
+                );
+            }
+        }
     }
 }

@@ -18,12 +18,15 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub struct ModeResult {
     pub mode: Mode,
-    /// `samples[variant][rep]`, variants in [`Variant::ALL`] order.
+    /// The variants run, in run order.
+    pub variants: Vec<Variant>,
+    /// `samples[variant][rep]`, variants in [`ModeResult::variants`] order.
     pub samples: Vec<Vec<Sample>>,
     /// Resident memory of each Envoy under test after the runs, bytes.
     pub rss_bytes: Vec<u64>,
-    /// The filter's decision counters for the target service: (stable, canary).
-    pub decisions: (u64, u64),
+    /// The (c) filter's decision counters for the target service: (stable, canary); `None`
+    /// when (c) was not run.
+    pub decisions: Option<(u64, u64)>,
     /// 1-minute load average before and after the mode's runs.
     pub load_before: f64,
     pub load_after: f64,
@@ -75,9 +78,29 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 }
 
 impl ModeResult {
+    /// The samples of `v`; none when it was not run.
     fn of(&self, v: Variant) -> &[Sample] {
-        let i = Variant::ALL.iter().position(|x| *x == v).unwrap_or(0);
-        &self.samples[i]
+        self.variants
+            .iter()
+            .position(|x| *x == v)
+            .and_then(|i| self.samples.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn ran(&self, v: Variant) -> bool {
+        !self.of(v).is_empty()
+    }
+
+    /// Ratio of median CPU per request, and the range of the same ratio within each rep.
+    pub fn cpu_ratio(&self, num: Variant, den: Variant) -> (f64, f64, f64) {
+        let per_rep: Vec<f64> = self
+            .of(num)
+            .iter()
+            .zip(self.of(den))
+            .map(|(n, d)| n.cpu_us_per_request / d.cpu_us_per_request)
+            .collect();
+        let (lo, hi) = min_max(&per_rep);
+        (self.median_cpu(num) / self.median_cpu(den), lo, hi)
     }
 
     fn values(&self, v: Variant, f: impl Fn(&Sample) -> f64) -> Vec<f64> {
@@ -136,8 +159,19 @@ fn spread(values: &[f64], decimals: usize) -> String {
 pub struct RequestPath {
     pub native: Option<[f64; 4]>,
     pub v8: Option<[f64; 4]>,
+    /// The same for (c), (c1), (c200) and (u).
+    pub by_variant: Vec<VariantPath>,
     /// Why a column is missing, if one is.
     pub note: Option<String>,
+}
+
+/// The request path of one variant's config and request: native and V8 timings, as
+/// [`RequestPath`]'s.
+#[derive(Debug, Clone, Copy)]
+pub struct VariantPath {
+    pub variant: Variant,
+    pub native: Option<[f64; 4]>,
+    pub v8: Option<[f64; 4]>,
 }
 
 pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> String {
@@ -181,6 +215,7 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
         "\nRatios are of median throughput; CPU differences are of median Envoy CPU per request.\n"
     );
 
+    scale_section(&mut s, modes);
     request_path_section(&mut s, path);
     let _ = writeln!(s, "## Setup\n");
     let _ = writeln!(s, "- Date: {}", ctx.date);
@@ -251,6 +286,15 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
         s,
         "- (d) no filter, Envoy's own weighted draw: `weighted_clusters` 90/10 in upstream mode; in direct mode (no clusters to weigh) a `runtime_fraction` 10% route match"
     );
+    let _ = writeln!(
+        s,
+        "- (c1) and (c200): (c) with a config of 1 service (service 7 alone) and of 200 services (services 0–199, built the same way); same request, same routes"
+    );
+    let _ = writeln!(
+        s,
+        "- (u) (c)'s filter and 20-service config; the request's `Host` is `{}`, which no service covers (the filter reads the headers, finds no service, removes nothing); same routes",
+        super::topology::UNCOVERED_HOST
+    );
     let _ = writeln!(s);
 
     for m in modes {
@@ -269,7 +313,7 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
             "| variant | req/s | p50 ms | p99 ms | Envoy CPU us/request | Envoy RSS MiB |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
-        for (i, v) in Variant::ALL.iter().enumerate() {
+        for (i, v) in m.variants.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "| ({}) {} | {} | {} | {} | {} | {:.1} |",
@@ -292,7 +336,15 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
             (Variant::CanaryWriteAll, Variant::NoopWasm),
             (Variant::NoopWasm, Variant::NoFilter),
             (Variant::NativeWeighted, Variant::NoFilter),
+            (Variant::CanaryManyServices, Variant::CanaryOneService),
+            (Variant::Canary, Variant::CanaryOneService),
+            (Variant::CanaryOneService, Variant::NoopWasm),
+            (Variant::Uncovered, Variant::NoFilter),
+            (Variant::Uncovered, Variant::NoopWasm),
         ] {
+            if !m.ran(num) || !m.ran(den) {
+                continue;
+            }
             let r = m.rps_ratio(num, den);
             let d = m.cpu_delta(num, den);
             let _ = writeln!(
@@ -308,15 +360,76 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
                 d.2
             );
         }
-        let (stable, canary) = m.decisions;
-        let total = stable + canary;
-        let _ = writeln!(
-            s,
-            "\nThe filter decided {total} requests of the target service in this mode (warm-up included): {stable} stable, {canary} canary ({:.2}% canary; configured 10%), all by weight draw.\n",
-            if total > 0 { 100.0 * canary as f64 / total as f64 } else { 0.0 }
-        );
+        if let Some((stable, canary)) = m.decisions {
+            let total = stable + canary;
+            let _ = writeln!(
+                s,
+                "\nThe (c) filter decided {total} requests of the target service in this mode (warm-up included): {stable} stable, {canary} canary ({:.2}% canary; configured 10%), all by weight draw.",
+                if total > 0 { 100.0 * canary as f64 / total as f64 } else { 0.0 }
+            );
+        }
+        let _ = writeln!(s);
     }
     s
+}
+
+/// The issue-12 goals: one filter for every rollout must cost about the same with 200 services
+/// as with 1 (c200/c1 <= 1.1), and a host no rollout covers must cost next to nothing over the
+/// no-op filter (u − b <= +0.3 us).
+fn scale_section(s: &mut String, modes: &[ModeResult]) {
+    let needed = [
+        Variant::NoFilter,
+        Variant::NoopWasm,
+        Variant::CanaryOneService,
+        Variant::CanaryManyServices,
+        Variant::Uncovered,
+    ];
+    let modes: Vec<&ModeResult> = modes
+        .iter()
+        .filter(|m| needed.iter().all(|v| m.ran(*v)))
+        .collect();
+    if modes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Services in the one config, and hosts no rollout covers\n"
+    );
+    let _ = writeln!(
+        s,
+        "| mode | CPU us/req c1 | c (20) | c200 | c200/c1 CPU (per-rep range) | c200/c1 req/s | u − a us | u − b us (per-rep range) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for m in modes {
+        let c = if m.ran(Variant::Canary) {
+            format!("{:.2}", m.median_cpu(Variant::Canary))
+        } else {
+            "–".to_owned()
+        };
+        let cpu = m.cpu_ratio(Variant::CanaryManyServices, Variant::CanaryOneService);
+        let rps = m.rps_ratio(Variant::CanaryManyServices, Variant::CanaryOneService);
+        let ua = m.cpu_delta(Variant::Uncovered, Variant::NoFilter);
+        let ub = m.cpu_delta(Variant::Uncovered, Variant::NoopWasm);
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {c} | {:.2} | **{:.3}** ({:.3}–{:.3}) | {:.3} | {:+.2} | **{:+.2}** ({:+.2}–{:+.2}) |",
+            m.mode.as_str(),
+            m.median_cpu(Variant::CanaryOneService),
+            m.median_cpu(Variant::CanaryManyServices),
+            cpu.0,
+            cpu.1,
+            cpu.2,
+            rps.0,
+            ua.0,
+            ub.0,
+            ub.1,
+            ub.2
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nGoals (issue 12): c200/c1 CPU per request at most 1.1; u − b at most +0.3 us. CPU is the whole Envoy's per request, so the ratio includes Envoy's own work.\n"
+    );
 }
 
 fn request_path_section(s: &mut String, path: &RequestPath) {
@@ -346,6 +459,34 @@ fn request_path_section(s: &mut String, path: &RequestPath) {
             None => {
                 let _ = writeln!(s, "| {label} | – | – | – | – |");
             }
+        }
+    }
+    if !path.by_variant.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nBy the number of services in the config, and for a host no service covers (the same \
+             request; (u) decides nothing, so its time is parsing, the failed lookup and the check \
+             for client-sent decision headers):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| ns per request | find service, native | all, native | find service, V8 | all, V8 |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        let cell = |row: Option<[f64; 4]>, i: usize| {
+            row.map_or_else(|| "–".to_owned(), |r| format!("{:.1}", r[i]))
+        };
+        for row in &path.by_variant {
+            let _ = writeln!(
+                s,
+                "| ({}) {} | {} | {} | {} | **{}** |",
+                row.variant.letter(),
+                row.variant.label(),
+                cell(row.native, 1),
+                cell(row.native, 3),
+                cell(row.v8, 1),
+                cell(row.v8, 3)
+            );
         }
     }
     if let Some(note) = &path.note {

@@ -7,10 +7,15 @@ use std::path::{Path, PathBuf};
 use wasm_canary_e2e::envoy::{Envoy, EnvoyOptions};
 use wasm_canary_e2e::mesh::{bootstrap, cluster, listener, wasm_plugin_config, FILTER_NAME};
 
-/// The service every benchmark request addresses (one of the 20 in [`realistic_config`]).
+/// The service every benchmark request addresses (one of the services in [`realistic_config`]).
 pub const TARGET_SERVICE: usize = 7;
 /// How many services the realistic config covers.
 pub const SERVICES: usize = 20;
+/// The service counts of the scale variants: (c1) and (c200).
+pub const FEW_SERVICES: usize = 1;
+pub const MANY_SERVICES: usize = 200;
+/// The host of variant (u): a service no rollout covers (the config is (c)'s).
+pub const UNCOVERED_HOST: &str = "catalog.ns.svc.cluster.local";
 /// Canary share for the target service (basis points) and for `weighted_clusters` (percent).
 pub const CANARY_WEIGHT_BP: u32 = 1_000;
 pub const CANARY_PERCENT: u32 = 10;
@@ -23,9 +28,9 @@ pub const LISTENER: &str = "bench";
 /// `cookie` are present so the regex and cookie header routes really run their matchers, and
 /// none of them matches: every header route is evaluated (worst case), and there is no sticky
 /// key, so the weight draw decides.
-pub fn request_headers() -> Vec<(&'static str, String)> {
+pub fn request_headers(host: String) -> Vec<(&'static str, String)> {
     vec![
-        ("Host", target_host()),
+        ("Host", host),
         (
             "User-Agent",
             "Mozilla/5.0 (X11; Linux x86_64) bench/1".to_owned(),
@@ -37,15 +42,15 @@ pub fn request_headers() -> Vec<(&'static str, String)> {
 
 /// The benchmark request as the filter sees it: wrk's headers under Envoy's names, plus the
 /// pseudo-headers and the headers the connection manager adds before filters run.
-pub fn envoy_request_headers() -> Vec<(String, String)> {
+pub fn envoy_request_headers(host: String) -> Vec<(String, String)> {
     let mut out = vec![
-        (":authority".to_owned(), target_host()),
+        (":authority".to_owned(), host),
         (":path".to_owned(), "/".to_owned()),
         (":method".to_owned(), "GET".to_owned()),
         (":scheme".to_owned(), "http".to_owned()),
     ];
     out.extend(
-        request_headers()
+        request_headers(target_host())
             .into_iter()
             .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
             .map(|(k, v)| (k.to_ascii_lowercase(), v)),
@@ -63,12 +68,21 @@ pub fn target_host() -> String {
     format!("svc-{TARGET_SERVICE}.ns.svc.cluster.local")
 }
 
-/// The client-mode `pluginConfig` of variant (c): 20 services with 4 host forms each, 2 or 3
-/// header routes each (exact, prefix, regex, cookie, in rotation), a sticky header and pod
-/// hashes, as a mesh with many rollouts would carry (no optional hash header unless
-/// `BENCH_HASH_HEADER` is set).
-pub fn realistic_config(write_stable_decision: bool) -> String {
-    let services: Vec<serde_json::Value> = (0..SERVICES)
+/// The client-mode `pluginConfig` of variant (c): `services` services (20 in (c)) with 4 host
+/// forms each, 2 or 3 header routes each (exact, prefix, regex, cookie, in rotation), a sticky
+/// header and pod hashes, as a mesh with many rollouts would carry (no optional hash header
+/// unless `BENCH_HASH_HEADER` is set). Service [`TARGET_SERVICE`] is always one of them: a
+/// one-service config holds only it.
+pub fn realistic_config(services: usize, write_stable_decision: bool) -> String {
+    let indices: Vec<usize> = if services <= TARGET_SERVICE {
+        (0..services.saturating_sub(1))
+            .chain([TARGET_SERVICE])
+            .collect()
+    } else {
+        (0..services).collect()
+    };
+    let services: Vec<serde_json::Value> = indices
+        .into_iter()
         .map(|i| {
             let name = format!("svc-{i}");
             let all_routes = [
@@ -125,28 +139,37 @@ impl Mode {
     }
 }
 
-/// The four configurations compared.
+/// The configurations compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     /// (a) No filter.
     NoFilter,
     /// (b) A wasm filter that does nothing.
     NoopWasm,
-    /// (c) Our filter, client mode, realistic config.
+    /// (c) Our filter, client mode, realistic config (20 services).
     Canary,
     /// (c') The same with `writeStableDecision: true` (stable decisions are written too).
     CanaryWriteAll,
     /// (d) Envoy's native weighted routing, no filter.
     NativeWeighted,
+    /// (c1) Our filter with a one-service config.
+    CanaryOneService,
+    /// (c200) Our filter with a 200-service config (one filter for every rollout of a big mesh).
+    CanaryManyServices,
+    /// (u) (c)'s filter and config, the request addressing a host no service covers.
+    Uncovered,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 8] = [
         Variant::NoFilter,
         Variant::NoopWasm,
         Variant::Canary,
         Variant::CanaryWriteAll,
         Variant::NativeWeighted,
+        Variant::CanaryOneService,
+        Variant::CanaryManyServices,
+        Variant::Uncovered,
     ];
 
     pub fn letter(self) -> &'static str {
@@ -156,6 +179,9 @@ impl Variant {
             Self::Canary => "c",
             Self::CanaryWriteAll => "c'",
             Self::NativeWeighted => "d",
+            Self::CanaryOneService => "c1",
+            Self::CanaryManyServices => "c200",
+            Self::Uncovered => "u",
         }
     }
 
@@ -166,7 +192,31 @@ impl Variant {
             Self::Canary => "wasm-canary",
             Self::CanaryWriteAll => "wasm-canary, stable written too",
             Self::NativeWeighted => "native weighted",
+            Self::CanaryOneService => "wasm-canary, 1 service",
+            Self::CanaryManyServices => "wasm-canary, 200 services",
+            Self::Uncovered => "wasm-canary, uncovered host",
         }
+    }
+
+    /// The `Host` of this variant's requests.
+    pub fn host(self) -> String {
+        match self {
+            Self::Uncovered => UNCOVERED_HOST.to_owned(),
+            _ => target_host(),
+        }
+    }
+
+    /// Whether the filter decides this variant's requests (its decision counters move).
+    pub fn decides(self) -> bool {
+        matches!(
+            self,
+            Self::Canary | Self::CanaryWriteAll | Self::CanaryOneService | Self::CanaryManyServices
+        )
+    }
+
+    /// The variant a letter names (`--variants`).
+    pub fn from_letter(letter: &str) -> Option<Variant> {
+        Self::ALL.into_iter().find(|v| v.letter() == letter)
     }
 }
 
@@ -257,8 +307,30 @@ pub fn start_under_test(
     let filters = match variant {
         Variant::NoFilter | Variant::NativeWeighted => vec![],
         Variant::NoopWasm => vec![wasm_filter(&modules.noop, "")],
-        Variant::Canary => vec![wasm_filter(&modules.canary, &realistic_config(false))],
-        Variant::CanaryWriteAll => vec![wasm_filter(&modules.canary, &realistic_config(true))],
+        Variant::Canary | Variant::Uncovered => {
+            vec![wasm_filter(
+                &modules.canary,
+                &realistic_config(SERVICES, false),
+            )]
+        }
+        Variant::CanaryWriteAll => {
+            vec![wasm_filter(
+                &modules.canary,
+                &realistic_config(SERVICES, true),
+            )]
+        }
+        Variant::CanaryOneService => {
+            vec![wasm_filter(
+                &modules.canary,
+                &realistic_config(FEW_SERVICES, false),
+            )]
+        }
+        Variant::CanaryManyServices => {
+            vec![wasm_filter(
+                &modules.canary,
+                &realistic_config(MANY_SERVICES, false),
+            )]
+        }
     };
     let clusters = match upstream {
         Some(addr) => vec![cluster("stable", addr), cluster("canary", addr)],

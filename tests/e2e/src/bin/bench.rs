@@ -16,17 +16,18 @@ use anyhow::{bail, Context};
 use wasm_canary_e2e::envoy::{Envoy, EnvoyOptions};
 use wasm_canary_e2e::http::Client;
 
-use report::{FileInfo, ModeResult, RequestPath, Sample};
+use report::{FileInfo, ModeResult, RequestPath, Sample, VariantPath};
 use topology::{Mode, Modules, Variant};
 
 const USAGE: &str = "\
 Usage: bench [options]
 
 Runs the same wrk load against Envoy with (a) no filter, (b) a no-op wasm filter, (c) the
-wasm-canary filter (client mode, 20-service config), (c') the same writing stable decisions too
-and (d) native weighted routing, interleaved a b c c' d a b c c' d ..., in two modes (direct,
-upstream); times the filter's request path outside Envoy (native and V8); writes a markdown
-report.
+wasm-canary filter (client mode, 20-service config), (c') the same writing stable decisions too,
+(d) native weighted routing, (c1) and (c200) the filter with a 1- and a 200-service config, and
+(u) (c)'s filter addressed with a host no service covers, interleaved a b c c' d c1 c200 u a b ...,
+in two modes (direct, upstream); times the filter's request path outside Envoy (native and V8);
+writes a markdown report.
 
 Options:
   --out PATH          report file (default: print to stdout). Text below the line
@@ -36,6 +37,10 @@ Options:
   --warmup S          one unmeasured run per variant first, seconds (default 2)
   --connections N     wrk connections (default 16)
   --modes LIST        comma-separated: direct,upstream (default both)
+  --variants LIST     comma-separated letters of the variants to run (default all:
+                      a,b,c,c',d,c1,c200,u); e.g. `--variants a,b,c1,c200,u` for the
+                      service-count and uncovered-host comparison alone. Comparisons whose
+                      variants were not run are left out of the report.
   --envoy-cpu N       CPU the Envoy under test is pinned to (default 0)
   --load-cpu N        CPU of wrk and of the upstream Envoy (default 1)
   --noop PATH         the no-op filter (default
@@ -55,6 +60,7 @@ struct Args {
     warmup: u64,
     connections: u32,
     modes: Vec<Mode>,
+    variants: Vec<Variant>,
     envoy_cpu: u32,
     load_cpu: u32,
     noop: PathBuf,
@@ -69,6 +75,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         warmup: 2,
         connections: 16,
         modes: vec![Mode::Direct, Mode::Upstream],
+        variants: Variant::ALL.to_vec(),
         envoy_cpu: 0,
         load_cpu: 1,
         noop: root.join("target/wasm32-wasip1/wasm-release/wasm_canary_noop_filter.wasm"),
@@ -98,6 +105,15 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
                     })
                     .collect::<anyhow::Result<_>>()?
             }
+            "--variants" => {
+                a.variants = value()?
+                    .split(',')
+                    .map(|v| {
+                        Variant::from_letter(v.trim())
+                            .with_context(|| format!("unknown variant {v:?}; see --help"))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
             other => bail!("unknown option {other:?}; see --help"),
         }
     }
@@ -105,6 +121,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         a.reps >= 1 && a.secs >= 1,
         "--reps and --secs must be at least 1"
     );
+    anyhow::ensure!(!a.variants.is_empty(), "--variants names no variant");
     Ok(Some(a))
 }
 
@@ -145,7 +162,7 @@ fn main() -> anyhow::Result<()> {
         connections: args.connections,
         duration: Duration::from_secs(args.secs),
         cpu: args.load_cpu,
-        headers: topology::request_headers(),
+        headers: topology::request_headers(topology::target_host()),
     };
     let ctx = report::Context {
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -168,7 +185,7 @@ fn main() -> anyhow::Result<()> {
         load_cpu: args.load_cpu,
         target_host: topology::target_host(),
     };
-    let variants = Variant::ALL.len() as u64;
+    let variants = args.variants.len() as u64;
     let per_mode = variants * (args.reps as u64 * args.secs + args.warmup);
     eprintln!(
         "bench: {} mode(s) x {variants} variants x {} reps x {} s (+{} s warm-up each): about {} s",
@@ -227,7 +244,8 @@ fn run_mode(
         Some(u) => Some(u.listener("app")?),
         None => None,
     };
-    let envoys: Vec<Envoy> = Variant::ALL
+    let variants = &args.variants;
+    let envoys: Vec<Envoy> = variants
         .iter()
         .map(|&v| {
             topology::start_under_test(mode, v, modules, upstream_addr, &pinned(args.envoy_cpu))
@@ -238,11 +256,18 @@ fn run_mode(
         .iter()
         .map(|e| e.listener(topology::LISTENER))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Each variant's requests: the same headers, to its own host.
+    let loads: Vec<wrk::Load> = variants
+        .iter()
+        .map(|v| wrk::Load {
+            headers: topology::request_headers(v.host()),
+            ..load.clone()
+        })
+        .collect();
 
     // Every variant must answer 200 before it is timed, and the filter must really be deciding.
-    let host = topology::target_host();
-    for (v, addr) in Variant::ALL.iter().zip(&addrs) {
-        let r = Client::new(*addr).get(&host, "/", &[])?;
+    for ((v, addr), envoy) in variants.iter().zip(&addrs).zip(&envoys) {
+        let r = Client::new(*addr).get(&v.host(), "/", &[])?;
         anyhow::ensure!(
             r.status == 200,
             "({}) {} answered {} to a probe: {}",
@@ -251,36 +276,40 @@ fn run_mode(
             r.status,
             r.body
         );
+        if v.decides() || *v == Variant::Uncovered {
+            anyhow::ensure!(
+                envoy.stat("wasmcustom.wasmcanary.config_accepted") >= 1,
+                "({}) the canary filter did not accept its config; Envoy log:\n{}",
+                v.letter(),
+                envoy.log_tail(20)
+            );
+        }
     }
-    let canary_envoy = &envoys[2];
-    anyhow::ensure!(
-        canary_envoy.stat("wasmcustom.wasmcanary.config_accepted") >= 1,
-        "the canary filter did not accept its config; Envoy log:\n{}",
-        canary_envoy.log_tail(20)
-    );
+    // The (c) Envoy's decision counters are checked against the requests wrk completed.
+    let counted = variants.iter().position(|v| *v == Variant::Canary);
 
     eprintln!("bench: {} mode: warm-up", mode.as_str());
-    let warm = wrk::Load {
-        duration: Duration::from_secs(args.warmup),
-        ..load.clone()
-    };
     let mut canary_requests = 1;
     if args.warmup > 0 {
-        for addr in &addrs {
+        for (i, addr) in addrs.iter().enumerate() {
+            let warm = wrk::Load {
+                duration: Duration::from_secs(args.warmup),
+                ..loads[i].clone()
+            };
             let r = wrk::run(&warm, *addr)?;
-            if *addr == addrs[2] {
+            if Some(i) == counted {
                 canary_requests += r.requests;
             }
         }
     }
 
     let load_before = load_average();
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Variant::ALL.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     for rep in 0..args.reps {
-        for (i, v) in Variant::ALL.iter().enumerate() {
+        for (i, v) in variants.iter().enumerate() {
             let envoy = &envoys[i];
             let cpu_before = envoy.cpu_seconds()?;
-            let r = wrk::run(load, addrs[i])?;
+            let r = wrk::run(&loads[i], addrs[i])?;
             let cpu = envoy.cpu_seconds()? - cpu_before;
             anyhow::ensure!(
                 r.errors == 0,
@@ -290,7 +319,7 @@ fn run_mode(
                 r.errors,
                 rep + 1
             );
-            if i == 2 {
+            if Some(i) == counted {
                 canary_requests += r.requests;
             }
             let sample = Sample {
@@ -319,9 +348,10 @@ fn run_mode(
         .iter()
         .map(|e| e.rss_bytes())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let decisions = decision_counts(canary_envoy, canary_requests);
+    let decisions = counted.map(|i| decision_counts(&envoys[i], canary_requests));
     Ok(ModeResult {
         mode,
+        variants: variants.clone(),
         samples,
         rss_bytes,
         decisions,
@@ -419,18 +449,13 @@ fn file_info(path: &Path) -> anyhow::Result<FileInfo> {
 }
 
 /// Times the filter's request path outside Envoy, natively and in V8 (see
-/// `filter/core/examples/request_path.rs`). `make bench` builds both; a missing build or a
-/// missing `node` leaves its row empty with the reason, it does not stop the benchmark.
+/// `filter/core/examples/request_path.rs`), for (c)'s config and request, then for (c1), (c200)
+/// and (u). `make bench` builds both; a missing build or a missing `node` leaves its cells
+/// empty with the reason, it does not stop the benchmark.
 fn request_path() -> RequestPath {
     let root = wasm_canary_e2e::workspace_root();
     let native = root.join("target/release/examples/request_path");
     let wasm = root.join("target/wasm32-wasip1/wasm-release/examples/request_path.wasm");
-    let mut args = vec![topology::realistic_config(false)];
-    args.extend(
-        topology::envoy_request_headers()
-            .into_iter()
-            .map(|(k, v)| format!("{k}: {v}")),
-    );
     let mut notes = Vec::new();
     let mut run = |label: &str, cmd: &mut Command| -> Option<[f64; 4]> {
         eprintln!("bench: timing the request path ({label})");
@@ -457,18 +482,47 @@ fn request_path() -> RequestPath {
             }
         }
     };
-    let native_row = run("native", Command::new(&native).args(&args));
-    let v8_row = run(
-        "V8",
-        Command::new("node")
-            .arg("--no-warnings")
-            .arg(root.join("bench/wasi-run.mjs"))
-            .arg(&wasm)
-            .args(&args),
-    );
+    let mut rows = Vec::new();
+    for variant in [
+        Variant::Canary,
+        Variant::CanaryOneService,
+        Variant::CanaryManyServices,
+        Variant::Uncovered,
+    ] {
+        let services = match variant {
+            Variant::CanaryOneService => topology::FEW_SERVICES,
+            Variant::CanaryManyServices => topology::MANY_SERVICES,
+            _ => topology::SERVICES,
+        };
+        let mut args = vec![topology::realistic_config(services, false)];
+        args.extend(
+            topology::envoy_request_headers(variant.host())
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}")),
+        );
+        let label = format!("({})", variant.letter());
+        let native_row = run(
+            &format!("{label} native"),
+            Command::new(&native).args(&args),
+        );
+        let v8_row = run(
+            &format!("{label} V8"),
+            Command::new("node")
+                .arg("--no-warnings")
+                .arg(root.join("bench/wasi-run.mjs"))
+                .arg(&wasm)
+                .args(&args),
+        );
+        rows.push(VariantPath {
+            variant,
+            native: native_row,
+            v8: v8_row,
+        });
+    }
     RequestPath {
-        native: native_row,
-        v8: v8_row,
+        native: rows[0].native,
+        v8: rows[0].v8,
+        by_variant: rows,
         note: (!notes.is_empty()).then(|| {
             format!(
                 "Not measured: {} (`make bench` builds both examples; the V8 row needs `node`).",
@@ -478,7 +532,6 @@ fn request_path() -> RequestPath {
     }
 }
 
-/// Reads `request_path parse_ns=.. lookup_ns=.. decide_ns=.. total_ns=..`.
 fn parse_request_path(text: &str) -> Option<[f64; 4]> {
     let line = text.lines().find(|l| l.starts_with("request_path "))?;
     let field = |name: &str| -> Option<f64> {
