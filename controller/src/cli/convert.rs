@@ -655,7 +655,7 @@ fn convert_one(
     out.documents.push(Document {
         comment: format!(
             "WasmPlugin {service}-canary-server: tags requests and responses with the serving pod's hash \
-             (the client WasmPlugin {name}-canary is created by the controller; do not apply wasm-plugin/client-wasmplugin.yaml too)"
+             (the client WasmPlugins are created by the controller, one per group of callers; do not apply wasm-plugin/client-wasmplugin.yaml too)"
         ),
         object: server_wasm_plugin(&service, rollout, opts, namespace.as_deref()),
     });
