@@ -7,8 +7,19 @@ use crate::config::{BASIS_POINTS, CANARY_SUBSET, STABLE_SUBSET};
 /// header map it read from Envoy in one host call; tests implement it over a table. Values are
 /// borrowed: the request path allocates nothing per lookup.
 pub trait RequestHeaders {
-    /// The value of header `name` (lower-case), if present and text.
+    /// The value of header `name` (lower-case), if present and text. For a repeated header, the
+    /// first value.
     fn header(&self, name: &str) -> Option<&str>;
+
+    /// Calls `visit` with every value of header `name` (lower-case), in order, until it returns
+    /// `true`. A header may be repeated: over HTTP/1.1 a client can send several `Cookie`
+    /// lines, and Envoy passes them on as separate entries. The default visits the one value
+    /// [`header`](Self::header) answers.
+    fn visit_values<'a>(&'a self, name: &str, visit: &mut dyn FnMut(&'a str) -> bool) {
+        if let Some(value) = self.header(name) {
+            visit(value);
+        }
+    }
 }
 
 /// Which DestinationRule subset a request goes to.
@@ -154,12 +165,21 @@ pub fn mix64(mut z: u64) -> u64 {
 fn value<'a>(headers: &'a impl RequestHeaders, source: &KeySource) -> Option<&'a str> {
     match source {
         KeySource::Header(name) => headers.header(name),
-        KeySource::Cookie(name) => cookie_value(headers.header("cookie")?, name),
+        KeySource::Cookie(name) => {
+            // The first occurrence wins, across lines as within one line.
+            let mut found = None;
+            headers.visit_values("cookie", &mut |line| {
+                found = cookie_value(line, name);
+                found.is_some()
+            });
+            found
+        }
     }
 }
 
-/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`). Envoy joins several `cookie`
-/// headers with `; `, so this sees them all. Spaces and tabs around names and values are
+/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`). Envoy's HTTP/2 codec joins
+/// cookie crumbs with `; `, but HTTP/1.1 `Cookie` lines stay separate headers: the decision
+/// reads each of them ([`RequestHeaders::visit_values`]). Spaces and tabs around names and values are
 /// ignored and quotes around a value are removed (RFC 6265). One pass over the bytes: the
 /// `split`/`trim` version cost ~150 ns per request in wasm, most of the decision.
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {

@@ -400,6 +400,52 @@ fn a_session_cookie_keeps_its_version_and_canary_sessions_stay_canary_as_the_wei
     assert!(at_30.len() > at_10.len(), "30% moved more sessions");
 }
 
+/// Over HTTP/1.1 a client may split its cookies over several `Cookie` lines, and Envoy passes
+/// them to the filter as separate headers: a session cookie in a later line still keeps its
+/// version (it is not redrawn per request), and a header-route cookie there still forces canary.
+#[test]
+fn cookies_in_a_later_cookie_line_are_read() {
+    let mesh = Mesh::start(&cookie_sticky_config(5_000)).unwrap();
+    let mut http = mesh.http();
+    let mut stable_session = None;
+    for i in 0..40 {
+        let session = format!("sess-{i:04}");
+        let expected = if sticky_bucket("bookinfo/reviews", &session) < 5_000 {
+            "canary"
+        } else {
+            stable_session.get_or_insert_with(|| session.clone());
+            "stable"
+        };
+        let cookie = format!("session={session}");
+        for _ in 0..5 {
+            let r = http
+                .get(
+                    "reviews",
+                    "/",
+                    &[("cookie", "theme=dark"), ("cookie", &cookie)],
+                )
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-app-version"), Some(expected), "{session}");
+        }
+    }
+    let cookie = format!("session={}", stable_session.unwrap());
+    for _ in 0..5 {
+        let r = http
+            .get(
+                "reviews",
+                "/",
+                &[("cookie", &cookie), ("cookie", "canary=yes")],
+            )
+            .unwrap();
+        assert_eq!(
+            r.header("x-app-version"),
+            Some("canary"),
+            "the header-route cookie in the second line beats the session's stable bucket"
+        );
+    }
+}
+
 /// The hash header (`hashHeader`) is the filter's, like the decision header: on a host the
 /// filter does not cover, a client-sent one is removed before it reaches the upstream.
 #[test]
