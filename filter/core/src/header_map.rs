@@ -135,14 +135,18 @@ impl<'a> SerializedHeaders<'a> {
 
 impl RequestHeaders for SerializedHeaders<'_> {
     /// The first value, as Envoy's single-header read answers for a repeated header. A value that
-    /// is not UTF-8 reads as absent: no rule can match it, and the request goes on to the weight.
+    /// is not UTF-8 reads as absent here, so no text rule matches it; a sticky key is read as
+    /// bytes ([`RequestHeaders::header_bytes`]) and still decides.
     fn header(&self, name: &str) -> Option<&str> {
         self.value(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// Every value that is UTF-8; the others are skipped.
-    fn visit_values<'a>(&'a self, name: &str, visit: &mut dyn FnMut(&'a str) -> bool) {
-        self.visit_raw(name, &mut |v| std::str::from_utf8(v).is_ok_and(&mut *visit));
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.value(name)
+    }
+
+    fn visit_values<'a>(&'a self, name: &str, visit: &mut dyn FnMut(&'a [u8]) -> bool) {
+        self.visit_raw(name, visit);
     }
 }
 
@@ -221,13 +225,13 @@ mod tests {
             seen.push(v);
             false
         });
-        assert_eq!(seen, ["session=4f2a9c; canary=always", "second=1"]);
+        assert_eq!(seen, [&b"session=4f2a9c; canary=always"[..], b"second=1"]);
         let mut first = Vec::new();
         h.visit_values("cookie", &mut |v| {
             first.push(v);
             true
         });
-        assert_eq!(first, ["session=4f2a9c; canary=always"]);
+        assert_eq!(first, [&b"session=4f2a9c; canary=always"[..]]);
     }
 
     #[test]

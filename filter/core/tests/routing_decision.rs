@@ -587,3 +587,52 @@ fn a_header_route_cookie_in_a_later_cookie_line_forces_canary() {
     );
     assert_eq!(got, (Subset::Canary, Reason::HeaderRoute));
 }
+/// The documented bucket computed over raw bytes, independently of the filter's code.
+fn reference_bucket(service: &str, key: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in service.as_bytes().iter().chain(&[0u8]).chain(key) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (canary_core::decision::mix64(h) % 10_000) as u32
+}
+
+/// The sticky key's bytes decide, as text would: a key that is not UTF-8 is still a key, and a
+/// stray byte in some other cookie does not hide the sticky one.
+#[test]
+fn a_sticky_key_that_is_not_utf8_still_decides_by_its_bytes() {
+    let c = config(5_000);
+    // Another cookie's bad byte, in the same line or another one.
+    let want = expected_sticky(sticky_bucket("bookinfo/ratings", "s-42"), 5_000);
+    for pairs in [
+        &[("cookie", &b"theme=\xff\xfe; session=s-42"[..])][..],
+        &[
+            ("cookie", &b"theme=\xff"[..]),
+            ("cookie", &b"session=s-42"[..]),
+        ][..],
+    ] {
+        for draw in [0, 9_999] {
+            assert_eq!(decide_serialized(&c, 1, pairs, draw), want, "{pairs:?}");
+        }
+    }
+    // The sticky cookie's own value, and the sticky header's.
+    for (service, name, header, key) in [
+        (1, "bookinfo/ratings", "cookie", &b"session=caf\xe9"[..]),
+        (0, "bookinfo/reviews", "x-user-id", &b"caf\xe9"[..]),
+        (0, "bookinfo/reviews", "x-user-id", &b"\xff\xfe\xfd"[..]),
+    ] {
+        let raw_key = key.strip_prefix(b"session=").unwrap_or(key);
+        let want = expected_sticky(reference_bucket(name, raw_key), 5_000);
+        for draw in [0, 9_999] {
+            let got = decide_serialized(&c, service, &[(header, key)], draw);
+            assert_eq!(got, want, "{header}: {key:?} draw={draw}");
+        }
+    }
+    // UTF-8 keys keep their buckets.
+    for key in ["", "alice", "bob", "user-12345", "café"] {
+        assert_eq!(
+            sticky_bucket("bookinfo/reviews", key),
+            reference_bucket("bookinfo/reviews", key.as_bytes())
+        );
+    }
+}
