@@ -7,8 +7,25 @@ use crate::config::{BASIS_POINTS, CANARY_SUBSET, STABLE_SUBSET};
 /// header map it read from Envoy in one host call; tests implement it over a table. Values are
 /// borrowed: the request path allocates nothing per lookup.
 pub trait RequestHeaders {
-    /// The value of header `name` (lower-case), if present and text.
+    /// The value of header `name` (lower-case), if present and text. For a repeated header, the
+    /// first value.
     fn header(&self, name: &str) -> Option<&str>;
+
+    /// The raw value of header `name` (lower-case), text or not. For a repeated header, the
+    /// first value. The default answers [`header`](Self::header)'s text.
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.header(name).map(str::as_bytes)
+    }
+
+    /// Calls `visit` with every raw value of header `name` (lower-case), in order, until it
+    /// returns `true`. A header may be repeated: over HTTP/1.1 a client can send several
+    /// `Cookie` lines, and Envoy passes them on as separate entries. The default visits the one
+    /// value [`header_bytes`](Self::header_bytes) answers.
+    fn visit_values<'a>(&'a self, name: &str, visit: &mut dyn FnMut(&'a [u8]) -> bool) {
+        if let Some(value) = self.header_bytes(name) {
+            visit(value);
+        }
+    }
 }
 
 /// Which DestinationRule subset a request goes to.
@@ -100,16 +117,21 @@ pub fn decide_for_service(
             route
                 .matches
                 .iter()
-                .all(|m| value(headers, &m.source).is_some_and(|v| m.matcher.matches(v)))
+                .all(|m| text_value(headers, &m.source).is_some_and(|v| m.matcher.matches(v)))
         });
         if forced {
             return (Subset::Canary, Reason::HeaderRoute);
         }
     }
     if let Some(source) = &service.sticky {
-        if let Some(key) = value(headers, source).filter(|k| !k.is_empty()) {
+        // The key's bytes decide: a key that is not UTF-8 is still the same key on every
+        // request.
+        if let Some(key) = raw_value(headers, source).filter(|k| !k.is_empty()) {
             return (
-                by_weight(sticky_bucket(&service.name, key), service.canary_weight),
+                by_weight(
+                    sticky_bucket_bytes(&service.name, key),
+                    service.canary_weight,
+                ),
                 Reason::Sticky,
             );
         }
@@ -130,13 +152,19 @@ fn by_weight(point: u32, canary_weight: u32) -> Subset {
 /// Stable across processes, versions and architectures: FNV-1a 64 over
 /// `service || 0x00 || key`, finished with the splitmix64 mixer, modulo 10000.
 pub fn sticky_bucket(service: &str, key: &str) -> u32 {
+    sticky_bucket_bytes(service, key.as_bytes())
+}
+
+/// [`sticky_bucket`] of a key given as bytes (a header or cookie value need not be UTF-8); the
+/// same bucket for the same bytes.
+pub fn sticky_bucket_bytes(service: &str, key: &[u8]) -> u32 {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = FNV_OFFSET;
     for b in service
         .bytes()
         .chain(std::iter::once(0u8))
-        .chain(key.bytes())
+        .chain(key.iter().copied())
     {
         h ^= u64::from(b);
         h = h.wrapping_mul(FNV_PRIME);
@@ -151,19 +179,42 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn value<'a>(headers: &'a impl RequestHeaders, source: &KeySource) -> Option<&'a str> {
+/// The key's value as text, for matchers: a value that is not UTF-8 matches nothing.
+fn text_value<'a>(headers: &'a impl RequestHeaders, source: &KeySource) -> Option<&'a str> {
+    raw_value(headers, source).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The key's raw value. Only the cookie's own bytes count: another cookie's bytes, text or not,
+/// do not hide it.
+fn raw_value<'a>(headers: &'a impl RequestHeaders, source: &KeySource) -> Option<&'a [u8]> {
     match source {
-        KeySource::Header(name) => headers.header(name),
-        KeySource::Cookie(name) => cookie_value(headers.header("cookie")?, name),
+        KeySource::Header(name) => headers.header_bytes(name),
+        KeySource::Cookie(name) => {
+            // The first occurrence wins, across lines as within one line.
+            let mut found = None;
+            headers.visit_values("cookie", &mut |line| {
+                found = cookie_value_bytes(line, name);
+                found.is_some()
+            });
+            found
+        }
     }
 }
 
-/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`). Envoy joins several `cookie`
-/// headers with `; `, so this sees them all. Spaces and tabs around names and values are
+/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`). Envoy's HTTP/2 codec joins
+/// cookie crumbs with `; `, but HTTP/1.1 `Cookie` lines stay separate headers: the decision
+/// reads each of them ([`RequestHeaders::visit_values`]). Spaces and tabs around names and values are
 /// ignored and quotes around a value are removed (RFC 6265). One pass over the bytes: the
 /// `split`/`trim` version cost ~150 ns per request in wasm, most of the decision.
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    let bytes = header.as_bytes();
+    // The slice lies within `header` and starts and ends next to ASCII bytes (or at its ends),
+    // so it is valid UTF-8; `from_utf8` only confirms it.
+    cookie_value_bytes(header.as_bytes(), name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// [`cookie_value`] over raw bytes: a `Cookie` header need not be UTF-8, and bytes that are not
+/// in the pair asked for do not matter.
+pub fn cookie_value_bytes<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let name = name.as_bytes();
     let mut start = 0;
     while start <= bytes.len() {
@@ -181,9 +232,7 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
                     [b'"', inner @ .., b'"'] => inner,
                     _ => v,
                 };
-                // The slice lies within `header` and starts and ends next to ASCII bytes (or at
-                // its ends), so it is valid UTF-8; `from_utf8` only confirms it.
-                return std::str::from_utf8(v).ok();
+                return Some(v);
             }
         }
         start = end + 1;

@@ -23,9 +23,25 @@ impl ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// One line whatever the config held: the field and reason echo values from the config, so
+    /// control characters (CR and LF would forge log lines, ESC drives terminals) and Unicode
+    /// line and paragraph separators are escaped as Rust escapes them (`\r`, `\u{1b}`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
+        write_escaped(f, &self.field)?;
+        f.write_str(": ")?;
+        write_escaped(f, &self.reason)
     }
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            write!(f, "{}", c.escape_debug())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {}

@@ -27,5 +27,8 @@ pub use compiled::{authority_host, CompiledConfig, CompiledService};
 pub use config::{
     CanaryService, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey, StringMatch,
 };
-pub use decision::{decide_route, sticky_bucket, Decision, Draws, Reason, RequestHeaders, Subset};
+pub use decision::{
+    decide_route, sticky_bucket, sticky_bucket_bytes, Decision, Draws, Reason, RequestHeaders,
+    Subset,
+};
 pub use error::ConfigError;

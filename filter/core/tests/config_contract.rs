@@ -12,8 +12,8 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use canary_core::config::{DEFAULT_DECISION_HEADER, DEFAULT_VERSION_HEADER, MAX_CONFIG_BYTES};
 use canary_core::{
-    CanaryService, CompiledConfig, FilterMode, HeaderRoute, PluginConfig, RequestMatch, StickyKey,
-    StringMatch,
+    CanaryService, CompiledConfig, ConfigError, FilterMode, HeaderRoute, PluginConfig,
+    RequestMatch, StickyKey, StringMatch,
 };
 
 fn reviews() -> CanaryService {
@@ -285,6 +285,27 @@ fn the_error_message_is_one_line_with_field_first() {
         "{line}"
     );
     assert!(!line.contains('\n'));
+}
+
+/// The message is logged as one line by every sidecar: a CR or LF (or another control
+/// character) in a refused value must not start a forged log line or drive a terminal.
+#[test]
+fn control_characters_in_refused_values_are_escaped_in_the_message() {
+    let err = CompiledConfig::from_json(
+        br#"{"services":[{"name":"a","hosts":["a"],"canaryWeight":10,
+            "sticky":{"header":"x\r\n[critical] forged\u001b[2J\t"}}]}"#,
+    )
+    .unwrap_err();
+    let line = err.to_string();
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    assert!(
+        line.contains(r#""x\r\n[critical] forged\u{1b}[2J\t" is not a valid header name"#),
+        "{line}"
+    );
+    // The fields themselves keep the raw value; only the message escapes.
+    assert!(err.reason.contains('\n'));
+    let direct = ConfigError::new("services[0].\u{2028}", "bad\0value \"q\" é").to_string();
+    assert_eq!(direct, r#"services[0].\u{2028}: bad\0value "q" é"#);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 mod support;
 
 use canary_core::decision::{cookie_value, decide_for_service};
+use canary_core::header_map::{serialize, SerializedHeaders};
 use canary_core::{
     authority_host, decide_route, sticky_bucket, CompiledConfig, Draws, Reason, RequestHeaders,
     Subset,
@@ -515,4 +516,123 @@ fn cookie_parsing_agrees_with_a_split_and_trim_reference() {
         }
     }
     assert!(checked > 300_000);
+}
+
+/// The decision for a request whose header map is `pairs`, read as the filter reads Envoy's.
+fn decide_serialized(
+    c: &CompiledConfig,
+    service: usize,
+    pairs: &[(&str, &[u8])],
+    draw: u32,
+) -> (Subset, Reason) {
+    let buf = serialize(pairs);
+    let headers = SerializedHeaders::parse(&buf).unwrap();
+    decide_for_service(c.services.get(service).unwrap(), &headers, draw)
+}
+
+fn expected_sticky(bucket: u32, weight: u32) -> (Subset, Reason) {
+    let subset = if bucket < weight {
+        Subset::Canary
+    } else {
+        Subset::Stable
+    };
+    (subset, Reason::Sticky)
+}
+
+/// Over HTTP/1.1 a client may send several `Cookie` lines, and Envoy passes them on as separate
+/// headers: a sticky cookie in a later line must still decide, or the user is redrawn on every
+/// request.
+#[test]
+fn a_sticky_cookie_in_a_later_cookie_line_decides() {
+    let c = config(5_000);
+    let want = expected_sticky(sticky_bucket("bookinfo/ratings", "s-42"), 5_000);
+    for draw in [0, 9_999] {
+        let got = decide_serialized(
+            &c,
+            1,
+            &[
+                (":authority", b"ratings"),
+                ("cookie", b"theme=dark; lang=en"),
+                ("cookie", b"session=s-42"),
+            ],
+            draw,
+        );
+        assert_eq!(got, want, "draw={draw}");
+    }
+    // The first occurrence wins, across lines as within one (as for HTTP/2's joined crumbs).
+    let first = expected_sticky(sticky_bucket("bookinfo/ratings", "s-1"), 5_000);
+    let second = expected_sticky(sticky_bucket("bookinfo/ratings", "s-42"), 5_000);
+    assert_ne!(first, second, "pick keys in different halves");
+    let got = decide_serialized(
+        &c,
+        1,
+        &[("cookie", b"session=s-1"), ("cookie", b"session=s-42")],
+        0,
+    );
+    assert_eq!(got, first);
+}
+
+#[test]
+fn a_header_route_cookie_in_a_later_cookie_line_forces_canary() {
+    let c = config(0);
+    let got = decide_serialized(
+        &c,
+        0,
+        &[
+            (":authority", b"reviews"),
+            ("cookie", b"theme=dark"),
+            ("cookie", b"a=1; canary=yes"),
+        ],
+        9_999,
+    );
+    assert_eq!(got, (Subset::Canary, Reason::HeaderRoute));
+}
+/// The documented bucket computed over raw bytes, independently of the filter's code.
+fn reference_bucket(service: &str, key: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in service.as_bytes().iter().chain(&[0u8]).chain(key) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (canary_core::decision::mix64(h) % 10_000) as u32
+}
+
+/// The sticky key's bytes decide, as text would: a key that is not UTF-8 is still a key, and a
+/// stray byte in some other cookie does not hide the sticky one.
+#[test]
+fn a_sticky_key_that_is_not_utf8_still_decides_by_its_bytes() {
+    let c = config(5_000);
+    // Another cookie's bad byte, in the same line or another one.
+    let want = expected_sticky(sticky_bucket("bookinfo/ratings", "s-42"), 5_000);
+    for pairs in [
+        &[("cookie", &b"theme=\xff\xfe; session=s-42"[..])][..],
+        &[
+            ("cookie", &b"theme=\xff"[..]),
+            ("cookie", &b"session=s-42"[..]),
+        ][..],
+    ] {
+        for draw in [0, 9_999] {
+            assert_eq!(decide_serialized(&c, 1, pairs, draw), want, "{pairs:?}");
+        }
+    }
+    // The sticky cookie's own value, and the sticky header's.
+    for (service, name, header, key) in [
+        (1, "bookinfo/ratings", "cookie", &b"session=caf\xe9"[..]),
+        (0, "bookinfo/reviews", "x-user-id", &b"caf\xe9"[..]),
+        (0, "bookinfo/reviews", "x-user-id", &b"\xff\xfe\xfd"[..]),
+    ] {
+        let raw_key = key.strip_prefix(b"session=").unwrap_or(key);
+        let want = expected_sticky(reference_bucket(name, raw_key), 5_000);
+        for draw in [0, 9_999] {
+            let got = decide_serialized(&c, service, &[(header, key)], draw);
+            assert_eq!(got, want, "{header}: {key:?} draw={draw}");
+        }
+    }
+    // UTF-8 keys keep their buckets.
+    for key in ["", "alice", "bob", "user-12345", "café"] {
+        assert_eq!(
+            sticky_bucket("bookinfo/reviews", key),
+            reference_bucket("bookinfo/reviews", key.as_bytes())
+        );
+    }
 }

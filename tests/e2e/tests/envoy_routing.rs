@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use canary_core::sticky_bucket;
+use canary_core::{sticky_bucket, sticky_bucket_bytes};
 use wasm_canary_e2e::app::App;
 use wasm_canary_e2e::envoy::Envoy;
 use wasm_canary_e2e::http::{run_load, Client};
@@ -239,7 +239,8 @@ fn every_response_carries_the_serving_versions_pod_template_hash() {
 
 /// Header values are bytes on the wire; a client can send ones that are not UTF-8. The filter
 /// must not crash its VM on them (a crash would fail requests open or closed for everyone):
-/// such a value counts as absent, and the request is decided like any other.
+/// such a value matches no header route, and the request is decided like any other (a sticky
+/// key decides by its bytes; at weight 0 that is stable too).
 #[test]
 fn header_values_that_are_not_utf8_do_not_break_the_filter() {
     let mesh = Mesh::start(&reviews_config(0)).unwrap();
@@ -398,6 +399,93 @@ fn a_session_cookie_keeps_its_version_and_canary_sessions_stay_canary_as_the_wei
         "every session on canary at 10% is still on canary at 30%"
     );
     assert!(at_30.len() > at_10.len(), "30% moved more sessions");
+}
+
+/// Over HTTP/1.1 a client may split its cookies over several `Cookie` lines, and Envoy passes
+/// them to the filter as separate headers: a session cookie in a later line still keeps its
+/// version (it is not redrawn per request), and a header-route cookie there still forces canary.
+#[test]
+fn cookies_in_a_later_cookie_line_are_read() {
+    let mesh = Mesh::start(&cookie_sticky_config(5_000)).unwrap();
+    let mut http = mesh.http();
+    let mut stable_session = None;
+    for i in 0..40 {
+        let session = format!("sess-{i:04}");
+        let expected = if sticky_bucket("bookinfo/reviews", &session) < 5_000 {
+            "canary"
+        } else {
+            stable_session.get_or_insert_with(|| session.clone());
+            "stable"
+        };
+        let cookie = format!("session={session}");
+        for _ in 0..5 {
+            let r = http
+                .get(
+                    "reviews",
+                    "/",
+                    &[("cookie", "theme=dark"), ("cookie", &cookie)],
+                )
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-app-version"), Some(expected), "{session}");
+        }
+    }
+    let cookie = format!("session={}", stable_session.unwrap());
+    for _ in 0..5 {
+        let r = http
+            .get(
+                "reviews",
+                "/",
+                &[("cookie", &cookie), ("cookie", "canary=yes")],
+            )
+            .unwrap();
+        assert_eq!(
+            r.header("x-app-version"),
+            Some("canary"),
+            "the header-route cookie in the second line beats the session's stable bucket"
+        );
+    }
+}
+
+/// A session cookie decides by its bytes: a byte that is not UTF-8 in another cookie (same line
+/// or another) does not hide it, and a session value that is not UTF-8 is still sticky.
+#[test]
+fn a_session_cookie_decides_by_its_bytes_whatever_the_other_cookies_hold() {
+    let mesh = Mesh::start(&cookie_sticky_config(5_000)).unwrap();
+    let mut http = mesh.http();
+    for i in 0..20 {
+        let session = format!("sess-{i:04}");
+        let expected = if sticky_bucket("bookinfo/reviews", &session) < 5_000 {
+            "canary"
+        } else {
+            "stable"
+        };
+        let same_line = [b"theme=\xff\xfe; session=", session.as_bytes()].concat();
+        let own_line = [b"session=", session.as_bytes()].concat();
+        for _ in 0..3 {
+            for headers in [
+                vec![("cookie", &same_line[..])],
+                vec![("cookie", &b"theme=\xff"[..]), ("cookie", &own_line[..])],
+            ] {
+                let r = http.get_raw("reviews", "/", &headers).unwrap();
+                assert_eq!(r.status, 200);
+                assert_eq!(r.header("x-app-version"), Some(expected), "{headers:?}");
+            }
+        }
+        let raw_key = [b"\xff\xfe", session.as_bytes()].concat();
+        let expected = if sticky_bucket_bytes("bookinfo/reviews", &raw_key) < 5_000 {
+            "canary"
+        } else {
+            "stable"
+        };
+        let cookie = [&b"session="[..], &raw_key].concat();
+        for _ in 0..3 {
+            let r = http
+                .get_raw("reviews", "/", &[("cookie", &cookie[..])])
+                .unwrap();
+            assert_eq!(r.header("x-app-version"), Some(expected), "{cookie:?}");
+        }
+    }
 }
 
 /// The hash header (`hashHeader`) is the filter's, like the decision header: on a host the
