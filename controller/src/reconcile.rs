@@ -614,7 +614,8 @@ async fn release_deleted_rollouts(
 
 async fn release_rollout(ctx: &Context, gone: &CanaryRollout) -> Result<()> {
     let manager = traffic::field_manager(gone);
-    let mut keys: Vec<String> = traffic::targets(gone, &ctx.rollouts())
+    let rollouts = ctx.rollouts();
+    let mut keys: Vec<String> = traffic::targets(gone, &rollouts)
         .iter()
         .map(|t| t.key())
         .collect();
@@ -627,7 +628,7 @@ async fn release_rollout(ctx: &Context, gone: &CanaryRollout) -> Result<()> {
     keys.sort();
     keys.dedup();
     // A rollout of the same name created since then writes with the same manager: keep it.
-    let recreated = ctx.rollouts().iter().any(|r| {
+    let recreated = rollouts.iter().any(|r| {
         r.namespace() == gone.namespace()
             && r.name_any() == gone.name_any()
             && r.uid() != gone.uid()
@@ -637,7 +638,7 @@ async fn release_rollout(ctx: &Context, gone: &CanaryRollout) -> Result<()> {
     }
     for key in keys {
         if let Some((namespace, name)) = key.split_once('/') {
-            crate::traffic_writes::release(&ctx.client, namespace, name, &manager, &ctx.rollouts())
+            crate::traffic_writes::release(&ctx.client, namespace, name, &manager, &rollouts)
                 .await?;
         }
     }

@@ -111,23 +111,7 @@ impl Env {
     }
 
     async fn destination_rule(&self, service: &str) {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &self.ns, &destination_rule_resource());
-        let rule = json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": service, "namespace": self.ns},
-            "spec": {"host": service, "subsets": [
-                {"name": "stable", "labels": {"app": service}},
-                {"name": "canary", "labels": {"app": service}}
-            ]}
-        });
-        api.patch(
-            service,
-            &PatchParams::apply("platform-team"),
-            &Patch::Apply(&rule),
-        )
-        .await
-        .unwrap();
+        support::destination_rule(&self.client, &self.ns, service).await;
     }
 
     async fn apply(&self, rollout: &Value) {
@@ -162,6 +146,17 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The status message of rollout `name` once it is refused (`Degraded`).
+    async fn refused(&self, name: &str) -> String {
+        self.until(name, "refused", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Degraded)
+                .then(|| s.message.clone())
+                .flatten()
+        })
+        .await
     }
 
     /// Applies the rollout on v1, waits until healthy, moves it to v2 and waits for its pause.
@@ -425,14 +420,7 @@ async fn a_second_rollout_of_a_service_is_refused_and_the_first_is_untouched() {
     let mut second = rollout(ns, "reviews-again", "reviews", 80.0, json!([]));
     second["spec"]["template"]["spec"]["containers"][0]["image"] = json!("reviews:v3");
     env.apply(&second).await;
-    let message = env
-        .until("reviews-again", "refused", |r| {
-            let s = r.status.as_ref()?;
-            (s.phase == Phase::Degraded)
-                .then(|| s.message.clone())
-                .flatten()
-        })
-        .await;
+    let message = env.refused("reviews-again").await;
     assert!(
         message.contains("service reviews is already under rollout composed-claim/reviews"),
         "{message}"
@@ -542,14 +530,7 @@ async fn a_rollout_naming_another_filter_url_than_the_shared_wasm_plugin_is_refu
         json!("oci://registry.example.com/wasm-canary/filter:0.2.0");
     env.destination_rule("ratings").await;
     env.apply(&other).await;
-    let message = env
-        .until("ratings", "refused", |r| {
-            let s = r.status.as_ref()?;
-            (s.phase == Phase::Degraded)
-                .then(|| s.message.clone())
-                .flatten()
-        })
-        .await;
+    let message = env.refused("ratings").await;
     assert!(
         message.contains(&format!(
             "WasmPlugin {ns}/{PLUGIN} is shared with wasm-canary/{ns}/reviews"

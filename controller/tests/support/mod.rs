@@ -40,18 +40,24 @@ pub async fn namespace(ns: &str) -> (Arc<ControlPlane>, Client) {
 /// DestinationRule `reviews` with empty-of-hash `stable`/`canary` subsets, applied by the
 /// platform team's field manager as a user would; the controller fills the hash labels.
 pub async fn reviews_destination_rule(client: &Client, ns: &str) {
+    destination_rule(client, ns, "reviews").await;
+}
+
+/// DestinationRule `service` (host `service`) with `stable`/`canary` subsets selecting
+/// `app: service`, applied by the platform team's field manager.
+pub async fn destination_rule(client: &Client, ns: &str, service: &str) {
     let dr: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
     let rule = json!({
         "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "reviews", "namespace": ns},
-        "spec": {"host": "reviews", "subsets": [
-            {"name": "stable", "labels": {"app": "reviews"}},
-            {"name": "canary", "labels": {"app": "reviews"}}
+        "metadata": {"name": service, "namespace": ns},
+        "spec": {"host": service, "subsets": [
+            {"name": "stable", "labels": {"app": service}},
+            {"name": "canary", "labels": {"app": service}}
         ]}
     });
     dr.patch(
-        "reviews",
+        service,
         &PatchParams::apply("platform-team"),
         &Patch::Apply(&rule),
     )
