@@ -611,11 +611,18 @@ impl Planner<'_> {
         if desired == stable {
             if let Some(canary) = self.status.canary_hash.take() {
                 // The template went back to stable mid-canary: drop the canary at once.
+                // Traffic leaves the canary in this reconcile; its pods drain for
+                // abortScaleDownDelaySeconds (as after an abort) so that sidecars still running
+                // the previous config finish their requests on them.
+                let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
                 self.note(
                     "CanaryCancelled",
-                    format!("template is back to stable {stable}; canary {canary} removed"),
+                    format!(
+                        "template is back to stable {stable}; canary {canary} gets no traffic and is scaled down in {}s",
+                        delay.num_seconds()
+                    ),
                 );
-                self.schedule_scale_down(&canary, now);
+                self.schedule_scale_down(&canary, now + delay);
                 self.status.aborted = false;
                 self.status.analysis_aborted = false;
                 self.status.analysis_runs.clear();
@@ -625,8 +632,17 @@ impl Planner<'_> {
         }
         if self.status.canary_hash.as_deref() != Some(desired.as_str()) {
             if let Some(old) = self.status.canary_hash.replace(desired.clone()) {
-                self.note("CanaryRestarted", format!("template changed during the canary: {old} replaced by {desired}, back to step 0"));
-                self.schedule_scale_down(&old, now);
+                // The old canary drains like an aborted one: no traffic from this reconcile on,
+                // scaled down only after abortScaleDownDelaySeconds.
+                let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+                self.note(
+                    "CanaryRestarted",
+                    format!(
+                        "template changed during the canary: {old} replaced by {desired}, back to step 0; {old} gets no traffic and is scaled down in {}s",
+                        delay.num_seconds()
+                    ),
+                );
+                self.schedule_scale_down(&old, now + delay);
             } else {
                 self.note(
                     "CanaryStarted",

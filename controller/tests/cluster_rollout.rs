@@ -604,6 +604,8 @@ async fn a_template_change_mid_canary_restarts_it_with_the_new_hash() {
                 .flatten()
         })
         .await;
+    let rules = env.record_destination_rule().await;
+    let replica_sets = env.record_replica_sets().await;
     env.set_image("reviews:v3").await;
     let v3 = env
         .until("canary v3", |r| {
@@ -614,6 +616,35 @@ async fn a_template_change_mid_canary_restarts_it_with_the_new_hash() {
         (r.status.as_ref()?.canary_weight == 2_000).then_some(())
     })
     .await;
+    // The replaced canary drains as an aborted one does: its subset stops selecting it first,
+    // its pods go only abortScaleDownDelaySeconds (2 s here) later, so requests that sidecars
+    // still running the previous config send to it are served.
+    let v2_rs = format!("reviews-{v2}");
+    let scaled_down = replica_sets
+        .until("v2 scaled down", WAIT, |versions| {
+            versions
+                .iter()
+                .find(|v| v.object.name_any() == v2_rs && v.object.spec.replicas == Some(0))
+                .cloned()
+        })
+        .await;
+    rules.sync().await;
+    let traffic_off = rules
+        .versions()
+        .into_iter()
+        .find(|v| subset_hash_of(&v.object, "canary").as_deref() != Some(v2.as_str()))
+        .expect("a DestinationRule version whose canary subset no longer selects v2");
+    assert!(
+        traffic_off.resource_version < scaled_down.resource_version,
+        "the canary subset leaves v2 (revision {}) before v2 is scaled to zero (revision {})",
+        traffic_off.resource_version,
+        scaled_down.resource_version
+    );
+    let drained = scaled_down.seen_at - traffic_off.seen_at;
+    assert!(
+        drained >= Duration::from_millis(1_500),
+        "v2 kept its pods for abortScaleDownDelaySeconds=2 after its traffic left; it lost them after {drained:?}"
+    );
     assert_eq!(
         env.subset_hash("canary").await.as_deref(),
         Some(v3.as_str())

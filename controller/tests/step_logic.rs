@@ -605,10 +605,37 @@ fn a_template_change_during_the_canary_restarts_it_with_the_new_hash() {
     assert_eq!(restarted.traffic.as_ref().unwrap().canary_weight, 0);
     assert_eq!(
         restarted.replicas.get(CANARY),
-        Some(&0),
-        "the replaced canary goes away"
+        Some(&1),
+        "the replaced canary keeps its pods while requests in flight drain"
     );
     assert_eq!(restarted.transitions[0].reason, "CanaryRestarted");
+    let drained_at = t0() + Duration::seconds(60 + 30);
+    let scheduled: Vec<(&str, DateTime<Utc>)> = restarted
+        .status
+        .scale_downs
+        .iter()
+        .map(|s| {
+            (
+                s.hash.as_str(),
+                DateTime::parse_from_rfc3339(&s.at).unwrap().to_utc(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scheduled,
+        vec![(CANARY, drained_at)],
+        "scaled down after abortScaleDownDelaySeconds (default 30)"
+    );
+    let later = plan(
+        &r.spec,
+        &restarted.status,
+        &observed(
+            "newerhash",
+            vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)],
+            drained_at,
+        ),
+    );
+    assert_eq!(later.replicas.get(CANARY), Some(&0), "then it goes away");
 }
 
 #[test]
@@ -627,7 +654,12 @@ fn reverting_the_template_to_stable_cancels_the_canary() {
     );
     assert_eq!(reverted.status.canary_hash, None);
     assert_eq!(reverted.traffic.unwrap().canary_weight, 0);
-    assert_eq!(reverted.replicas.get(CANARY), Some(&0));
+    assert_eq!(
+        reverted.replicas.get(CANARY),
+        Some(&1),
+        "no traffic, pods kept while requests drain"
+    );
+    assert_eq!(reverted.status.scale_downs.len(), 1);
     assert_eq!(reverted.status.phase, Phase::Healthy);
 }
 

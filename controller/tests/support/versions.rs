@@ -30,6 +30,9 @@ pub struct Version<K> {
     pub object: K,
     /// This version is the deletion.
     pub deleted: bool,
+    /// When the recording received it (for the versions listed at the start: the list's time).
+    /// Watch delays are alike for every recording, so differences measure the writers' timing.
+    pub seen_at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ where
         let selection = ListParams::default().labels(labels).fields(fields);
         let list = api.list(&selection).await.expect("listing what to record");
         let mut since = list.metadata.resource_version.clone().unwrap_or_default();
+        let listed_at = std::time::Instant::now();
         let versions = list
             .items
             .into_iter()
@@ -79,6 +83,7 @@ where
                 resource_version: resource_version(&object),
                 object,
                 deleted: false,
+                seen_at: listed_at,
             })
             .collect();
         let (tx, history) = watch::channel(History {
@@ -115,11 +120,13 @@ where
                     };
                     let rv = resource_version(&object);
                     since = rv.to_string();
+                    let seen_at = std::time::Instant::now();
                     tx.send_modify(|h| {
                         h.versions.push(Version {
                             resource_version: rv,
                             object,
                             deleted,
+                            seen_at,
                         });
                     });
                 }
