@@ -337,6 +337,11 @@ pub struct CanaryRolloutStatus {
     /// ReplicaSets (by hash) to scale to zero at a time (RFC 3339).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scale_downs: Vec<ScheduledScaleDown>,
+    /// The value of the `wasmcanary.io/promote` annotation this controller last acted on, kept
+    /// while the annotation is: a request is acted on once even if the controller stops between
+    /// writing this status and removing the annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_handled: Option<String>,
     /// Whether the rollout is aborted (traffic on stable).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aborted: bool,

@@ -19,7 +19,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use canary_core::config::POD_TEMPLATE_HASH_LABEL;
 
@@ -74,6 +74,17 @@ pub struct Context {
     /// Every rollout, as the controller's watch sees them (set once it runs): the callers of
     /// a shared WasmPlugin and the claims on a service are read from it, not listed.
     pub rollouts: std::sync::OnceLock<Store<CanaryRollout>>,
+    /// The last status this controller wrote to each rollout, with the resourceVersion that
+    /// stored it: a reconcile whose cached rollout carries neither may be planning from an
+    /// older status than the one it wrote (a watch lagging behind) and reads it afresh.
+    written: std::sync::Mutex<std::collections::HashMap<ObjectRef<CanaryRollout>, WrittenStatus>>,
+}
+
+/// A status as this controller wrote it.
+#[derive(Debug, Clone)]
+struct WrittenStatus {
+    resource_version: Option<String>,
+    status: Option<CanaryRolloutStatus>,
 }
 
 impl Context {
@@ -93,6 +104,32 @@ impl Context {
             client,
             metrics,
             rollouts: std::sync::OnceLock::new(),
+            written: std::sync::Mutex::default(),
+        }
+    }
+
+    fn written_status(&self, rollout: &ObjectRef<CanaryRollout>) -> Option<WrittenStatus> {
+        self.written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(rollout).cloned())
+    }
+
+    fn record_written_status(&self, rollout: &CanaryRollout) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(
+                ObjectRef::from_obj(rollout),
+                WrittenStatus {
+                    resource_version: rollout.resource_version(),
+                    status: rollout.status.clone(),
+                },
+            );
+        }
+    }
+
+    fn forget_written_status(&self, rollout: &CanaryRollout) {
+        if let Ok(mut w) = self.written.lock() {
+            w.remove(&ObjectRef::from_obj(rollout));
         }
     }
 
@@ -305,10 +342,36 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
     result
 }
 
+/// The rollout to plan from: the cached one, unless it may be older than the status this
+/// controller last wrote (then read from the API server). Planning from an older status would
+/// run a step twice, or act on a promote request twice.
+async fn current_rollout(
+    ctx: &Context,
+    cached: Arc<CanaryRollout>,
+) -> Result<Option<Arc<CanaryRollout>>> {
+    let Some(written) = ctx.written_status(&ObjectRef::from_obj(cached.as_ref())) else {
+        return Ok(Some(cached));
+    };
+    if cached.resource_version() == written.resource_version || cached.status == written.status {
+        return Ok(Some(cached));
+    }
+    ctx.metrics.stale_cache_reads.inc();
+    let api: Api<CanaryRollout> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let fresh = api
+        .get_opt(&cached.name_any())
+        .await
+        .map_err(kube_err("reading the rollout afresh"))?;
+    Ok(fresh.map(Arc::new))
+}
+
 async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rollout
         .namespace()
         .ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
+    let Some(rollout) = current_rollout(&ctx, rollout).await? else {
+        return Ok(Action::await_change());
+    };
     let name = rollout.name_any();
     let client = &ctx.client;
 
@@ -339,19 +402,13 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
             })
         })
         .collect();
-    let promote = match rollout
-        .annotations()
-        .get(PROMOTE_ANNOTATION)
-        .map(String::as_str)
-    {
-        Some("full") => Some(Promote::Full),
-        Some(_) => Some(Promote::Step),
-        None => None,
-    };
+    let promote_request = rollout.annotations().get(PROMOTE_ANNOTATION).cloned();
+    let promote = promote_request.as_deref().map(Promote::from_annotation);
     let mut observed = Observed {
         template_hash: template_hash.clone(),
         replica_sets,
         promote,
+        promote_request,
         generation: rollout.metadata.generation,
         now: Utc::now(),
         analysis_templates: analysis_templates(client, &ns, &rollout).await?,
@@ -414,7 +471,8 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         }
     }
     apply_replica_sets(&rs_api, &rollout, &template, &template_hash, &plan).await?;
-    patch_status(client, &ns, &name, &plan.status).await?;
+    let stored = patch_status(client, &ns, &name, &plan.status).await?;
+    ctx.record_written_status(&stored);
     ctx.metrics
         .observe_rollout(&ns, &name, plan.status.phase, plan.status.canary_weight);
     if let Some(started) = status
@@ -442,14 +500,9 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         }
     }
     if plan.promote_consumed {
-        let api: Api<CanaryRollout> = Api::namespaced(client.clone(), &ns);
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: null}}})),
-        )
-        .await
-        .map_err(kube_err("clearing the promote annotation"))?;
+        if let Some(request) = &observed.promote_request {
+            remove_promote_request(client, &ns, &name, request).await?;
+        }
     }
     for t in &plan.transitions {
         info!(reason = t.reason, message = %t.message, "transition");
@@ -475,6 +528,39 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(200)
     })))
+}
+
+/// Removes the promote annotation if it still holds the request acted on. A newer request a
+/// user wrote since (the status already records the old one as handled) stays for the next
+/// reconcile: a JSON patch `test` makes the removal conditional.
+async fn remove_promote_request(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    request: &str,
+) -> Result<()> {
+    let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
+    let path = format!(
+        "/metadata/annotations/{}",
+        PROMOTE_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": request},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|e| Error::Invalid(format!("promote annotation patch: {e}")))?;
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The test failed: someone wrote a new request (or removed it) since.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {
+            debug!(request, reason = %e.message, "promote annotation changed since; kept");
+            Ok(())
+        }
+        Err(e) => Err(kube_err("removing the promote annotation")(e)),
+    }
 }
 
 /// The older rollout (`namespace/name`) already running the service this rollout names, if any:
@@ -519,7 +605,8 @@ async fn refuse_claimed(
             message.clone(),
             now,
         );
-        patch_status(&ctx.client, ns, &rollout.name_any(), &status).await?;
+        let stored = patch_status(&ctx.client, ns, &rollout.name_any(), &status).await?;
+        ctx.record_written_status(&stored);
         warn!(%message, "rollout refused");
         let event = Event {
             type_: EventType::Warning,
@@ -590,7 +677,10 @@ async fn release_deleted_rollouts(
     let mut listed: Vec<String> = Vec::new();
     while let Some(event) = events.next().await {
         let result = match event {
-            Ok(watcher::Event::Delete(gone)) => release_rollout(&ctx, &gone).await,
+            Ok(watcher::Event::Delete(gone)) => {
+                ctx.forget_written_status(&gone);
+                release_rollout(&ctx, &gone).await
+            }
             Ok(watcher::Event::Init) => {
                 listed.clear();
                 Ok(())
@@ -976,7 +1066,7 @@ async fn patch_status(
     ns: &str,
     name: &str,
     status: &CanaryRolloutStatus,
-) -> Result<()> {
+) -> Result<CanaryRollout> {
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
     let body = json!({
         "apiVersion": CanaryRollout::api_version(&()),
@@ -989,6 +1079,5 @@ async fn patch_status(
         &Patch::Apply(&body),
     )
     .await
-    .map_err(kube_err("patching status"))?;
-    Ok(())
+    .map_err(kube_err("patching status"))
 }

@@ -53,6 +53,27 @@ pub enum Promote {
     Full,
 }
 
+impl Promote {
+    /// The request an annotation value makes: `full` or `full:<id>` promotes fully, anything
+    /// else (`step`, `step:<id>`) ends one pause.
+    pub fn from_annotation(value: &str) -> Self {
+        match value.split_once(':').map_or(value, |(kind, _)| kind) {
+            "full" => Self::Full,
+            _ => Self::Step,
+        }
+    }
+
+    /// The annotation value of a new request, made unique by `id` (`kubectl canary` uses the
+    /// time in nanoseconds): two requests in a row are two requests, and one request seen
+    /// again after a restart is recognised (`status.promoteHandled`).
+    pub fn annotation_value(self, id: &str) -> String {
+        match self {
+            Self::Step => format!("step:{id}"),
+            Self::Full => format!("full:{id}"),
+        }
+    }
+}
+
 /// Name of the background analysis run.
 pub const BACKGROUND_RUN: &str = "background";
 
@@ -70,6 +91,9 @@ pub struct Observed {
     pub replica_sets: Vec<ObservedReplicaSet>,
     /// A pending promote request.
     pub promote: Option<Promote>,
+    /// The promote annotation's value as written (None: no annotation). A value equal to
+    /// `status.promoteHandled` was acted on already.
+    pub promote_request: Option<String>,
     /// `metadata.generation`.
     pub generation: Option<i64>,
     /// The current time.
@@ -493,9 +517,13 @@ fn seconds(n: Option<i32>) -> chrono::Duration {
 
 /// Computes the next desired state.
 pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Observed) -> Plan {
+    // A request equal to the one last acted on is that one, seen again because the controller
+    // stopped before removing the annotation: it is not acted on twice, only removed again.
+    let repeated = obs.promote_request.is_some() && obs.promote_request == current.promote_handled;
     let mut p = Planner {
         spec,
         obs,
+        promote: if repeated { None } else { obs.promote },
         status: current.clone(),
         transitions: Vec::new(),
         requeue: None,
@@ -513,9 +541,24 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
     if let Err(message) = validate(spec).and_then(|()| {
         validate_analysis_not_started(spec, &obs.analysis_templates, &obs.rollout_fields, &started)
     }) {
-        return p.invalid(message);
+        return p.invalid(message).record_promote(obs, repeated);
     }
-    p.run()
+    p.run().record_promote(obs, repeated)
+}
+
+impl Plan {
+    /// Keeps in status which promote request was acted on, so it is acted on once.
+    fn record_promote(mut self, obs: &Observed, repeated: bool) -> Plan {
+        if repeated {
+            self.promote_consumed = true;
+        } else if self.promote_consumed {
+            self.status.promote_handled = obs.promote_request.clone();
+        }
+        if obs.promote_request.is_none() {
+            self.status.promote_handled = None;
+        }
+        self
+    }
 }
 
 impl Planner<'_> {
@@ -565,6 +608,8 @@ impl Planner<'_> {
 struct Planner<'a> {
     spec: &'a CanaryRolloutSpec,
     obs: &'a Observed,
+    /// The promote request not yet acted on, if any.
+    promote: Option<Promote>,
     status: CanaryRolloutStatus,
     transitions: Vec<Transition>,
     requeue: Option<Duration>,
@@ -729,7 +774,7 @@ impl Planner<'_> {
             .iter()
             .position(|r| r.step_index.is_none() && r.phase == AnalysisPhase::Inconclusive)
         {
-            if self.obs.promote == Some(Promote::Step) {
+            if self.promote == Some(Promote::Step) {
                 self.promote_consumed = true;
                 self.status.analysis_runs.remove(i);
                 self.note(
@@ -761,7 +806,7 @@ impl Planner<'_> {
         let total = steps.len();
         let now = self.obs.now;
         let r = self.replicas();
-        if self.obs.promote == Some(Promote::Full) {
+        if self.promote == Some(Promote::Full) {
             self.promote_consumed = true;
             if self.status.current_step_index.unwrap_or(0) < total as i32 {
                 self.note(
@@ -834,7 +879,7 @@ impl Planner<'_> {
         }
         if let Some(pause) = &step.pause {
             // One promote request ends one pause, not every pause it meets on the way.
-            if self.obs.promote == Some(Promote::Step) && !self.promote_consumed {
+            if self.promote == Some(Promote::Step) && !self.promote_consumed {
                 self.promote_consumed = true;
                 return StepOutcome::Done("pause ended by promote".into());
             }
@@ -1229,7 +1274,7 @@ impl Planner<'_> {
         match run.phase {
             AnalysisPhase::Successful => StepOutcome::Done(format!("analysis {name} Successful")),
             AnalysisPhase::Inconclusive => {
-                if self.obs.promote == Some(Promote::Step) && !self.promote_consumed {
+                if self.promote == Some(Promote::Step) && !self.promote_consumed {
                     self.promote_consumed = true;
                     return StepOutcome::Done(format!(
                         "analysis {name} inconclusive; continued by promote"

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub step_seconds: Family<RolloutLabels, Histogram>,
     /// Whether this replica holds the leader lease.
     pub leader: Gauge,
+    /// Reconciles whose cached rollout lagged behind the status they had written (read afresh).
+    pub stale_cache_reads: Counter,
     ready: AtomicBool,
 }
 
@@ -76,6 +78,7 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(1.0, 2.0, 14))
             }),
             leader: Gauge::default(),
+            stale_cache_reads: Counter::default(),
             ready: AtomicBool::new(false),
         };
         // Metric handles are shared (Arc inside): the registry holds clones of the fields.
@@ -105,6 +108,11 @@ impl Default for Metrics {
             "rollout_step_duration_seconds",
             "Time from a step's start to its completion",
             m.step_seconds.clone(),
+        );
+        r.register(
+            "stale_cache_reads",
+            "Reconciles that read their rollout afresh: the watch had not yet delivered the status they wrote",
+            m.stale_cache_reads.clone(),
         );
         r.register(
             "leader",

@@ -491,6 +491,67 @@ fn an_indefinite_pause_waits_for_promote_and_promote_full_skips_the_rest() {
 }
 
 #[test]
+fn a_promote_seen_again_after_the_controller_stopped_before_removing_it_ends_only_one_pause() {
+    let mut r = fixture_rollout(false);
+    for i in [1, 3] {
+        r.spec.strategy.canary.steps[i]
+            .pause
+            .as_mut()
+            .unwrap()
+            .duration = None;
+    }
+    let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 5, 5)];
+    let p = plan(
+        &r.spec,
+        &stable_status(),
+        &observed(CANARY, sets.clone(), t0()),
+    );
+    let promote = |request: &str| Observed {
+        promote: Some(Promote::from_annotation(request)),
+        promote_request: Some(request.into()),
+        ..observed(CANARY, sets.clone(), t0() + Duration::minutes(1))
+    };
+
+    let stepped = plan(&r.spec, &p.status, &promote("step:1"));
+    assert!(stepped.promote_consumed);
+    assert_eq!(
+        stepped.status.current_step_index,
+        Some(3),
+        "paused at the next pause"
+    );
+    assert_eq!(stepped.status.promote_handled.as_deref(), Some("step:1"));
+
+    // The status was written, then the controller died before removing the annotation.
+    let again = plan(&r.spec, &stepped.status, &promote("step:1"));
+    assert_eq!(
+        again.status.current_step_index,
+        Some(3),
+        "the same request does not end this pause too"
+    );
+    assert!(again.promote_consumed, "it is removed again");
+    assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+
+    // A new request written before the old one was removed is a request of its own.
+    let next = plan(&r.spec, &stepped.status, &promote("step:2"));
+    assert!(
+        next.status.current_step_index > Some(3),
+        "the second request ends the second pause"
+    );
+    assert_eq!(next.status.promote_handled.as_deref(), Some("step:2"));
+
+    // Once the annotation is gone, a plain `step` written by hand again is new again.
+    let removed = plan(
+        &r.spec,
+        &stepped.status,
+        &observed(CANARY, sets.clone(), t0() + Duration::minutes(2)),
+    );
+    assert_eq!(removed.status.promote_handled, None);
+    assert_eq!(Promote::from_annotation("full:17"), Promote::Full);
+    assert_eq!(Promote::from_annotation("full"), Promote::Full);
+    assert_eq!(Promote::from_annotation("step"), Promote::Step);
+}
+
+#[test]
 fn a_header_route_step_routes_testers_only_once_a_canary_pod_is_available() {
     let mut r = fixture_rollout(false);
     let header_step: canary_controller::crd::CanaryStep = serde_json::from_value(serde_json::json!(

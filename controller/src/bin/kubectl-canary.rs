@@ -17,16 +17,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use canary_controller::crd::CanaryRollout;
-use canary_controller::reconcile::PROMOTE_ANNOTATION;
 use canary_controller::reconcile::ROLLOUT_LABEL;
-use canary_controller::steps::{format_weight, weight_basis_points};
+use canary_controller::steps::{format_weight, weight_basis_points, Promote};
 use clap::{Args, Parser, Subcommand};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use cli::actions::Action;
+use cli::actions::{promote_patch, Action};
 use cli::convert::{convert, parse_documents, ConvertOptions, DEFAULT_WASM_URL};
 use cli::envoy::{fetch_stats, split_from_stats, ObservedSplit};
 use cli::status::{render, table, SplitView};
@@ -393,7 +392,7 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
     new_steps.insert(insert_at + 1, serde_json::json!({"pause": {}}));
     let mut patch = serde_json::json!({"spec": {"strategy": {"canary": {"steps": new_steps}}}});
     if waiting_in_pause {
-        patch["metadata"] = serde_json::json!({"annotations": {PROMOTE_ANNOTATION: "step"}});
+        patch["metadata"] = promote_patch(Promote::Step)["metadata"].take();
     }
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await

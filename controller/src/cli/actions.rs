@@ -2,14 +2,25 @@
 //! hand, so `kubectl canary` never has powers `kubectl edit` lacks.
 
 use canary_controller::reconcile::PROMOTE_ANNOTATION;
+use canary_controller::steps::Promote;
 use serde_json::{json, Value};
+
+/// The merge patch that asks for a promote: a new request each time (`step:<nanoseconds>`), so
+/// a second promote right after the first is a second request, not a repeat of it.
+pub fn promote_patch(kind: Promote) -> Value {
+    let id = chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default()
+        .to_string();
+    json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: kind.annotation_value(&id)}}})
+}
 
 /// A change a user asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Finish the current pause step (annotation `wasmcanary.io/promote: step`).
+    /// Finish the current pause step (annotation `wasmcanary.io/promote: step:<id>`).
     Promote,
-    /// Skip every remaining step (annotation `wasmcanary.io/promote: full`).
+    /// Skip every remaining step (annotation `wasmcanary.io/promote: full:<id>`).
     PromoteFull,
     /// All traffic back to stable (`spec.abort: true`).
     Abort,
@@ -25,8 +36,8 @@ impl Action {
     /// The JSON merge patch that performs the action.
     pub fn merge_patch(self) -> Value {
         match self {
-            Self::Promote => json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: "step"}}}),
-            Self::PromoteFull => json!({"metadata": {"annotations": {PROMOTE_ANNOTATION: "full"}}}),
+            Self::Promote => promote_patch(Promote::Step),
+            Self::PromoteFull => promote_patch(Promote::Full),
             Self::Abort => json!({"spec": {"abort": true}}),
             // `abort` and `paused` are omitted when false; null removes them.
             Self::Retry => json!({"spec": {"abort": null}}),
