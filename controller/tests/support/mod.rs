@@ -2,6 +2,7 @@
 //! with our CRDs installed, and the platform team's DestinationRule for `reviews`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api_faults;
 pub mod http_stub;
 pub mod owned_process;
 pub mod rollout_wait;
@@ -24,6 +25,11 @@ pub async fn namespace(ns: &str) -> (Arc<ControlPlane>, Client) {
     let plane = ControlPlane::shared()
         .await
         .expect("control plane (run `make cluster-build` first)");
+    namespace_on(plane, ns).await
+}
+
+/// [`namespace`] on a given control plane (one a test restarts, say).
+pub async fn namespace_on(plane: Arc<ControlPlane>, ns: &str) -> (Arc<ControlPlane>, Client) {
     let client = plane.client().await.unwrap();
     plane.create_namespace(&client, ns).await.unwrap();
     let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");

@@ -52,6 +52,16 @@ impl RolloutEnv {
     /// [`RolloutEnv::new`] without the controller (a test starts its own).
     pub async fn without_controller(ns: &str) -> RolloutEnv {
         let (plane, client) = super::namespace(ns).await;
+        Self::on(plane, client, ns).await
+    }
+
+    /// [`RolloutEnv::without_controller`] on a given control plane.
+    pub async fn without_controller_on(plane: Arc<ControlPlane>, ns: &str) -> RolloutEnv {
+        let (plane, client) = super::namespace_on(plane, ns).await;
+        Self::on(plane, client, ns).await
+    }
+
+    async fn on(plane: Arc<ControlPlane>, client: Client, ns: &str) -> RolloutEnv {
         super::reviews_destination_rule(&client, ns).await;
         let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
         RolloutEnv {
@@ -65,7 +75,13 @@ impl RolloutEnv {
 
     /// Runs the controller (this namespace only) in a task of the test.
     pub fn start_controller(&mut self) {
-        let (client, ns) = (self.client.clone(), self.ns.clone());
+        self.start_controller_with(self.client.clone());
+    }
+
+    /// Runs the controller in a task of the test, talking to the API server through `client`
+    /// (one that injects faults, say).
+    pub fn start_controller_with(&mut self, client: Client) {
+        let ns = self.ns.clone();
         self.controller = Some(tokio::spawn(async move {
             canary_controller::reconcile::run(client, Some(ns)).await
         }));

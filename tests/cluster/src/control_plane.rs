@@ -62,8 +62,9 @@ impl Workdir {
 /// A running control plane. Dropping it kills its processes and deletes its folder
 /// (kept, with the logs, when the drop happens during a panic).
 pub struct ControlPlane {
-    // Stopped in reverse start order by Drop.
-    processes: Vec<Process>,
+    // Stopped in reverse start order by Drop. Locked only briefly (never across an await), so
+    // a test holding the plane in an `Arc` can still restart a component.
+    processes: std::sync::Mutex<Vec<Process>>,
     workdir: Option<Workdir>,
     kubeconfig: PathBuf,
     server: String,
@@ -87,13 +88,21 @@ impl ControlPlane {
     /// installed. Tests that need an empty cluster use this; others share one with
     /// [`ControlPlane::shared`].
     pub async fn start() -> Result<Self> {
+        Self::start_with_apiserver_flags(&[]).await
+    }
+
+    /// [`ControlPlane::start`] with extra kube-apiserver flags. `--watch-cache=false` serves
+    /// watches from etcd's history, so a watch resumes at its last revision across a restart
+    /// of the API server (a fresh watch cache would answer 410 Gone).
+    pub async fn start_with_apiserver_flags(flags: &[&str]) -> Result<Self> {
         let workdir = tempfile::Builder::new()
             .prefix("wasm-canary-cluster-")
             .tempdir_in(scratch_root())
             .map_err(Error::io(
                 "creating a temporary folder for the control plane",
             ))?;
-        Self::start_in(Workdir::Temporary(workdir), Lifetime::Owned).await
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        Self::start_in(Workdir::Temporary(workdir), Lifetime::Owned, &flags).await
     }
 
     /// Starts a control plane in `dir` (emptied first) whose processes can outlive this
@@ -121,7 +130,7 @@ impl ControlPlane {
         let dir = dir
             .canonicalize()
             .map_err(Error::io(format!("resolving {}", dir.display())))?;
-        Self::start_in(Workdir::Given(dir), Lifetime::Detachable).await
+        Self::start_in(Workdir::Given(dir), Lifetime::Detachable, &[]).await
     }
 
     /// The control plane shared by the tests of one test binary that run at the same
@@ -137,17 +146,21 @@ impl ControlPlane {
         Ok(plane)
     }
 
-    async fn start_in(workdir: Workdir, lifetime: Lifetime) -> Result<Self> {
+    async fn start_in(
+        workdir: Workdir,
+        lifetime: Lifetime,
+        apiserver_flags: &[String],
+    ) -> Result<Self> {
         let binaries = Binaries::locate()?;
         let started = Instant::now();
         let dir = workdir.path().to_owned();
         let pki = Pki::generate(&dir)?;
         let mut attempt = 1;
         loop {
-            match start_processes(&binaries, &pki, &dir, lifetime, started).await {
+            match start_processes(&binaries, &pki, &dir, lifetime, started, apiserver_flags).await {
                 Ok((processes, kubeconfig, server, timings)) => {
                     let mut plane = Self {
-                        processes,
+                        processes: std::sync::Mutex::new(processes),
                         workdir: Some(workdir),
                         kubeconfig,
                         server,
@@ -168,6 +181,39 @@ impl ControlPlane {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Kills `component` (`etcd` or `kube-apiserver`) with SIGKILL, starts it again with the
+    /// same flags and data, and waits until the API server answers `/readyz` again: a crash
+    /// and restart mid-test. Returns how long the API was unavailable.
+    pub async fn restart(&self, component: &str) -> Result<Duration> {
+        let started = Instant::now();
+        self.with_processes(|processes| {
+            processes
+                .iter_mut()
+                .find(|p| p.name == component)
+                .ok_or_else(|| Error::Io {
+                    action: format!("restarting {component}: no such control-plane process"),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })?
+                .restart()
+        })?;
+        let admin = self.client().await?;
+        wait_until(
+            &format!("kube-apiserver /readyz after restarting {component}"),
+            || self.with_processes(|processes| ensure_running(processes)),
+            || readyz(&admin),
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    fn with_processes<T>(&self, f: impl FnOnce(&mut Vec<Process>) -> Result<T>) -> Result<T> {
+        let mut processes = self
+            .processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut processes)
     }
 
     /// A new client acting as cluster admin (`system:masters`). Make one per test: a
@@ -286,7 +332,12 @@ impl ControlPlane {
 
     /// Process ids of etcd, kube-apiserver and kube-controller-manager, with their names.
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
-        self.processes.iter().map(|p| (p.name, p.pid())).collect()
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|p| (p.name, p.pid()))
+            .collect()
     }
 
     /// Leaves the processes running after this value is gone and writes their ids to
@@ -303,7 +354,11 @@ impl ControlPlane {
             .collect();
         std::fs::write(&pids_file, lines)
             .map_err(Error::io(format!("writing {}", pids_file.display())))?;
-        for process in &mut self.processes {
+        for process in self
+            .processes
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             process.detach();
         }
         Ok(dir)
@@ -312,7 +367,13 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for process in self.processes.iter_mut().rev() {
+        for process in self
+            .processes
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter_mut()
+            .rev()
+        {
             process.stop();
         }
         if let Some(Workdir::Temporary(dir)) = self.workdir.take() {
@@ -354,6 +415,7 @@ async fn start_processes(
     dir: &Path,
     lifetime: Lifetime,
     started: Instant,
+    apiserver_flags: &[String],
 ) -> Result<Started> {
     let [etcd_client, etcd_peer, apiserver_port] = free_loopback_ports::<3>()?;
     let path = |p: &Path| p.display().to_string();
@@ -407,7 +469,10 @@ async fn start_processes(
             // endpoint validation refuses; nothing here reaches the API through it.
             "--endpoint-reconciler-type=none".to_owned(),
             "--profiling=false".to_owned(),
-        ],
+        ]
+        .into_iter()
+        .chain(apiserver_flags.iter().cloned())
+        .collect::<Vec<_>>(),
         dir,
         lifetime,
     )?);
@@ -421,16 +486,11 @@ async fn start_processes(
         &pki.admin_key,
     )?;
     let admin = client_from(kubeconfig::load(&admin_kubeconfig).await?)?;
-    wait_until("kube-apiserver /readyz", &mut processes, || async {
-        let request = http::Request::get("/readyz")
-            .body(Vec::new())
-            .map_err(|e| e.to_string())?;
-        match admin.request_text(request).await {
-            Ok(body) if body.trim() == "ok" => Ok(true),
-            Ok(body) => Err(body),
-            Err(error) => Err(error.to_string()),
-        }
-    })
+    wait_until(
+        "kube-apiserver /readyz",
+        || ensure_running(&mut processes),
+        || readyz(&admin),
+    )
     .await?;
     let apiserver_ready = started.elapsed();
 
@@ -469,7 +529,7 @@ async fn start_processes(
     let service_accounts = Api::<ServiceAccount>::namespaced(admin.clone(), "default");
     wait_until(
         "the default ServiceAccount (kube-controller-manager)",
-        &mut processes,
+        || ensure_running(&mut processes),
         || async {
             match service_accounts.get_opt("default").await {
                 Ok(found) => Ok(found.is_some()),
@@ -488,7 +548,28 @@ async fn start_processes(
 
 /// Polls `check` until it says ready, failing early if a process exits and after
 /// [`START_TIMEOUT`] with the last error seen.
-async fn wait_until<F, Fut>(what: &str, processes: &mut [Process], mut check: F) -> Result<()>
+/// Whether the API server answers `/readyz` with `ok`.
+async fn readyz(admin: &Client) -> std::result::Result<bool, String> {
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match admin.request_text(request).await {
+        Ok(body) if body.trim() == "ok" => Ok(true),
+        Ok(body) => Err(body),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn ensure_running(processes: &mut [Process]) -> Result<()> {
+    processes.iter_mut().try_for_each(Process::ensure_running)
+}
+
+/// Polls `check` until it says true; fails early when `running` finds a process exited.
+async fn wait_until<F, Fut>(
+    what: &str,
+    mut running: impl FnMut() -> Result<()>,
+    mut check: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<bool, String>>,
@@ -496,9 +577,7 @@ where
     let deadline = Instant::now() + START_TIMEOUT;
     let mut last_error = None;
     loop {
-        for process in processes.iter_mut() {
-            process.ensure_running()?;
-        }
+        running()?;
         match tokio::time::timeout(Duration::from_secs(5), check()).await {
             Ok(Ok(true)) => return Ok(()),
             Ok(Ok(false)) => {}

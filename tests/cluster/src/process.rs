@@ -24,6 +24,11 @@ pub(crate) struct Process {
     pub log: PathBuf,
     child: Child,
     keep_running: bool,
+    /// How it was started, to start it again ([`Process::restart`]).
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    lifetime: Lifetime,
 }
 
 impl Process {
@@ -36,6 +41,47 @@ impl Process {
     ) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
+        let child = Self::start_child(name, program, args, dir, lifetime, out)?;
+        Ok(Self {
+            name,
+            log,
+            child,
+            keep_running: false,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            dir: dir.to_owned(),
+            lifetime,
+        })
+    }
+
+    /// SIGKILL, then the same command again, its output appended to the same log: a crash
+    /// and the restart a supervisor (kubelet, systemd) would make.
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let out = File::options()
+            .append(true)
+            .open(&self.log)
+            .map_err(Error::io(format!("opening {}", self.log.display())))?;
+        self.child = Self::start_child(
+            self.name,
+            &self.program,
+            &self.args,
+            &self.dir,
+            self.lifetime,
+            out,
+        )?;
+        Ok(())
+    }
+
+    fn start_child(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        dir: &Path,
+        lifetime: Lifetime,
+        out: File,
+    ) -> Result<Child> {
+        let log = dir.join(format!("{name}.log"));
         let err = out
             .try_clone()
             .map_err(Error::io(format!("opening {}", log.display())))?;
@@ -49,16 +95,11 @@ impl Process {
         if lifetime == Lifetime::Detachable {
             command.process_group(0);
         }
-        let child = command.spawn().map_err(Error::io(format!(
-            "starting {name} ({})",
-            program.display()
-        )))?;
-        Ok(Self {
-            name,
-            log,
-            child,
-            keep_running: false,
-        })
+        command.spawn().map_err(Error::io(format!(
+            "starting {name} ({}), log {}",
+            program.display(),
+            log.display()
+        )))
     }
 
     pub(crate) fn pid(&self) -> u32 {
