@@ -3,12 +3,15 @@
 //! - [`crd`]: the resource; [`crd_yaml`]: its committed YAML; [`hash`]: the pod-template hash;
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
 //! - [`conditions`]: the status conditions;
-//! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes.
+//! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes;
+//! - [`telemetry`]: metrics and probes; [`api_requests`]: every API request counted.
 
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
 
 pub mod analysis;
+pub mod api_requests;
+pub mod caches;
 pub mod conditions;
 pub mod crd;
 pub mod crd_yaml;

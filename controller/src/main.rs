@@ -3,6 +3,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use canary_controller::api_requests;
 use canary_controller::leader::{run_as_leader_until, Leadership, LeaseConfig};
 use canary_controller::reconcile::{run_until, Context};
 use canary_controller::telemetry::{serve, Metrics};
@@ -55,10 +56,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let client = api_requests::counted(kube::Client::try_default().await?, metrics.clone());
     let version = client.apiserver_version().await?;
     info!(server = %version.git_version, "connected to the API server");
-    let metrics = Arc::new(Metrics::default());
     // Ready means "connected and able to take over": a standby replica is ready too, so a
     // Deployment of two rolls and reports available while only the leader acts (see the
     // `wasm_canary_leader` gauge for which one leads).

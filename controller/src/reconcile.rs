@@ -14,7 +14,7 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
@@ -29,6 +29,7 @@ use crate::analysis::{
     AnalysisPhase, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Measurement,
     TakenMeasurement,
 };
+use crate::caches::Caches;
 use crate::conditions::{set_traffic_condition, TrafficReason};
 use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::hash::pod_template_hash;
@@ -74,9 +75,11 @@ pub struct Context {
     /// Every rollout, as the controller's watch sees them (set once it runs): the callers of
     /// a shared WasmPlugin and the claims on a service are read from it, not listed.
     pub rollouts: std::sync::OnceLock<Store<CanaryRollout>>,
-    /// The last status this controller wrote to each rollout, with the resourceVersion that
-    /// stored it: a reconcile whose cached rollout carries neither may be planning from an
-    /// older status than the one it wrote (a watch lagging behind) and reads it afresh.
+    /// The ReplicaSets, WasmPlugins and DestinationRules reconciles read (set once it runs).
+    pub caches: std::sync::OnceLock<Caches>,
+    /// The resourceVersion that stored this controller's last write to each rollout (its status,
+    /// or the removal of a promote request): a reconcile whose cached rollout is older waits for
+    /// the watch to bring it.
     written: std::sync::Mutex<std::collections::HashMap<ObjectRef<CanaryRollout>, WrittenStatus>>,
 }
 
@@ -84,7 +87,6 @@ pub struct Context {
 #[derive(Debug, Clone)]
 struct WrittenStatus {
     resource_version: Option<String>,
-    status: Option<CanaryRolloutStatus>,
 }
 
 impl Context {
@@ -104,6 +106,7 @@ impl Context {
             client,
             metrics,
             rollouts: std::sync::OnceLock::new(),
+            caches: std::sync::OnceLock::new(),
             written: std::sync::Mutex::default(),
         }
     }
@@ -121,7 +124,6 @@ impl Context {
                 ObjectRef::from_obj(rollout),
                 WrittenStatus {
                     resource_version: rollout.resource_version(),
-                    status: rollout.status.clone(),
                 },
             );
         }
@@ -198,6 +200,48 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let metrics = ctx.metrics.clone();
+    // Each cache is filled by the watch that triggers reconciles: the reflector stores a change
+    // before the trigger passes it on.
+    let (replica_set_cache, replica_set_writer) = reflector::store::<ReplicaSet>();
+    let replica_set_changes = reflector(
+        replica_set_writer,
+        watcher(
+            replica_sets,
+            watcher::Config::default().labels(ROLLOUT_LABEL),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let wasm_plugin_writer = reflector::store::Writer::new(wasm_plugin_resource());
+    let wasm_plugin_cache = wasm_plugin_writer.as_reader();
+    let wasm_plugin_changes = reflector(
+        wasm_plugin_writer,
+        watcher(wasm_plugins, watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let destination_rule_writer = reflector::store::Writer::new(destination_rule_resource());
+    let destination_rule_cache = destination_rule_writer.as_reader();
+    let destination_rule_changes = reflector(
+        destination_rule_writer,
+        watcher(destination_rules, watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let caches = Caches {
+        replica_sets: replica_set_cache,
+        wasm_plugins: wasm_plugin_cache,
+        destination_rules: destination_rule_cache,
+    };
+    let _ = ctx.caches.set(caches.clone());
+    // Until then reconciles read from the API server; say when that ends.
+    let started = std::time::Instant::now();
+    let caches_ready = AbortOnDrop(tokio::spawn(async move {
+        let _ = caches.replica_sets.wait_until_ready().await;
+        let _ = caches.wasm_plugins.wait_until_ready().await;
+        let _ = caches.destination_rules.wait_until_ready().await;
+        info!(after = ?started.elapsed(), "ReplicaSet, WasmPlugin and DestinationRule caches filled: reconciles read from them");
+    }));
     let controller = Controller::new(rollouts.clone(), watcher::Config::default());
     let store = controller.store();
     let _ = ctx.rollouts.set(store.clone());
@@ -207,16 +251,31 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
         rollouts,
         scoped(&wasm_plugin_resource()),
     )));
-    // The rollouts writing into the client WasmPlugin `namespace/name` (any namespace: callers
-    // may live elsewhere than their rollout).
+    // The rollouts writing into a client WasmPlugin (any namespace: callers may live elsewhere
+    // than their rollout), found in one pass over the rollouts with cheap tests: its
+    // managedFields name the rollouts' own field managers, its entries their services, and its
+    // selector the callers groups that may write into it (an entry taken over by another
+    // writer's forced apply is still found by the last two).
     let plugin_store = store.clone();
-    let for_wasm_plugin = move |namespace: Option<String>, name: String| {
-        let all = plugin_store.state();
-        all.iter()
+    let for_wasm_plugin = move |plugin: DynamicObject| {
+        let writers: std::collections::HashSet<&str> = plugin
+            .managed_fields()
+            .iter()
+            .filter_map(|m| m.manager.as_deref())
+            .filter(|m| m.starts_with(traffic::ROLLOUT_MANAGER_PREFIX))
+            .collect();
+        let spec = &plugin.data["spec"];
+        let entries = spec["pluginConfig"]["services"].as_object();
+        let selector: Option<BTreeMap<String, String>> =
+            serde_json::from_value(spec["selector"]["matchLabels"].clone()).ok();
+        let (namespace, name) = (plugin.namespace().unwrap_or_default(), plugin.name_any());
+        plugin_store
+            .state()
+            .iter()
             .filter(|r| {
-                traffic::targets(r, &all)
-                    .iter()
-                    .any(|t| Some(&t.namespace) == namespace.as_ref() && t.name == name)
+                writers.contains(traffic::field_manager(r).as_str())
+                    || entries.is_some_and(|e| e.contains_key(&traffic::service_key(r, &namespace)))
+                    || traffic::may_write_into(r, &namespace, &name, &selector)
             })
             .map(|r| ObjectRef::from_obj(&**r))
             .collect::<Vec<_>>()
@@ -254,27 +313,18 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
         None => controller.shutdown_on_signal(),
     };
     controller
-        .owns(
-            replica_sets,
-            watcher::Config::default().labels(ROLLOUT_LABEL),
-        )
+        .owns_stream(replica_set_changes)
         // A new template in a referenced Deployment (workloadRef) starts a canary at once.
         .watches(
             deployments,
             watcher::Config::default(),
             move |d: Deployment| for_deployment(d.namespace(), d.name_any()),
         )
-        .watches_with(
-            wasm_plugins,
-            wasm_plugin_resource(),
-            watcher::Config::default(),
-            move |w: DynamicObject| for_wasm_plugin(w.namespace(), w.name_any()),
-        )
-        .watches_with(
-            destination_rules,
-            destination_rule_resource(),
-            watcher::Config::default(),
+        .watches_stream_with(wasm_plugin_changes, for_wasm_plugin, wasm_plugin_resource())
+        .watches_stream_with(
+            destination_rule_changes,
             move |d: DynamicObject| for_destination_rule(d.namespace(), d.name_any()),
+            destination_rule_resource(),
         )
         // A template fixed (or broken) is planned with at once.
         .watches(
@@ -299,6 +349,7 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
         })
         .await;
     drop(releaser);
+    drop(caches_ready);
 }
 
 /// Whether the rollout's analysis (background or a step's) uses the template `name` (a
@@ -342,36 +393,35 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
     result
 }
 
-/// The rollout to plan from: the cached one, unless it may be older than the status this
-/// controller last wrote (then read from the API server). Planning from an older status would
-/// run a step twice, or act on a promote request twice.
-async fn current_rollout(
-    ctx: &Context,
-    cached: Arc<CanaryRollout>,
-) -> Result<Option<Arc<CanaryRollout>>> {
-    let Some(written) = ctx.written_status(&ObjectRef::from_obj(cached.as_ref())) else {
-        return Ok(Some(cached));
+/// Whether the cached rollout is older than the status this controller last wrote to it: the
+/// watch has not yet delivered that write. Planning from it would run a step twice, or act on a
+/// promote request twice; the watch event carrying the write triggers the next reconcile, so
+/// nothing is done now. resourceVersions are compared as the etcd revisions they are; one that
+/// is not a number is trusted.
+fn cache_behind_own_write(ctx: &Context, cached: &CanaryRollout) -> bool {
+    let Some(written) = ctx.written_status(&ObjectRef::from_obj(cached)) else {
+        return false;
     };
-    if cached.resource_version() == written.resource_version || cached.status == written.status {
-        return Ok(Some(cached));
-    }
-    ctx.metrics.stale_cache_reads.inc();
-    let api: Api<CanaryRollout> =
-        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let fresh = api
-        .get_opt(&cached.name_any())
-        .await
-        .map_err(kube_err("reading the rollout afresh"))?;
-    Ok(fresh.map(Arc::new))
+    let revision = |rv: Option<&str>| rv.and_then(|v| v.parse::<u64>().ok());
+    matches!(
+        (
+            revision(cached.metadata.resource_version.as_deref()),
+            revision(written.resource_version.as_deref())
+        ),
+        (Some(have), Some(wrote)) if have < wrote
+    )
 }
 
 async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rollout
         .namespace()
         .ok_or_else(|| Error::Invalid("CanaryRollout must be namespaced".into()))?;
-    let Some(rollout) = current_rollout(&ctx, rollout).await? else {
-        return Ok(Action::await_change());
-    };
+    if cache_behind_own_write(&ctx, &rollout) {
+        ctx.metrics.stale_cache_skips.inc();
+        // The watch brings the newer version (and a reconcile with it) in milliseconds; the
+        // requeue is only a net under a lost event.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let name = rollout.name_any();
     let client = &ctx.client;
 
@@ -382,12 +432,19 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     let template = pod_template(client, &ns, &rollout).await?;
     let template_hash = pod_template_hash(&template);
     let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
-    let owned = rs_api
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
-        .await
-        .map_err(kube_err("listing ReplicaSets"))?;
+    let caches = ctx.caches.get().filter(|c| c.ready());
+    let owned: Vec<Arc<ReplicaSet>> = match caches {
+        Some(caches) => caches.replica_sets_of(&ns, &name),
+        None => rs_api
+            .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+            .await
+            .map_err(kube_err("listing ReplicaSets"))?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
     let replica_sets: Vec<ObservedReplicaSet> = owned
-        .items
         .iter()
         .filter_map(|rs| {
             let hash = rs.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone();
@@ -425,9 +482,17 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     }
 
     let written = match &plan.traffic {
-        Some(traffic) => {
-            Some(apply_traffic(client, &ns, &rollout, traffic, &ctx.rollouts()).await?)
-        }
+        Some(traffic) => Some(
+            apply_traffic(
+                client,
+                &ns,
+                &rollout,
+                traffic,
+                &ctx.rollouts(),
+                ctx.caches.get(),
+            )
+            .await?,
+        ),
         None => None,
     };
     if let Some(written) = written {
@@ -470,9 +535,12 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
             }
         }
     }
-    apply_replica_sets(&rs_api, &rollout, &template, &template_hash, &plan).await?;
-    let stored = patch_status(client, &ns, &name, &plan.status).await?;
-    ctx.record_written_status(&stored);
+    apply_replica_sets(&rs_api, caches, &rollout, &template, &template_hash, &plan).await?;
+    // A status that would not change is not written (the write would store nothing).
+    if rollout.status.as_ref() != Some(&plan.status) {
+        let stored = patch_status(client, &ns, &name, &plan.status).await?;
+        ctx.record_written_status(&stored);
+    }
     ctx.metrics
         .observe_rollout(&ns, &name, plan.status.phase, plan.status.canary_weight);
     if let Some(started) = status
@@ -501,7 +569,9 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     }
     if plan.promote_consumed {
         if let Some(request) = &observed.promote_request {
-            remove_promote_request(client, &ns, &name, request).await?;
+            if let Some(stored) = remove_promote_request(client, &ns, &name, request).await? {
+                ctx.record_written_status(&stored);
+            }
         }
     }
     for t in &plan.transitions {
@@ -538,7 +608,7 @@ async fn remove_promote_request(
     ns: &str,
     name: &str,
     request: &str,
-) -> Result<()> {
+) -> Result<Option<CanaryRollout>> {
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
     let path = format!(
         "/metadata/annotations/{}",
@@ -553,11 +623,11 @@ async fn remove_promote_request(
         .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(stored) => Ok(Some(stored)),
         // The test failed: someone wrote a new request (or removed it) since.
         Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {
             debug!(request, reason = %e.message, "promote annotation changed since; kept");
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(kube_err("removing the promote annotation")(e)),
     }
@@ -894,14 +964,17 @@ async fn pod_template(client: &Client, ns: &str, rollout: &CanaryRollout) -> Res
 
 async fn apply_replica_sets(
     api: &Api<ReplicaSet>,
+    caches: Option<&Caches>,
     rollout: &CanaryRollout,
     template: &Value,
     template_hash: &str,
     plan: &Plan,
 ) -> Result<()> {
     let name = rollout.name_any();
+    let ns = rollout.namespace().unwrap_or_default();
     for (hash, replicas) in &plan.replicas {
         let rs_name = format!("{name}-{hash}");
+        let cached = caches.map(|c| c.replica_set(&ns, &rs_name));
         if hash == template_hash {
             let role = if plan.canary.as_deref() == Some(hash) {
                 rollout.spec.strategy.canary.canary_metadata.clone()
@@ -909,6 +982,13 @@ async fn apply_replica_sets(
                 rollout.spec.strategy.canary.stable_metadata.clone()
             };
             let rs = replica_set(rollout, template, hash, *replicas, role.as_ref())?;
+            // Nothing to write when the ReplicaSet already holds everything the apply would
+            // (another writer's change to one of those fields makes it differ, and is undone).
+            if let Some(Some(current)) = &cached {
+                if serde_json::to_value(&**current).is_ok_and(|c| holds(&c, &rs)) {
+                    continue;
+                }
+            }
             api.patch(
                 &rs_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -919,11 +999,14 @@ async fn apply_replica_sets(
             relabel_pods(api, rollout, hash, role.as_ref()).await?;
         } else if plan.replicas.contains_key(hash) {
             // An older template: only its size changes. Its template is not ours to rewrite.
-            match api
-                .get_opt(&rs_name)
-                .await
-                .map_err(kube_err(format!("reading ReplicaSet {rs_name}")))?
-            {
+            let current = match cached {
+                Some(cached) => cached.map(|rs| (*rs).clone()),
+                None => api
+                    .get_opt(&rs_name)
+                    .await
+                    .map_err(kube_err(format!("reading ReplicaSet {rs_name}")))?,
+            };
+            match current {
                 Some(rs) if rs.spec.replicas != Some(*replicas) => {
                     api.patch_scale(
                         &rs_name,
@@ -938,6 +1021,21 @@ async fn apply_replica_sets(
         }
     }
     Ok(())
+}
+
+/// Whether `have` holds everything in `want`: every key of an object (recursively), every
+/// element of an array of the same length, equal scalars. Fields the API server defaults are
+/// extra keys in `have`; a value it normalises differently makes them differ (then we write).
+fn holds(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| holds(hv, wv))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| holds(hv, wv))
+        }
+        _ => have == want,
+    }
 }
 
 /// Pods keep the labels they were created with; a promotion turns canary pods into stable ones.

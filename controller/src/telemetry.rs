@@ -25,6 +25,15 @@ pub struct RolloutLabels {
     pub rollout: String,
 }
 
+/// Labels of a request to the API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`.
+    pub verb: String,
+    /// The resource's plural name, with its subresource (`canaryrollouts/status`).
+    pub resource: String,
+}
+
 /// Labels of an error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -60,8 +69,11 @@ pub struct Metrics {
     pub step_seconds: Family<RolloutLabels, Histogram>,
     /// Whether this replica holds the leader lease.
     pub leader: Gauge,
-    /// Reconciles whose cached rollout lagged behind the status they had written (read afresh).
-    pub stale_cache_reads: Counter,
+    /// Requests made to the API server, by verb and resource.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
+    /// Reconciles not run because the cached rollout was older than the status the controller
+    /// had written (the watch event bringing it runs the next one).
+    pub stale_cache_skips: Counter,
     ready: AtomicBool,
 }
 
@@ -78,7 +90,8 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(1.0, 2.0, 14))
             }),
             leader: Gauge::default(),
-            stale_cache_reads: Counter::default(),
+            stale_cache_skips: Counter::default(),
+            api_requests: Family::default(),
             ready: AtomicBool::new(false),
         };
         // Metric handles are shared (Arc inside): the registry holds clones of the fields.
@@ -110,9 +123,14 @@ impl Default for Metrics {
             m.step_seconds.clone(),
         );
         r.register(
-            "stale_cache_reads",
-            "Reconciles that read their rollout afresh: the watch had not yet delivered the status they wrote",
-            m.stale_cache_reads.clone(),
+            "api_requests",
+            "Requests made to the API server, by verb and resource",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "stale_cache_skips",
+            "Reconciles not run: the cached rollout was older than the status the controller had written",
+            m.stale_cache_skips.clone(),
         );
         r.register(
             "leader",

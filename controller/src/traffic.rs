@@ -142,6 +142,34 @@ fn may_overlap(a: &Option<BTreeMap<String, String>>, b: &Option<BTreeMap<String,
     }
 }
 
+/// Whether the rollout may write into the WasmPlugin `namespace/name` selecting `selector`, judged
+/// without the other rollouts (cheap, for mapping a WasmPlugin's change to rollouts): it names
+/// that WasmPlugin, or one of its callers groups in that namespace may meet the selector. An
+/// over-approximation of [`targets`]: it may say yes for a rollout that writes elsewhere.
+pub fn may_write_into(
+    rollout: &CanaryRollout,
+    namespace: &str,
+    name: &str,
+    selector: &Option<BTreeMap<String, String>>,
+) -> bool {
+    let named = rollout
+        .spec
+        .strategy
+        .canary
+        .traffic_routing
+        .wasm
+        .wasm_plugin
+        .name
+        .as_deref();
+    callers_of(rollout)
+        .iter()
+        .filter(|(ns, _)| ns == namespace)
+        .any(|(_, callers)| match named {
+            Some(named) => named == name,
+            None => may_overlap(callers, selector),
+        })
+}
+
 /// The client WasmPlugins the rollout writes into: one per callers' namespace.
 ///
 /// With an explicit `wasmPlugin.name`, that WasmPlugin. By default, the callers selectors of
@@ -217,6 +245,58 @@ fn group_plugin_name(
         group.extend(joined);
     }
     lone_plugin_name(&composed_selector(&group))
+}
+
+/// The callers selector of the default-named WasmPlugin `namespace/name` (None: every pod),
+/// composed from every rollout writing into it: those naming it, and the group of callers
+/// selectors that may overlap whose default name it is. One pass over the rollouts (the groups
+/// are formed once), where asking [`targets`] of each rollout would take a pass per rollout.
+pub fn plugin_selector<'a>(
+    rollouts: impl IntoIterator<Item = &'a CanaryRollout>,
+    namespace: &str,
+    name: &str,
+) -> Option<BTreeMap<String, String>> {
+    let mut selectors: Vec<Option<BTreeMap<String, String>>> = Vec::new();
+    let mut unnamed: Vec<Option<BTreeMap<String, String>>> = Vec::new();
+    for r in rollouts {
+        let named = r
+            .spec
+            .strategy
+            .canary
+            .traffic_routing
+            .wasm
+            .wasm_plugin
+            .name
+            .as_deref();
+        for (ns, selector) in callers_of(r) {
+            match named {
+                _ if ns != namespace => {}
+                Some(named) if named == name => selectors.push(selector),
+                Some(_) => {}
+                None => unnamed.push(selector),
+            }
+        }
+    }
+    unnamed.sort();
+    unnamed.dedup();
+    // Connected groups of selectors that may overlap, as group_plugin_name forms them.
+    while let Some(first) = unnamed.pop() {
+        let mut group = vec![first];
+        loop {
+            let (joined, apart): (Vec<_>, Vec<_>) = std::mem::take(&mut unnamed)
+                .into_iter()
+                .partition(|s| group.iter().any(|g| may_overlap(g, s)));
+            unnamed = apart;
+            if joined.is_empty() {
+                break;
+            }
+            group.extend(joined);
+        }
+        if lone_plugin_name(&composed_selector(&group)) == name {
+            selectors.extend(group);
+        }
+    }
+    composed_selector(&selectors)
 }
 
 /// The default client WasmPlugin name of a rollout that is alone with its callers

@@ -18,6 +18,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tracing::info;
 
+use crate::caches::Caches;
 use crate::conditions::TrafficReason;
 use crate::crd::CanaryRollout;
 use crate::reconcile::{destination_rule_resource, wasm_plugin_resource};
@@ -140,16 +141,12 @@ pub fn selector_for(
     name: &str,
 ) -> Option<BTreeMap<String, String>> {
     let also_uid = also.and_then(|r| r.uid());
-    let selectors: Vec<Option<BTreeMap<String, String>>> = rollouts
+    let writers = rollouts
         .iter()
         .map(|r| &**r)
         .filter(|r| r.metadata.deletion_timestamp.is_none() && r.uid() != also_uid)
-        .chain(also)
-        .flat_map(|r| traffic::targets(r, rollouts))
-        .filter(|t| t.namespace == namespace && t.name == name)
-        .map(|t| t.selector)
-        .collect();
-    traffic::composed_selector(&selectors)
+        .chain(also);
+    traffic::plugin_selector(writers, namespace, name)
 }
 
 /// Writes the controller's part of a shared client WasmPlugin: its `selector` (and nothing
@@ -301,6 +298,7 @@ pub async fn apply_traffic(
     rollout: &CanaryRollout,
     plan: &Traffic,
     rollouts: &[Arc<CanaryRollout>],
+    caches: Option<&Caches>,
 ) -> Result<TrafficWrite> {
     let dr_api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &destination_rule_resource());
@@ -321,11 +319,15 @@ pub async fn apply_traffic(
     for target in traffic::targets(rollout, rollouts) {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &target.namespace, &wasm_plugin_resource());
-        let current = api
-            .get_opt(&target.name)
-            .await
-            .map_err(kube_err("reading the WasmPlugin"))?
-            .map(|w| serde_json::to_value(w).unwrap_or(Value::Null));
+        let current = match caches {
+            Some(caches) => caches.wasm_plugin(&target.namespace, &target.name),
+            None => api
+                .get_opt(&target.name)
+                .await
+                .map_err(kube_err("reading the WasmPlugin"))?
+                .map(Arc::new),
+        }
+        .map(|w| serde_json::to_value(&*w).unwrap_or(Value::Null));
         let ownership = traffic::wasm_plugin_ownership(current.as_ref(), &uid);
         if let WasmPluginOwnership::ControlledByOther(other) = &ownership {
             return not_applied(
@@ -440,24 +442,33 @@ pub async fn apply_traffic(
         };
         not_applied(TrafficReason::Misconfigured, message, filter_holds_plan)
     };
-    let Some(dr) = dr_api
-        .get_opt(dr_name)
-        .await
-        .map_err(kube_err("reading the DestinationRule"))?
-    else {
-        return dr_problem(format!(
-            "DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary"
-        ));
-    };
-    let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json {
-        context: "DestinationRule".into(),
-        source,
-    })?;
-    let subsets = match traffic::destination_rule_subsets(rollout, &dr_value, plan) {
-        Ok(s) => s,
-        Err(message) => return dr_problem(message),
-    };
-    if dr_value["spec"]["subsets"] != Value::Array(subsets.clone()) {
+    // Read from the cache; a write refused because the cache was behind (409) is made again
+    // from a fresh read.
+    let mut fresh = caches.is_none();
+    loop {
+        let dr = match (fresh, caches) {
+            (false, Some(caches)) => caches.destination_rule(ns, dr_name).map(|d| (*d).clone()),
+            _ => dr_api
+                .get_opt(dr_name)
+                .await
+                .map_err(kube_err("reading the DestinationRule"))?,
+        };
+        let Some(dr) = dr else {
+            return dr_problem(format!(
+                "DestinationRule {dr_name} not found in {ns}; create it with subsets stable and canary"
+            ));
+        };
+        let dr_value = serde_json::to_value(&dr).map_err(|source| Error::Json {
+            context: "DestinationRule".into(),
+            source,
+        })?;
+        let subsets = match traffic::destination_rule_subsets(rollout, &dr_value, plan) {
+            Ok(s) => s,
+            Err(message) => return dr_problem(message),
+        };
+        if dr_value["spec"]["subsets"] == Value::Array(subsets.clone()) {
+            break;
+        }
         let dr_patch = json!({
             "apiVersion": "networking.istio.io/v1",
             "kind": "DestinationRule",
@@ -469,7 +480,7 @@ pub async fn apply_traffic(
         });
         // subsets is an atomic list in Istio's schema: force takes it over from whoever
         // created the DestinationRule; the resourceVersion above keeps that safe.
-        if let Err(e) = dr_api
+        match dr_api
             .patch(
                 dr_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -477,11 +488,15 @@ pub async fn apply_traffic(
             )
             .await
         {
-            return match refused(&e) {
-                Some(m) => dr_problem(format!("cannot write DestinationRule {dr_name}: {m}"))
-                    .map(|w| with_reason(w, TrafficReason::WriteRefused)),
-                None => Err(kube_err("applying DestinationRule subsets")(e)),
-            };
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 && !fresh => fresh = true,
+            Err(e) => {
+                return match refused(&e) {
+                    Some(m) => dr_problem(format!("cannot write DestinationRule {dr_name}: {m}"))
+                        .map(|w| with_reason(w, TrafficReason::WriteRefused)),
+                    None => Err(kube_err("applying DestinationRule subsets")(e)),
+                };
+            }
         }
     }
     if !lowering {
