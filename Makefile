@@ -15,7 +15,7 @@ OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
 export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
 export WASM_CANARY_FILTER ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm oci crd test test-unit controller-test test-wasm e2e bench bench-fanout demo lint fmt clean
+.PHONY: help setup build wasm oci crd test test-unit controller-test test-wasm e2e bench bench-fanout bench-controller demo lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,11 @@ bench: setup wasm ## Measure throughput, latency and CPU with/without the filter
 
 bench-fanout: ## Simulate where a rollout step's config is pushed (10k sidecars, 1k rollouts) with the controller's placement code; writes bench/FANOUT.md
 	cargo run --release -q -p wasm-canary-controller --example push_fanout -- --out bench/FANOUT.md
+
+bench-controller: cluster-build ## 200 CanaryRollouts at once on a real API server, the release controller as a process: promote -> WasmPlugin p50/p99, API requests per step, CPU, memory; writes bench/CONTROLLER.md
+	cargo build --release -q -p wasm-canary-controller --bin wasm-canary-controller --example bench_controller
+	target/release/examples/bench_controller --controller target/release/wasm-canary-controller \
+	  --out bench/CONTROLLER.md $(BENCH_ARGS)
 
 demo: setup wasm ## Run a canary locally on a real Envoy: 0 -> 10 -> 50 -> 100%, live (ARGS="--help" for options)
 	cargo run --release -q -p wasm-canary-e2e --bin demo -- $(ARGS)
