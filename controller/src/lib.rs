@@ -3,12 +3,14 @@
 //! - [`crd`]: the resource; [`crd_yaml`]: its committed YAML; [`hash`]: the pod-template hash;
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
 //! - [`conditions`]: the status conditions;
-//! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes.
+//! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes;
+//! - [`cli`]: what `kubectl canary` does.
 
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
 
 pub mod analysis;
+pub mod cli;
 pub mod conditions;
 pub mod crd;
 pub mod crd_yaml;

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use canary_controller::crd::{CanaryRollout, CanaryStep, Phase};
-use canary_controller::steps::format_weight;
+use crate::crd::{CanaryRollout, CanaryStep, Phase};
+use crate::steps::format_weight;
 use canary_core::config::{BASIS_POINTS, POD_TEMPLATE_HASH_LABEL};
 use canary_core::decision::{Reason, Subset};
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -143,7 +143,7 @@ pub fn render(
     ));
     if let Some(a) = rollout
         .annotations()
-        .get(canary_controller::reconcile::PROMOTE_ANNOTATION)
+        .get(crate::reconcile::PROMOTE_ANNOTATION)
     {
         out.push(format!(
             "Promote:    {a} requested, waiting for the controller"
