@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
 use super::error::RolloutError;
@@ -94,6 +94,30 @@ impl Action {
         }
     }
 
+    /// The button's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Promote => "Promote",
+            Self::PromoteFull => "Promote fully",
+            Self::Abort => "Abort",
+            Self::Retry => "Retry",
+            Self::Pause => "Pause",
+            Self::Resume => "Resume",
+        }
+    }
+
+    /// What the action will do, asked before it is done.
+    pub fn consequence(self) -> &'static str {
+        match self {
+            Self::Promote => "Finish the current pause step; the rollout moves on to its next step.",
+            Self::PromoteFull => "Skip every remaining step: the canary becomes stable once all its pods are available.",
+            Self::Abort => "Send all traffic back to stable now; the canary scales down after abortScaleDownDelaySeconds.",
+            Self::Retry => "Start the aborted canary again from step 1.",
+            Self::Pause => "Hold the rollout at its current step (spec.paused: true); traffic stays as it is.",
+            Self::Resume => "Continue the paused rollout (spec.paused: false).",
+        }
+    }
+
     /// What happened, for the user.
     pub fn done_message(self, name: &str) -> String {
         match self {
@@ -107,10 +131,45 @@ impl Action {
     }
 }
 
-/// Performs `action` on rollout `name` in `ns` after checking that the rollout's state allows
-/// it; returns what happened, for the user. A retry after an analysis abort (which leaves
-/// `spec.abort` unset) makes the abort edge the controller retries on: it sets `spec.abort`,
-/// waits until the controller has seen it (at most 60 s), then clears it.
+/// How an allowed action is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// One merge patch ([`Action::merge_patch`]).
+    Patch,
+    /// A retry after an analysis abort, which leaves `spec.abort` unset: the controller retries
+    /// on the abort -> no-abort edge, so set `spec.abort`, wait until the controller has seen
+    /// it, then clear it.
+    AbortEdgeFirst,
+}
+
+/// Whether `action` may be done on `rollout` as it is, and how: the checks `kubectl canary`
+/// and the dashboard's buttons share.
+pub fn plan(action: Action, rollout: &CanaryRollout) -> Result<Plan, RolloutError> {
+    let name = rollout.name_any();
+    let ns = rollout.namespace().unwrap_or_default();
+    let status = rollout.status.clone().unwrap_or_default();
+    match action {
+        Action::Retry if !rollout.spec.abort && status.analysis_aborted => Ok(Plan::AbortEdgeFirst),
+        Action::Retry if !rollout.spec.abort => Err(RolloutError::NotAborted { name, ns }),
+        Action::Promote | Action::PromoteFull if status.canary_hash.is_none() => {
+            Err(RolloutError::NoCanary {
+                name,
+                ns,
+                phase: status.phase,
+                what: "promote",
+            })
+        }
+        Action::Promote | Action::PromoteFull if rollout.spec.abort => {
+            Err(RolloutError::Aborted { name, ns })
+        }
+        Action::Resume if !rollout.spec.paused => Err(RolloutError::NotPaused { name, ns }),
+        _ => Ok(Plan::Patch),
+    }
+}
+
+/// Performs `action` on rollout `name` in `ns` if [`plan`] allows it; returns what happened,
+/// for the user. A retry after an analysis abort waits (at most 60 s) for the controller to
+/// see the abort it sets first.
 pub async fn act(
     client: &Client,
     ns: &str,
@@ -120,60 +179,29 @@ pub async fn act(
     let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
     let explain = |e| RolloutError::from_api(e, Some(name), ns);
     let rollout = api.get(name).await.map_err(explain)?;
-    let status = rollout.status.clone().unwrap_or_default();
-    let (name_owned, ns_owned) = (name.to_owned(), ns.to_owned());
-    match action {
-        Action::Retry if !rollout.spec.abort && status.analysis_aborted => {
-            api.patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(Action::Abort.merge_patch()),
-            )
-            .await
-            .map_err(explain)?;
-            let target = api.get(name).await.map_err(explain)?.metadata.generation;
-            let deadline = tokio::time::Instant::now() + CONTROLLER_SEES_ABORT;
-            loop {
-                let r = api.get(name).await.map_err(explain)?;
-                if r.status.as_ref().and_then(|s| s.observed_generation) >= target {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(RolloutError::ControllerSilent {
-                        name: name_owned,
-                        ns: ns_owned,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    if plan(action, &rollout)? == Plan::AbortEdgeFirst {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(Action::Abort.merge_patch()),
+        )
+        .await
+        .map_err(explain)?;
+        let target = api.get(name).await.map_err(explain)?.metadata.generation;
+        let deadline = tokio::time::Instant::now() + CONTROLLER_SEES_ABORT;
+        loop {
+            let r = api.get(name).await.map_err(explain)?;
+            if r.status.as_ref().and_then(|s| s.observed_generation) >= target {
+                break;
             }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RolloutError::ControllerSilent {
+                    name: name.to_owned(),
+                    ns: ns.to_owned(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Action::Retry if !rollout.spec.abort => {
-            return Err(RolloutError::NotAborted {
-                name: name_owned,
-                ns: ns_owned,
-            })
-        }
-        Action::Promote | Action::PromoteFull if status.canary_hash.is_none() => {
-            return Err(RolloutError::NoCanary {
-                name: name_owned,
-                ns: ns_owned,
-                phase: status.phase,
-                what: "promote",
-            })
-        }
-        Action::Promote | Action::PromoteFull if rollout.spec.abort => {
-            return Err(RolloutError::Aborted {
-                name: name_owned,
-                ns: ns_owned,
-            })
-        }
-        Action::Resume if !rollout.spec.paused => {
-            return Err(RolloutError::NotPaused {
-                name: name_owned,
-                ns: ns_owned,
-            })
-        }
-        _ => {}
     }
     api.patch(
         name,

@@ -63,8 +63,13 @@ pub fn describe_step(step: &CanaryStep) -> String {
             .collect();
         return format!("setHeaderRoute {} [{}]", r.name, conds.join(", "));
     }
-    if step.analysis.is_some() {
-        return "analysis (not supported yet)".into();
+    if let Some(a) = &step.analysis {
+        let templates: Vec<&str> = a
+            .templates
+            .iter()
+            .map(|t| t.template_name.as_str())
+            .collect();
+        return format!("analysis {}", templates.join(", "));
     }
     "(empty step)".into()
 }
@@ -80,7 +85,8 @@ pub fn weight_bar(bp: u32, width: usize) -> String {
     )
 }
 
-fn phase_name(p: Phase) -> &'static str {
+/// The phase as the user reads it (and as `status.phase` spells it).
+pub fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Progressing => "Progressing",
         Phase::Paused => "Paused",
@@ -90,7 +96,8 @@ fn phase_name(p: Phase) -> &'static str {
     }
 }
 
-fn rs_hash(rs: &ReplicaSet) -> String {
+/// The `rollouts-pod-template-hash` of a ReplicaSet (empty when unlabelled).
+pub fn rs_hash(rs: &ReplicaSet) -> String {
     rs.labels()
         .get(POD_TEMPLATE_HASH_LABEL)
         .cloned()
