@@ -4,7 +4,7 @@
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
 //! - [`conditions`]: the status conditions;
 //! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes;
-//! - [`cli`]: what `kubectl canary` does.
+//! - [`cli`]: what `kubectl canary` does; [`dashboard`]: `kubectl canary dashboard`, a live web page.
 
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod conditions;
 pub mod crd;
 pub mod crd_yaml;
+pub mod dashboard;
 pub mod hash;
 pub mod leader;
 pub mod reconcile;

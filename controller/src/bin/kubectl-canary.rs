@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use canary_controller::cli::envoy::{read_split, ObservedSplit};
 use canary_controller::cli::error::RolloutError;
 use canary_controller::cli::status::{render, table, SplitView};
 use canary_controller::crd::CanaryRollout;
+use canary_controller::dashboard::{Dashboard, DashboardOptions, Scope, SplitSource, DEFAULT_PORT};
 use canary_controller::reconcile::ROLLOUT_LABEL;
 use canary_controller::steps::{format_weight, weight_basis_points, Promote};
 use clap::{Args, Parser, Subcommand};
@@ -99,6 +101,12 @@ enum Command {
         /// Percentage, 0..100 (0.01 steps).
         weight: f64,
     },
+    /// Serve a live web page of the rollouts: each one's phase, step, weight and health; for
+    /// one rollout its steps, weight over time, observed split, versions with ReplicaSet
+    /// readiness, header routes, analysis measurements and recent Events, with buttons that do
+    /// what promote, promote --full, abort, retry, pause and resume do (each asks first).
+    /// Changes show within a second. Listens on 127.0.0.1:3100 until Ctrl-C.
+    Dashboard(DashboardArgs),
     /// Convert an Argo Rollout (canary, Istio subset routing) and its Istio objects into a
     /// CanaryRollout, DestinationRule, VirtualService and server WasmPlugin. Prints YAML on
     /// stdout; what could not be carried over goes to stderr.
@@ -119,6 +127,32 @@ struct StatusArgs {
     /// `kubectl port-forward deploy/productpage-v1 15000`): shows the split the filter made.
     #[arg(long)]
     envoy_admin: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct DashboardArgs {
+    /// Show every namespace (default: -n, else the kubeconfig context's namespace).
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Port to listen on (0: any free port; the URL printed says which).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Address to listen on. Keep loopback unless you mean to share the dashboard: whoever
+    /// reaches it can use it, buttons included unless --read-only.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// Show, never act: no buttons, and every action request is refused (403).
+    #[arg(long)]
+    read_only: bool,
+    /// Envoy admin URL of a CLIENT sidecar (e.g. http://127.0.0.1:15000 after
+    /// `kubectl port-forward deploy/productpage-v1 15000`): plots the split its filter made.
+    #[arg(long, conflicts_with = "prometheus")]
+    envoy_admin: Option<String>,
+    /// Prometheus URL that scrapes the sidecars (e.g. http://127.0.0.1:9090 after
+    /// `kubectl port-forward -n istio-system svc/prometheus 9090`): plots the split summed over
+    /// every calling sidecar.
+    #[arg(long)]
+    prometheus: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pause { name } => run_action(&client, &ns, &name, Action::Pause).await,
         Command::Resume { name } => run_action(&client, &ns, &name, Action::Resume).await,
         Command::SetWeight { name, weight } => set_weight(&client, &ns, &name, weight).await,
+        Command::Dashboard(args) => dashboard(client, &ns, &args).await,
         Command::Convert(_) => Ok(()),
     };
     result.map_err(|e| name_the_server(e, &server, context.as_deref()))
@@ -335,6 +370,57 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
         if waiting_in_pause { ", current pause ended" } else { " after the current step completes" },
         format_weight(bp)
     );
+    Ok(())
+}
+
+/// `dashboard`: checks that the rollouts can be read (so a wrong context fails here, with the
+/// usual sentences), serves until Ctrl-C, then stops gracefully.
+async fn dashboard(client: Client, ns: &str, args: &DashboardArgs) -> Result<()> {
+    let scope = if args.all_namespaces {
+        Scope::All
+    } else {
+        Scope::Namespace(ns.to_owned())
+    };
+    let api: Api<CanaryRollout> = if args.all_namespaces {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    };
+    api.list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| explain(e, None, ns))?;
+    let split = match (&args.envoy_admin, &args.prometheus) {
+        (Some(admin), _) => Some(SplitSource::EnvoyAdmin(admin.clone())),
+        (None, Some(prometheus)) => Some(SplitSource::Prometheus(prometheus.clone())),
+        (None, None) => None,
+    };
+    let addr = SocketAddr::new(args.address, args.port);
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr}, not loopback: whoever reaches it sees your rollouts{}",
+            if args.read_only {
+                ""
+            } else {
+                " and can promote or abort them (--read-only prevents that)"
+            }
+        );
+    }
+    let options = DashboardOptions {
+        scope: scope.clone(),
+        read_only: args.read_only,
+        split,
+    };
+    let running = Dashboard::start(client, addr, options).await?;
+    println!(
+        "kubectl canary dashboard: {} ({}{}); Ctrl-C to stop",
+        running.url(),
+        scope.describe(),
+        if args.read_only { ", read-only" } else { "" }
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    running.stop().await?;
     Ok(())
 }
 
