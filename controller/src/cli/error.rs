@@ -96,9 +96,12 @@ impl RolloutError {
     pub fn from_api(e: kube::Error, name: Option<&str>, ns: &str) -> Self {
         if let kube::Error::Api(status) = &e {
             if status.code == 404 {
+                // A get names the missing resource type; a list of a group the server does not
+                // serve at all gets a plain 404 page.
                 if status
                     .message
                     .contains("could not find the requested resource")
+                    || status.message == "404 page not found"
                 {
                     return Self::NotInstalled;
                 }
