@@ -27,8 +27,7 @@ pub fn promote_patch(kind: Promote) -> Value {
 }
 
 /// A change a user asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Finish the current pause step (annotation `wasmcanary.io/promote: step:<id>`).
     Promote,
@@ -211,4 +210,31 @@ pub async fn act(
     .await
     .map_err(explain)?;
     Ok(action.done_message(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_is_found_by_the_name_in_its_url_and_no_other_name_is() {
+        for a in Action::ALL {
+            assert_eq!(Action::from_name(a.as_str()), Some(a));
+        }
+        for unknown in ["", "delete", "Promote", "promote --full"] {
+            assert_eq!(Action::from_name(unknown), None, "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn the_command_named_for_an_action_is_the_cli_command() {
+        assert_eq!(
+            Action::PromoteFull.command("reviews", "bookinfo"),
+            "kubectl canary promote --full reviews -n bookinfo"
+        );
+        assert_eq!(
+            Action::Resume.command("reviews", "bookinfo"),
+            "kubectl canary resume reviews -n bookinfo"
+        );
+    }
 }
