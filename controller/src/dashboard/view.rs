@@ -16,7 +16,7 @@ use crate::cli::envoy::ObservedSplit;
 use crate::cli::status::{describe_step, phase_name, rs_hash, split_line};
 use crate::crd::{CanaryRollout, Phase};
 use crate::reconcile::PROMOTE_ANNOTATION;
-use crate::steps::format_weight;
+use crate::steps::{format_weight, Promote};
 
 /// Events shown per rollout, newest first.
 pub const EVENTS_SHOWN: usize = 20;
@@ -265,7 +265,7 @@ pub struct RolloutDetail {
     pub spec_abort: bool,
     /// The controller has not seen the latest spec yet.
     pub stale: bool,
-    /// A promote waiting for the controller (`step` or `full`).
+    /// A promote the controller has not acted on yet (`step` or `full`).
     pub promote_requested: Option<String>,
     /// When the current step began (RFC 3339).
     pub step_started_at: Option<String>,
@@ -472,7 +472,14 @@ pub fn detail(rollout: &CanaryRollout, seen: Observations<'_>) -> RolloutDetail 
         spec_abort: rollout.spec.abort,
         stale: status.observed_generation.is_some()
             && status.observed_generation != rollout.metadata.generation,
-        promote_requested: rollout.annotations().get(PROMOTE_ANNOTATION).cloned(),
+        promote_requested: rollout
+            .annotations()
+            .get(PROMOTE_ANNOTATION)
+            .filter(|request| status.promote_handled.as_ref() != Some(request))
+            .map(|request| match Promote::from_annotation(request) {
+                Promote::Step => "step".to_owned(),
+                Promote::Full => "full".to_owned(),
+            }),
         step_started_at: status.step_started_at.clone(),
         steps,
         weights: seen.weights,
@@ -931,6 +938,18 @@ mod tests {
             promote.command,
             "kubectl canary promote --full reviews -n bookinfo"
         );
+    }
+
+    #[test]
+    fn a_promote_shows_as_waiting_until_the_controller_has_handled_it() {
+        let mut r = rollout(Some(paused_at_ten_percent()));
+        r.metadata.annotations =
+            Some([(PROMOTE_ANNOTATION.to_owned(), "full:1733561000".to_owned())].into());
+        let waiting = detail(&r, Observations::default());
+        assert_eq!(waiting.promote_requested.as_deref(), Some("full"));
+        r.status.as_mut().unwrap().promote_handled = Some("full:1733561000".into());
+        let handled = detail(&r, Observations::default());
+        assert_eq!(handled.promote_requested, None);
     }
 
     #[test]
