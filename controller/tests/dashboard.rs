@@ -425,7 +425,6 @@ async fn the_dashboard_follows_a_rollout_live_and_its_buttons_act_as_the_cli() {
         &analysed,
         canary_controller::dashboard::view::Observations {
             read_only: true,
-            now: chrono::Utc::now().timestamp_millis(),
             ..Default::default()
         },
     );

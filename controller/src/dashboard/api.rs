@@ -177,7 +177,6 @@ fn detail_view(app: &App, ns: &str, name: &str) -> Option<RolloutDetail> {
             .map(|s| observed::view_of(s, &app.cluster, &key)),
         read_only: app.guard.read_only(),
         problems: app.cluster.problems(),
-        now: chrono::Utc::now().timestamp_millis(),
     };
     Some(view::detail(&rollout, seen))
 }

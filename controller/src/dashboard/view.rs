@@ -273,8 +273,6 @@ pub struct RolloutDetail {
     pub steps: Vec<StepView>,
     /// The canary weight over time, since the dashboard started.
     pub weights: Vec<WeightPoint>,
-    /// Milliseconds since the Unix epoch, when this view was made (the charts' right edge).
-    pub now: i64,
     /// The split the filter made, when a source is given.
     pub split: Option<ObservedSplitView>,
     /// Stable, canary and older versions with their ReplicaSets.
@@ -420,8 +418,6 @@ pub struct Observations<'a> {
     pub read_only: bool,
     /// What the dashboard cannot see.
     pub problems: Vec<String>,
-    /// Milliseconds since the Unix epoch.
-    pub now: i64,
 }
 
 /// The rollout page.
@@ -483,7 +479,6 @@ pub fn detail(rollout: &CanaryRollout, seen: Observations<'_>) -> RolloutDetail 
         step_started_at: status.step_started_at.clone(),
         steps,
         weights: seen.weights,
-        now: seen.now,
         split: seen.split,
         versions,
         header_routes: status

@@ -233,23 +233,44 @@ impl Browser {
         }
     }
 
-    /// Clicks the element `css` selects, as a user would (it must be visible and enabled).
+    /// Clicks the element `css` selects, as a user would (it must be visible and enabled). A
+    /// page that redrew the element between finding and clicking it is asked again (at most
+    /// [`BROWSER_WAIT`]): a user would click the redrawn one.
     pub async fn click(&self, css: &str) {
-        let element = self
-            .command(
-                "POST",
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        let id = element
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {element}"))
-            .to_owned();
-        self.command("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
+        loop {
+            let element = self
+                .command(
+                    "POST",
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            let id = element
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no element {css}: {element}"))
+                .to_owned();
+            let session = self.session.as_deref().unwrap_or_default();
+            match self
+                .request(
+                    "POST",
+                    &format!("/session/{session}/element/{id}/click"),
+                    Some(json!({})),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element reference") => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{css} kept being redrawn for {BROWSER_WAIT:?}: {e}"
+                    );
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     /// Saves a PNG of the window at `path` (folders created).

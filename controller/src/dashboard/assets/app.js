@@ -284,7 +284,9 @@ function weightChart(d) {
   } else {
     // From the first point seen to now (at least ten seconds), with a little room on the left.
     const first = Math.min(...points.map((p) => p.t), ...samples.map((p) => p.t));
-    const t1 = d.now;
+    // The view carries no clock (it would differ at every push): the browser's is the
+    // dashboard's, both run on the user's machine.
+    const t1 = Math.max(Date.now(), ...points.map((p) => p.t), ...samples.map((p) => p.t));
     const t0 = t1 - Math.max(t1 - first, 10000) * 1.04;
     const x = scale(t0, t1, PAD.l, W - PAD.r);
     const y = scale(0, 100, H - PAD.b, PAD.t);
