@@ -53,7 +53,7 @@ test-unit: ## Unit and property tests (native, no Envoy, no API server)
 	cargo test -p wasm-canary-core -p wasm-canary-filter
 	cargo test -p wasm-canary-controller --lib --test step_logic --test crd_fresh
 
-controller-test: wasm cluster-build ## The controller against a real API server (tests play kubelet; Prometheus + Envoy for analysis)
+controller-test: wasm cluster-build ## The controller against a real API server (tests play kubelet; Prometheus + Envoy for analysis; the dashboard in headless Chromium)
 	cargo test -p wasm-canary-controller
 
 test-wasm: setup ## The decision tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node

@@ -4,7 +4,8 @@
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
 //! - [`conditions`]: the status conditions;
 //! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes;
-//! - [`telemetry`]: metrics and probes; [`api_requests`]: every API request counted.
+//! - [`telemetry`]: metrics and probes; [`api_requests`]: every API request counted;
+//! - [`cli`]: what `kubectl canary` does; [`dashboard`]: `kubectl canary dashboard`, a live web page.
 
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
@@ -12,9 +13,11 @@
 pub mod analysis;
 pub mod api_requests;
 pub mod caches;
+pub mod cli;
 pub mod conditions;
 pub mod crd;
 pub mod crd_yaml;
+pub mod dashboard;
 pub mod hash;
 pub mod leader;
 pub mod reconcile;

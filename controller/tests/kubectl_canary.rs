@@ -681,6 +681,7 @@ fn every_command_has_help() {
         "resume",
         "set-weight",
         "convert",
+        "dashboard",
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
             .args([cmd, "--help"])

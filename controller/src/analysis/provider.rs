@@ -303,6 +303,23 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
     Err("metric has no provider".into())
 }
 
+/// One Prometheus instant query at `address` (`/api/v1/query`, evaluated now), its answer
+/// shaped as for analysis ([`prometheus_result`]). For the dashboard's observed split.
+pub async fn prometheus_query(
+    address: &str,
+    query: &str,
+    timeout: Duration,
+) -> Result<(Value, bool), String> {
+    let url = format!(
+        "{}/api/v1/query?query={}&timeout={}s",
+        address.trim_end_matches('/'),
+        percent_encode(query),
+        timeout.as_secs().max(1)
+    );
+    let answer = call("GET", &url, &[], None, timeout).await?;
+    prometheus_result(&answer)
+}
+
 /// One HTTP call whose answer must be 2xx JSON, bounded by `timeout`. Errors may quote the
 /// URL and the answer in full: the caller redacts and shortens them.
 async fn call(

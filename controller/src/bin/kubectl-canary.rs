@@ -7,16 +7,21 @@
 // serde_json::Value indexing: reads return Null, never panic; writes only index objects built here.
 #![allow(clippy::indexing_slicing)]
 
-#[path = "../cli/mod.rs"]
-mod cli;
-
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use canary_controller::cli;
+use canary_controller::cli::actions::{act, promote_patch, Action};
+use canary_controller::cli::convert::{convert, parse_documents, ConvertOptions, DEFAULT_WASM_URL};
+use canary_controller::cli::envoy::{read_split, ObservedSplit};
+use canary_controller::cli::error::RolloutError;
+use canary_controller::cli::status::{render, table, SplitView};
 use canary_controller::crd::CanaryRollout;
+use canary_controller::dashboard::{Dashboard, DashboardOptions, Scope, SplitSource, DEFAULT_PORT};
 use canary_controller::reconcile::ROLLOUT_LABEL;
 use canary_controller::steps::{format_weight, weight_basis_points, Promote};
 use clap::{Args, Parser, Subcommand};
@@ -24,11 +29,6 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-
-use cli::actions::{promote_patch, Action};
-use cli::convert::{convert, parse_documents, ConvertOptions, DEFAULT_WASM_URL};
-use cli::envoy::{fetch_stats, split_from_stats, ObservedSplit};
-use cli::status::{render, table, SplitView};
 
 /// Look at and steer wasm-canary rollouts (CanaryRollout, wasmcanary.io/v1alpha1).
 #[derive(Parser, Debug)]
@@ -101,6 +101,12 @@ enum Command {
         /// Percentage, 0..100 (0.01 steps).
         weight: f64,
     },
+    /// Serve a live web page of the rollouts: each one's phase, step, weight and health; for
+    /// one rollout its steps, weight over time, observed split, versions with ReplicaSet
+    /// readiness, header routes, analysis measurements and recent Events, with buttons that do
+    /// what promote, promote --full, abort, retry, pause and resume do (each asks first).
+    /// Changes show within a second. Listens on 127.0.0.1:3100 until Ctrl-C.
+    Dashboard(DashboardArgs),
     /// Convert an Argo Rollout (canary, Istio subset routing) and its Istio objects into a
     /// CanaryRollout, DestinationRule, VirtualService and server WasmPlugin. Prints YAML on
     /// stdout; what could not be carried over goes to stderr.
@@ -121,6 +127,32 @@ struct StatusArgs {
     /// `kubectl port-forward deploy/productpage-v1 15000`): shows the split the filter made.
     #[arg(long)]
     envoy_admin: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct DashboardArgs {
+    /// Show every namespace (default: -n, else the kubeconfig context's namespace).
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Port to listen on (0: any free port; the URL printed says which).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Address to listen on. Keep loopback unless you mean to share the dashboard: whoever
+    /// reaches it can use it, buttons included unless --read-only.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// Show, never act: no buttons, and every action request is refused (403).
+    #[arg(long)]
+    read_only: bool,
+    /// Envoy admin URL of a CLIENT sidecar (e.g. http://127.0.0.1:15000 after
+    /// `kubectl port-forward deploy/productpage-v1 15000`): plots the split its filter made.
+    #[arg(long, conflicts_with = "prometheus")]
+    envoy_admin: Option<String>,
+    /// Prometheus URL that scrapes the sidecars (e.g. http://127.0.0.1:9090 after
+    /// `kubectl port-forward -n istio-system svc/prometheus 9090`): plots the split summed over
+    /// every calling sidecar.
+    #[arg(long)]
+    prometheus: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -181,7 +213,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status(&client, &ns, &args).await,
         Command::List { all_namespaces } => list(&client, &ns, all_namespaces).await,
         Command::Promote { name, full } => {
-            act(
+            run_action(
                 &client,
                 &ns,
                 &name,
@@ -193,11 +225,12 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Abort { name } => act(&client, &ns, &name, Action::Abort).await,
-        Command::Retry { name } => act(&client, &ns, &name, Action::Retry).await,
-        Command::Pause { name } => act(&client, &ns, &name, Action::Pause).await,
-        Command::Resume { name } => act(&client, &ns, &name, Action::Resume).await,
+        Command::Abort { name } => run_action(&client, &ns, &name, Action::Abort).await,
+        Command::Retry { name } => run_action(&client, &ns, &name, Action::Retry).await,
+        Command::Pause { name } => run_action(&client, &ns, &name, Action::Pause).await,
+        Command::Resume { name } => run_action(&client, &ns, &name, Action::Resume).await,
         Command::SetWeight { name, weight } => set_weight(&client, &ns, &name, weight).await,
+        Command::Dashboard(args) => dashboard(client, &ns, &args).await,
         Command::Convert(_) => Ok(()),
     };
     result.map_err(|e| name_the_server(e, &server, context.as_deref()))
@@ -252,103 +285,27 @@ async fn connect(cli: &Cli) -> Result<(Client, String, String)> {
     Ok((client, ns, server))
 }
 
-/// Turns API errors into sentences that say what to do next.
+/// An API error or refusal as the CLI reports it; a plain API error keeps its own chain, so
+/// `name_the_server` finds an unreachable server in it.
 fn explain(e: kube::Error, name: Option<&str>, ns: &str) -> anyhow::Error {
-    if let kube::Error::Api(status) = &e {
-        if status.code == 404 {
-            if status
-                .message
-                .contains("could not find the requested resource")
-            {
-                return anyhow!(
-                    "the CanaryRollout resource type (canaryrollouts.wasmcanary.io) is not installed in this cluster; \
-                     install the controller with `kubectl apply -k controller/deploy`"
-                );
-            }
-            if let Some(name) = name {
-                return anyhow!(
-                    "rollout {name} not found in namespace {ns}; list them with `kubectl canary list -n {ns}` \
-                     (or `kubectl canary list -A` for every namespace)"
-                );
-            }
-        }
-        if status.code == 403 {
-            return anyhow!(
-                "not allowed: {}; ask for RBAC on canaryrollouts.wasmcanary.io in namespace {ns}",
-                status.message
-            );
-        }
+    reported(RolloutError::from_api(e, name, ns))
+}
+
+fn reported(e: RolloutError) -> anyhow::Error {
+    match e {
+        RolloutError::Kube(e) => anyhow::Error::new(e),
+        other => anyhow::Error::new(other),
     }
-    anyhow::Error::new(e)
 }
 
 async fn get_rollout(api: &Api<CanaryRollout>, name: &str, ns: &str) -> Result<CanaryRollout> {
     api.get(name).await.map_err(|e| explain(e, Some(name), ns))
 }
 
-async fn act(client: &Client, ns: &str, name: &str, action: Action) -> Result<()> {
-    let api: Api<CanaryRollout> = Api::namespaced(client.clone(), ns);
-    let rollout = get_rollout(&api, name, ns).await?;
-    let status = rollout.status.clone().unwrap_or_default();
-    match action {
-        Action::Retry if !rollout.spec.abort && status.analysis_aborted => {
-            // An analysis abort leaves spec.abort unset; the controller retries on the
-            // abort -> no-abort edge, so make that edge: set it, wait until the controller has
-            // seen it, then clear it.
-            api.patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(Action::Abort.merge_patch()),
-            )
-            .await
-            .map_err(|e| explain(e, Some(name), ns))?;
-            let target = api
-                .get(name)
-                .await
-                .map_err(|e| explain(e, Some(name), ns))?
-                .metadata
-                .generation;
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-            loop {
-                let r = api
-                    .get(name)
-                    .await
-                    .map_err(|e| explain(e, Some(name), ns))?;
-                if r.status.as_ref().and_then(|s| s.observed_generation) >= target {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    bail!("rollout {name}: the controller did not act on the abort within 60 s; is it running? (spec.abort is now true: run `kubectl canary retry {name} -n {ns}` again once it is)");
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-        Action::Retry if !rollout.spec.abort => {
-            bail!("rollout {name} is not aborted (spec.abort is not set and no analysis aborted it): nothing to retry; see `kubectl canary status {name} -n {ns}`")
-        }
-        Action::Promote | Action::PromoteFull if status.canary_hash.is_none() => {
-            bail!(
-                "rollout {name} has no canary running (phase {:?}): nothing to promote; change the pod template \
-                 to start one, or see `kubectl canary status {name} -n {ns}`",
-                status.phase
-            )
-        }
-        Action::Promote | Action::PromoteFull if rollout.spec.abort => {
-            bail!("rollout {name} is aborted: retry it first with `kubectl canary retry {name} -n {ns}`")
-        }
-        Action::Resume if !rollout.spec.paused => {
-            bail!("rollout {name} is not paused with spec.paused; to move past a pause step use `kubectl canary promote {name} -n {ns}`")
-        }
-        _ => {}
-    }
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(action.merge_patch()),
-    )
-    .await
-    .map_err(|e| explain(e, Some(name), ns))?;
-    println!("{}", action.done_message(name));
+/// promote/abort/retry/pause/resume: the library's one path, shared with the dashboard.
+async fn run_action(client: &Client, ns: &str, name: &str, action: Action) -> Result<()> {
+    let done = act(client, ns, name, action).await.map_err(reported)?;
+    println!("{done}");
     Ok(())
 }
 
@@ -364,12 +321,18 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
     let rollout = get_rollout(&api, name, ns).await?;
     let status = rollout.status.clone().unwrap_or_default();
     if status.canary_hash.is_none() {
-        bail!("rollout {name} has no canary running (phase {:?}): nothing to weigh; change the pod template to start one", status.phase);
+        return Err(reported(RolloutError::NoCanary {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            phase: status.phase,
+            what: "weigh",
+        }));
     }
     if rollout.spec.abort || status.aborted {
-        bail!(
-            "rollout {name} is aborted: retry it first with `kubectl canary retry {name} -n {ns}`"
-        );
+        return Err(reported(RolloutError::Aborted {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+        }));
     }
     let steps = &rollout.spec.strategy.canary.steps;
     let current = status
@@ -386,8 +349,9 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
     };
     let mut new_steps: Vec<serde_json::Value> = steps
         .iter()
-        .map(|s| serde_json::to_value(s).map_err(anyhow::Error::from))
-        .collect::<Result<_>>()?;
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| reported(RolloutError::Steps(e)))?;
     new_steps.insert(insert_at, serde_json::json!({"setWeight": weight}));
     new_steps.insert(insert_at + 1, serde_json::json!({"pause": {}}));
     let mut patch = serde_json::json!({"spec": {"strategy": {"canary": {"steps": new_steps}}}});
@@ -406,6 +370,57 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
         if waiting_in_pause { ", current pause ended" } else { " after the current step completes" },
         format_weight(bp)
     );
+    Ok(())
+}
+
+/// `dashboard`: checks that the rollouts can be read (so a wrong context fails here, with the
+/// usual sentences), serves until Ctrl-C, then stops gracefully.
+async fn dashboard(client: Client, ns: &str, args: &DashboardArgs) -> Result<()> {
+    let scope = if args.all_namespaces {
+        Scope::All
+    } else {
+        Scope::Namespace(ns.to_owned())
+    };
+    let api: Api<CanaryRollout> = if args.all_namespaces {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    };
+    api.list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| explain(e, None, ns))?;
+    let split = match (&args.envoy_admin, &args.prometheus) {
+        (Some(admin), _) => Some(SplitSource::EnvoyAdmin(admin.clone())),
+        (None, Some(prometheus)) => Some(SplitSource::Prometheus(prometheus.clone())),
+        (None, None) => None,
+    };
+    let addr = SocketAddr::new(args.address, args.port);
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr}, not loopback: whoever reaches it sees your rollouts{}",
+            if args.read_only {
+                ""
+            } else {
+                " and can promote or abort them (--read-only prevents that)"
+            }
+        );
+    }
+    let options = DashboardOptions {
+        scope: scope.clone(),
+        read_only: args.read_only,
+        split,
+    };
+    let running = Dashboard::start(client, addr, options).await?;
+    println!(
+        "kubectl canary dashboard: {} ({}{}); Ctrl-C to stop",
+        running.url(),
+        scope.describe(),
+        if args.read_only { ", read-only" } else { "" }
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    running.stop().await?;
     Ok(())
 }
 
@@ -454,22 +469,6 @@ async fn snapshot(
             .cmp(&b.metadata.creation_timestamp)
     });
     Ok((rollout, sets))
-}
-
-async fn read_split(
-    admin: &str,
-    rollout: &CanaryRollout,
-    ns: &str,
-) -> Result<Option<ObservedSplit>> {
-    let url = admin.trim_end_matches('/').to_owned();
-    let body = tokio::task::spawn_blocking(move || fetch_stats(&url, Duration::from_secs(3)))
-        .await
-        .context("reading Envoy stats")??;
-    Ok(split_from_stats(
-        &body,
-        ns,
-        &rollout.spec.strategy.canary.traffic_routing.wasm.service,
-    ))
 }
 
 fn summary_line(rollout: &CanaryRollout, sets: &[ReplicaSet], split: &SplitView) -> String {
@@ -530,7 +529,13 @@ async fn status(client: &Client, ns: &str, args: &StatusArgs) -> Result<()> {
         let (rollout, sets) = snapshot(client, ns, &args.name).await?;
         let split = match &args.envoy_admin {
             None => SplitView::None,
-            Some(admin) => match read_split(admin, &rollout, ns).await {
+            Some(admin) => match read_split(
+                admin,
+                ns,
+                &rollout.spec.strategy.canary.traffic_routing.wasm.service,
+            )
+            .await
+            {
                 Ok(total) => {
                     let recent = match (&total, &previous) {
                         (Some(t), Some(p)) => Some(t.since(p)),
@@ -543,7 +548,7 @@ async fn status(client: &Client, ns: &str, args: &StatusArgs) -> Result<()> {
                         recent,
                     }
                 }
-                Err(e) => SplitView::Failed(format!("{e:#}")),
+                Err(e) => SplitView::Failed(e.to_string()),
             },
         };
         let lines = render(&rollout, &sets, &split);

@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::analysis::AnalysisTemplateSpec;
+use crate::crd::CanaryRollout;
+use crate::steps;
 use anyhow::{anyhow, bail, Context, Result};
-use canary_controller::analysis::AnalysisTemplateSpec;
-use canary_controller::crd::CanaryRollout;
-use canary_controller::steps;
 use canary_core::config::{DEFAULT_DECISION_HEADER, POD_TEMPLATE_HASH_LABEL};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use canary_controller::crd::{CanaryRollout, CanaryStep, Phase};
-use canary_controller::steps::format_weight;
+use crate::crd::{CanaryRollout, CanaryStep, Phase};
+use crate::steps::format_weight;
 use canary_core::config::{BASIS_POINTS, POD_TEMPLATE_HASH_LABEL};
 use canary_core::decision::{Reason, Subset};
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -63,8 +63,13 @@ pub fn describe_step(step: &CanaryStep) -> String {
             .collect();
         return format!("setHeaderRoute {} [{}]", r.name, conds.join(", "));
     }
-    if step.analysis.is_some() {
-        return "analysis (not supported yet)".into();
+    if let Some(a) = &step.analysis {
+        let templates: Vec<&str> = a
+            .templates
+            .iter()
+            .map(|t| t.template_name.as_str())
+            .collect();
+        return format!("analysis {}", templates.join(", "));
     }
     "(empty step)".into()
 }
@@ -80,7 +85,8 @@ pub fn weight_bar(bp: u32, width: usize) -> String {
     )
 }
 
-fn phase_name(p: Phase) -> &'static str {
+/// The phase as the user reads it (and as `status.phase` spells it).
+pub fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Progressing => "Progressing",
         Phase::Paused => "Paused",
@@ -90,7 +96,8 @@ fn phase_name(p: Phase) -> &'static str {
     }
 }
 
-fn rs_hash(rs: &ReplicaSet) -> String {
+/// The `rollouts-pod-template-hash` of a ReplicaSet (empty when unlabelled).
+pub fn rs_hash(rs: &ReplicaSet) -> String {
     rs.labels()
         .get(POD_TEMPLATE_HASH_LABEL)
         .cloned()
@@ -143,7 +150,7 @@ pub fn render(
     ));
     if let Some(a) = rollout
         .annotations()
-        .get(canary_controller::reconcile::PROMOTE_ANNOTATION)
+        .get(crate::reconcile::PROMOTE_ANNOTATION)
     {
         out.push(format!(
             "Promote:    {a} requested, waiting for the controller"

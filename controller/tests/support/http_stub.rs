@@ -133,6 +133,14 @@ where
                 if sock.write_all(response.as_bytes()).await.is_err() {
                     return;
                 }
+                // A client that asked to close reads until the connection ends (Envoy's
+                // admin endpoint closes it, and `kubectl canary`'s reader relies on that).
+                if request
+                    .header("connection")
+                    .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+                {
+                    return;
+                }
             }
             Reply::Silence => {
                 // Holds the connection open; the stub's Drop ends this task.

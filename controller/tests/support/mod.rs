@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api_faults;
+pub mod browser;
 pub mod http_stub;
 pub mod owned_process;
 pub mod rollout_wait;
