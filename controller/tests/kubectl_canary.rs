@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use canary_cluster::ControlPlane;
 use canary_controller::crd::{CanaryRollout, Phase};
-use canary_controller::reconcile::{
-    destination_rule_resource, wasm_plugin_resource, PROMOTE_ANNOTATION,
-};
+use canary_controller::reconcile::{destination_rule_resource, wasm_plugin_resource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -317,17 +315,9 @@ async fn the_converted_demo_runs_and_is_steered_with_kubectl_canary() {
     plugin.ok(&["resume", NAME, "-n", NS]);
     assert!(!rollouts.get(NAME).await.unwrap().spec.paused);
 
-    // promote ends the pause: 20%. Known controller race (issue 15 note): the controller
-    // clears the promote annotation in a write after its status write, so a promote set before
-    // that clear lands is erased. Wait until set-weight's promote is consumed first.
-    until(&rollouts, "set-weight's promote consumed", |r| {
-        (!r.metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(PROMOTE_ANNOTATION)))
-        .then_some(())
-    })
-    .await;
+    // promote ends the pause: 20%. Sent at once, while the controller may still be removing
+    // set-weight's own promote request: each request carries its id, the removal is
+    // conditional on it, so this one is kept and acted on (it used to be erased).
     plugin.ok(&["promote", NAME, "-n", NS]);
     until(&rollouts, "20%", |r| {
         (r.status.as_ref()?.canary_weight == 2_000).then_some(())
