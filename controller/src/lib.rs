@@ -1,6 +1,7 @@
 //! The wasm-canary controller: runs `CanaryRollout`s by moving traffic through the filter.
 //!
 //! - [`crd`]: the resource; [`crd_yaml`]: its committed YAML; [`hash`]: the pod-template hash;
+//! - [`duration`]: durations as users write them (a leaf);
 //! - [`steps`]: the step logic, pure; [`traffic`]: the filter config and subsets it implies;
 //! - [`conditions`]: the status conditions;
 //! - [`reconcile`]: the Kubernetes I/O around them; [`traffic_writes`]: the Istio writes;
@@ -18,6 +19,7 @@ pub mod conditions;
 pub mod crd;
 pub mod crd_yaml;
 pub mod dashboard;
+pub mod duration;
 pub mod hash;
 pub mod leader;
 pub mod reconcile;

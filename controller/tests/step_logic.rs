@@ -773,7 +773,7 @@ fn one_promote_ends_one_pause_not_the_next_one_too() {
 /// `time.ParseDuration` (cases from Go's own tests, non-negative ones).
 #[test]
 fn durations_parse_like_argo_and_go() {
-    use canary_controller::steps::parse_duration;
+    use canary_controller::duration::parse_duration;
     use std::time::Duration;
     let ok = |v: serde_json::Value, want: Duration| {
         assert_eq!(parse_duration(&v), Ok(want), "{v}");

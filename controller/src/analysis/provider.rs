@@ -17,7 +17,7 @@ use super::condition::judge;
 use super::redact::Redactor;
 use super::run::{AnalysisPhase, Measurement};
 use super::template::{substitute_value, Metric};
-use crate::steps::parse_duration;
+use crate::duration::parse_duration;
 
 /// Default SkyWalking query window (`skywalking.interval`).
 pub const DEFAULT_SKYWALKING_WINDOW: Duration = Duration::from_secs(300);

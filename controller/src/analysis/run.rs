@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::template::{Metric, ResolvedAnalysis, SecretKeyRef};
-use crate::steps::parse_duration;
+use crate::duration::parse_duration;
 
 /// Default `consecutiveErrorLimit` (Argo's).
 pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: i32 = 4;

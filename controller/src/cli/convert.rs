@@ -704,7 +704,7 @@ fn convert_steps(
         match kind.as_str() {
             "setWeight" | "pause" | "setHeaderRoute" => {
                 if let Some(d) = step.get("pause").and_then(|p| p.get("duration")) {
-                    if let Err(e) = steps::parse_duration(d) {
+                    if let Err(e) = crate::duration::parse_duration(d) {
                         note(
                             out,
                             rollout,

@@ -13,6 +13,8 @@
 //!   ([`Plan::measure`]), the I/O layer takes them and plans again with them in
 //!   [`Observed::measurements`]. A Failed or Error analysis aborts (the abort path above), an
 //!   Inconclusive one pauses until promoted.
+//!
+//! The analysis half of the planner lives in `analysis_runs`; durations in [`crate::duration`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -73,6 +75,10 @@ impl Promote {
         }
     }
 }
+
+pub use crate::duration::{format_duration, parse_duration, parse_go_duration};
+
+mod analysis_runs;
 
 /// Name of the background analysis run.
 pub const BACKGROUND_RUN: &str = "background";
@@ -247,96 +253,6 @@ pub fn canary_replicas(replicas: i32, weight_bp: u32, header_routes: bool) -> i3
     }
 }
 
-/// Parses a duration as Argo Rollouts does: an integer (seconds, as a number or a string of
-/// digits), or a Go duration string (`time.ParseDuration`: `30s`, `10m`, `1h30m`, `1.5h`,
-/// `500ms`; units ns, us, µs, ms, s, m, h). Negative durations are refused.
-pub fn parse_duration(v: &serde_json::Value) -> Result<Duration, String> {
-    if let Some(n) = v.as_u64() {
-        return Ok(Duration::from_secs(n));
-    }
-    let s = v
-        .as_str()
-        .ok_or_else(|| format!("duration {v} is neither a number nor a string"))?;
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse()
-            .map(Duration::from_secs)
-            .map_err(|_| format!("duration {s:?} is too large"));
-    }
-    parse_go_duration(s)
-}
-
-/// Go's `time.ParseDuration` for non-negative values: a sequence of decimal numbers, each with an
-/// optional fraction and a unit (`1h30m`, `1.5s`, `300ms`); `0` alone needs no unit.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = |why: &str| format!("duration {s:?} {why}; write it like 30s, 10m, 1h30m or 500ms");
-    let body = s.strip_prefix('+').unwrap_or(s);
-    if body.starts_with('-') {
-        return Err(bad("is negative"));
-    }
-    if body == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if body.is_empty() {
-        return Err(bad("is empty"));
-    }
-    let mut rest = body;
-    let mut total_nanos: u128 = 0;
-    while !rest.is_empty() {
-        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_part, after) = rest.split_at(int_len);
-        let (frac_part, after) = match after.strip_prefix('.') {
-            Some(f) => {
-                let n = f.bytes().take_while(u8::is_ascii_digit).count();
-                f.split_at(n)
-            }
-            None => ("", after),
-        };
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(bad("has a unit without a number"));
-        }
-        let unit_len = after
-            .char_indices()
-            .find(|(_, c)| c.is_ascii_digit() || *c == '.')
-            .map_or(after.len(), |(i, _)| i);
-        let (unit, next) = after.split_at(unit_len);
-        let per_unit: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(bad("has a number without a unit")),
-            other => return Err(bad(&format!("has unknown unit {other:?}"))),
-        };
-        let int: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().map_err(|_| bad("is too large"))?
-        };
-        let mut nanos = int
-            .checked_mul(per_unit)
-            .ok_or_else(|| bad("is too large"))?;
-        // The fraction, truncated to the nanosecond as Go does; digits past the 24th cannot
-        // change a nanosecond and are ignored.
-        let (mut frac, mut scale) = (0u128, 1u128);
-        for d in frac_part.bytes().take(24) {
-            frac = frac * 10 + u128::from(d - b'0');
-            scale *= 10;
-        }
-        nanos += frac * per_unit / scale;
-        total_nanos = total_nanos
-            .checked_add(nanos)
-            .ok_or_else(|| bad("is too large"))?;
-        rest = next;
-    }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| bad("is too large"))?;
-    // The remainder is below 10^9, so it fits.
-    let sub = u32::try_from(total_nanos % 1_000_000_000).unwrap_or(0);
-    Ok(Duration::new(secs, sub))
-}
-
 /// Weight of a `setWeight` percentage in basis points.
 pub fn weight_basis_points(percent: f64) -> Result<u32, String> {
     if !(0.0..=100.0).contains(&percent) {
@@ -491,16 +407,6 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     // Whole seconds print as before (`12:00:45Z`), others with their milliseconds.
     t.trunc_subsecs(3)
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
-/// `500ms`, `2s`, `1.5s`, `90s`: as a user wrote it, to the millisecond.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.subsec_millis();
-    match (d.as_secs(), ms) {
-        (0, ms) => format!("{ms}ms"),
-        (s, 0) => format!("{s}s"),
-        (s, ms) => format!("{s}.{}s", format!("{ms:03}").trim_end_matches('0')),
-    }
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -1107,260 +1013,6 @@ impl Planner<'_> {
     }
 }
 
-/// Analysis runs: starting them, recording measurements, acting on their verdicts.
-impl Planner<'_> {
-    /// The analysis a run executes.
-    fn run_analysis(&self, run: &AnalysisRunStatus) -> Option<&RolloutAnalysis> {
-        let canary = &self.spec.strategy.canary;
-        match run.step_index {
-            None => canary.analysis.as_ref(),
-            Some(i) => canary
-                .steps
-                .get(usize::try_from(i).ok()?)
-                .and_then(|s| s.analysis.as_ref()),
-        }
-    }
-
-    /// `analysis` against the observed templates and the rollout's fields.
-    fn resolve(
-        &self,
-        analysis: &RolloutAnalysis,
-        stable: &str,
-        canary: &str,
-    ) -> Option<ResolvedAnalysis> {
-        resolve(
-            analysis,
-            &self.obs.analysis_templates,
-            stable,
-            canary,
-            &self.obs.rollout_fields,
-        )
-        .ok()
-    }
-
-    fn run_metrics(&self, run: &AnalysisRunStatus, stable: &str) -> Vec<Metric> {
-        if !run.spec.is_empty() {
-            return run.spec.clone();
-        }
-        self.run_analysis(run)
-            .and_then(|a| self.resolve(a, stable, &run.canary_hash))
-            .map(|r| r.metrics)
-            .unwrap_or_default()
-    }
-
-    fn start_run(&mut self, name: &str, step: Option<usize>, stable: &str, canary: &str) {
-        let analysis = match step {
-            None => self.spec.strategy.canary.analysis.as_ref(),
-            Some(i) => self
-                .spec
-                .strategy
-                .canary
-                .steps
-                .get(i)
-                .and_then(|s| s.analysis.as_ref()),
-        };
-        let Some(resolved) = analysis.and_then(|a| self.resolve(a, stable, canary)) else {
-            return;
-        };
-        let run = AnalysisRunStatus::start(
-            name,
-            canary,
-            step.map(|i| i as i32),
-            &resolved,
-            self.obs.now,
-        );
-        let metrics: Vec<&str> = resolved.metrics.iter().map(|m| m.name.as_str()).collect();
-        self.note_about(
-            "AnalysisStarted",
-            name,
-            format!("analysis {name} started: metrics {}", metrics.join(", ")),
-        );
-        self.status.analysis_runs.retain(|r| r.name != name);
-        self.status.analysis_runs.push(run);
-        self.created_runs.push(name.to_owned());
-    }
-
-    fn ensure_background_run(&mut self, index: usize, stable: &str, canary: &str) {
-        let Some(a) = &self.spec.strategy.canary.analysis else {
-            return;
-        };
-        let from = usize::try_from(a.starting_step.unwrap_or(0)).unwrap_or(0);
-        let exists = self
-            .status
-            .analysis_runs
-            .iter()
-            .any(|r| r.name == BACKGROUND_RUN);
-        if index >= from && !exists {
-            self.start_run(BACKGROUND_RUN, None, stable, canary);
-        }
-    }
-
-    /// Applies the measurements taken for this plan to their runs.
-    fn record_measurements(&mut self, stable: &str, canary: &str) {
-        for taken in &self.obs.measurements {
-            let Some(i) = self
-                .status
-                .analysis_runs
-                .iter()
-                .position(|r| r.name == taken.run && r.canary_hash == canary)
-            else {
-                continue;
-            };
-            let metrics = self.run_metrics(&self.status.analysis_runs[i], stable);
-            let run = &mut self.status.analysis_runs[i];
-            let before = run.phase;
-            run.record(&metrics, &taken.metric, taken.measurement.clone());
-            let after = run.phase;
-            if after != before && after.completed() {
-                let message = format!(
-                    "analysis {} {after:?}{}",
-                    run.name,
-                    run.message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                );
-                let run = run.name.clone();
-                self.note_about("AnalysisCompleted", &run, message);
-            }
-        }
-    }
-
-    fn abort_by_analysis(
-        mut self,
-        stable: String,
-        canary: String,
-        run: &AnalysisRunStatus,
-    ) -> Plan {
-        let now = self.obs.now;
-        self.status.aborted = true;
-        self.status.analysis_aborted = true;
-        let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
-        self.schedule_scale_down(&canary, now + delay);
-        let why = format!(
-            "analysis {} {:?}: {}",
-            run.name,
-            run.phase,
-            run.message.as_deref().unwrap_or_default()
-        );
-        self.note(
-            "Aborted",
-            format!(
-                "{why}; all traffic back to stable {stable}; canary {canary} scaled down in {}s",
-                delay.num_seconds()
-            ),
-        );
-        self.status.canary_weight = 0;
-        self.status.header_routes.clear();
-        self.status.phase = Phase::Aborted;
-        self.status.message = Some(format!(
-            "aborted by {why}; traffic on stable. Retry: spec.abort true then false (kubectl canary abort, then retry)"
-        ));
-        self.canary_plan(stable, canary, 0)
-    }
-
-    fn execute_analysis(&mut self, index: usize, canary: &str) -> StepOutcome {
-        let name = step_run_name(index);
-        let stable = self.status.stable_hash.clone().unwrap_or_default();
-        if !self.status.analysis_runs.iter().any(|r| r.name == name) {
-            self.start_run(&name, Some(index), &stable, canary);
-        }
-        let Some(run) = self.status.analysis_runs.iter().find(|r| r.name == name) else {
-            return StepOutcome::Wait {
-                phase: Phase::Degraded,
-                message: format!("steps[{index}].analysis cannot be resolved"),
-            };
-        };
-        match run.phase {
-            AnalysisPhase::Successful => StepOutcome::Done(format!("analysis {name} Successful")),
-            AnalysisPhase::Inconclusive => {
-                if self.promote == Some(Promote::Step) && !self.promote_consumed {
-                    self.promote_consumed = true;
-                    return StepOutcome::Done(format!(
-                        "analysis {name} inconclusive; continued by promote"
-                    ));
-                }
-                StepOutcome::Wait {
-                    phase: Phase::Paused,
-                    message: format!(
-                        "paused at step {}: analysis {name} inconclusive ({}); promote to continue, abort to roll back",
-                        index + 1,
-                        run.message.as_deref().unwrap_or_default()
-                    ),
-                }
-            }
-            // Failed and Error abort before steps run; a run is never completed otherwise.
-            phase => StepOutcome::Wait {
-                phase: Phase::Progressing,
-                message: format!(
-                    "step {}: analysis {name} {phase:?}: {}",
-                    index + 1,
-                    self.measured_summary(run)
-                ),
-            },
-        }
-    }
-
-    fn measured_summary(&self, run: &AnalysisRunStatus) -> String {
-        run.metrics
-            .iter()
-            .map(|m| format!("{} {}/{} ok", m.name, m.successful, m.count))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Measurements due now for the current canary's running analyses (none while aborted or
-    /// for a run started by this plan); requeues for the next ones.
-    fn due_measurements(&mut self) -> Vec<MeasureRequest> {
-        let mut out = Vec::new();
-        let Some(canary) = self.status.canary_hash.clone() else {
-            return out;
-        };
-        if self.status.aborted {
-            return out;
-        }
-        let stable = self.status.stable_hash.clone().unwrap_or_default();
-        let now = self.obs.now;
-        for run in self.status.analysis_runs.clone() {
-            if run.canary_hash != canary || run.phase.completed() {
-                continue;
-            }
-            // What the run started with; runs recorded before snapshots existed resolve anew.
-            let resolved = if run.spec.is_empty() {
-                let Some(analysis) = self.run_analysis(&run) else {
-                    continue;
-                };
-                let Some(resolved) = self.resolve(analysis, &stable, &canary) else {
-                    continue;
-                };
-                resolved
-            } else {
-                // Dry run and retention were recorded per metric when the run started.
-                ResolvedAnalysis {
-                    metrics: run.spec.clone(),
-                    secrets: run.secret_args.clone(),
-                    ..ResolvedAnalysis::default()
-                }
-            };
-            let fresh = self.created_runs.contains(&run.name);
-            for (metric, at) in run.next_due(&resolved.metrics) {
-                if at <= now && !fresh {
-                    if let Some(m) = resolved.metrics.iter().find(|m| m.name == metric) {
-                        out.push(MeasureRequest {
-                            run: run.name.clone(),
-                            metric: m.clone(),
-                            secrets: resolved.secrets.clone(),
-                        });
-                    }
-                } else {
-                    self.requeue_in((at - now).to_std().unwrap_or_default());
-                }
-            }
-        }
-        out
-    }
-}
-
 enum StepOutcome {
     Done(String),
     Wait { phase: Phase, message: String },
@@ -1496,15 +1148,6 @@ mod tests {
         );
         let none = plan(&spec, &status, &with_ready(0));
         assert_eq!(weight(&none), Some(0));
-    }
-
-    #[test]
-    fn durations_read_as_written() {
-        let ms = Duration::from_millis;
-        assert_eq!(format_duration(ms(500)), "500ms");
-        assert_eq!(format_duration(ms(2_000)), "2s");
-        assert_eq!(format_duration(ms(1_500)), "1.5s");
-        assert_eq!(format_duration(ms(61_250)), "61.25s");
     }
 
     #[test]
