@@ -163,9 +163,26 @@ pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 /// [`run_with`], stopping gracefully (the reconciles in flight finish) when `shutdown`
 /// resolves, instead of on a signal it would only start listening for once running: a binary
 /// listens for SIGTERM from its first moment and passes that here.
+///
+/// The reconciles in flight get [`SHUTDOWN_GRACE`] to finish; then the controller stops anyway
+/// (what it was writing is redone by the next leader from the status). kube-runtime waits for
+/// the rollout cache before running anything, and a shutdown requested before that cache was
+/// filled stopped the watch that would fill it: without the bound, that shutdown never ended.
 pub async fn run_until(ctx: Arc<Context>, namespace: Option<String>, shutdown: Shutdown) {
-    run_controller(ctx, namespace, Some(shutdown)).await;
+    use futures::FutureExt;
+    let requested = shutdown.shared();
+    let controller = run_controller(ctx, namespace, Some(Box::pin(requested.clone())));
+    tokio::select! {
+        () = controller => {}
+        () = async {
+            requested.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at the end of the shutdown grace; stopping anyway"),
+    }
 }
+
+/// How long a requested shutdown waits for the reconciles in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: Option<Shutdown>) {
     let client = ctx.client.clone();
