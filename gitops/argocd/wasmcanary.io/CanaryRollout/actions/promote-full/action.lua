@@ -2,6 +2,7 @@
 -- promote --full` writes it (the id as in the promote action).
 local id = obj.metadata.resourceVersion
 if id == nil then
+  local os = require("os")
   id = tostring(os.time())
 end
 if obj.metadata.annotations == nil then

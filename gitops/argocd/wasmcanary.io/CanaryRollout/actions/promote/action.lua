@@ -3,6 +3,7 @@
 -- second promote is a second request, never a repeat the controller would skip.
 local id = obj.metadata.resourceVersion
 if id == nil then
+  local os = require("os")
   id = tostring(os.time())
 end
 if obj.metadata.annotations == nil then
