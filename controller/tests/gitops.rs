@@ -195,11 +195,8 @@ fn git_canary(ns: &str, image: &str) -> Vec<Value> {
 }
 
 fn api_for(client: &Client, object: &Value) -> Api<DynamicObject> {
-    let (group, version) = object["apiVersion"]
-        .as_str()
-        .unwrap()
-        .split_once('/')
-        .unwrap();
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap());
     Api::namespaced_with(
         client.clone(),
@@ -586,6 +583,52 @@ async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_throug
     .await;
     capture(&live_rollout(&env).await, "healthy-after-promotion");
     assert_in_sync(client, &git, "after the promotion").await;
+}
+
+/// The API server accepts every object of the example exactly as it is in git, unknown fields
+/// refused (a server-side apply dry run with strict validation, as `argocd-controller`).
+#[tokio::test]
+async fn every_object_of_the_example_passes_the_api_servers_strict_validation_as_written() {
+    let ns = "gitops-as-written";
+    let (_plane, client) = support::namespace(ns).await;
+    let mut checked = Vec::new();
+    for folder in ["application", "istio", "canary"] {
+        let mut files = Vec::new();
+        yaml_files(&gitops().join(folder), &mut files);
+        for file in files {
+            for mut object in yaml_documents(&file) {
+                object["metadata"]["namespace"] = json!(ns);
+                let params = PatchParams::apply(ARGO_CD)
+                    .force()
+                    .validation_strict()
+                    .dry_run();
+                api_for(&client, &object)
+                    .patch(name(&object), &params, &Patch::Apply(&object))
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "{}: {} {}: {e}",
+                            file.display(),
+                            object["kind"],
+                            name(&object)
+                        )
+                    });
+                checked.push(format!("{}/{}", object["kind"], name(&object)));
+            }
+        }
+    }
+    for expected in [
+        "\"CanaryRollout\"/reviews-rollout",
+        "\"DestinationRule\"/reviews",
+        "\"VirtualService\"/reviews",
+        "\"Gateway\"/bookinfo-gateway",
+        "\"Deployment\"/reviews",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == expected),
+            "{expected} not checked: {checked:?}"
+        );
+    }
 }
 
 #[tokio::test]
