@@ -9,10 +9,12 @@
 //!   object after the normalizations the shipped settings select. Checked before the canary, at
 //!   each pause, after a user pause, after an abort and after the promotion; and shown to fail for
 //!   an Argo-Rollouts-style VirtualService weight edit.
-//! - The rollout is driven by what the Argo CD actions write (the Go test in
-//!   `gitops/argocd/luatest` checks that each Lua action writes exactly these fields), and the
-//!   live CanaryRollout is captured at each phase for that Go test
-//!   (`UPDATE_GITOPS_TESTDATA=1` rewrites `gitops/argocd/testdata/`).
+//! - The rollout is driven by the Argo CD actions' outputs (recorded by the Go test in
+//!   `gitops/argocd/luatest`, which runs the Lua scripts on captures of a real rollout), applied
+//!   to the live rollout as the patch Argo CD would make; the live CanaryRollout is captured at
+//!   each phase for that Go test (`UPDATE_GITOPS_TESTDATA=1` rewrites
+//!   `gitops/argocd/testdata/*.json`; then `go test ./... -update` in luatest rewrites
+//!   `testdata/actions/`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -403,26 +405,68 @@ async fn live_rollout(env: &RolloutEnv) -> Value {
     serde_json::to_value(api.get(ROLLOUT).await.unwrap()).unwrap()
 }
 
-/// An Argo CD action on the rollout: the merge patch of the fields its Lua script changes.
-/// (`gitops/argocd/luatest` checks that each script changes exactly these fields.)
-async fn act(env: &RolloutEnv, action: &str) {
-    let rv = live_rollout(env).await["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let patch = match action {
-        "promote" => {
-            json!({"metadata": {"annotations": {"wasmcanary.io/promote": format!("step:argocd-{rv}")}}})
+/// The JSON merge patch that turns `before` into `after`.
+fn merge_diff(before: &Value, after: &Value) -> Value {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, new) in a {
+                match b.get(key) {
+                    Some(old) if old == new => {}
+                    Some(old) if old.is_object() && new.is_object() => {
+                        patch.insert(key.clone(), merge_diff(old, new));
+                    }
+                    _ => {
+                        patch.insert(key.clone(), new.clone());
+                    }
+                }
+            }
+            for key in b.keys().filter(|k| !a.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            Value::Object(patch)
         }
-        "promote-full" => {
-            json!({"metadata": {"annotations": {"wasmcanary.io/promote": format!("full:argocd-{rv}")}}})
-        }
-        "abort" => json!({"spec": {"abort": true}}),
-        "retry" => json!({"spec": {"abort": null}}),
-        "pause" => json!({"spec": {"paused": true}}),
-        "resume" => json!({"spec": {"paused": null}}),
-        other => panic!("no action {other}"),
+        _ => after.clone(),
+    }
+}
+
+/// What kubectl canary writes for `action` (`src/cli/actions.rs`); a promote's id is free.
+fn kubectl_canary_writes(action: &str, patch: &Value) -> bool {
+    let promote = |kind: &str| {
+        patch["metadata"]["annotations"]["wasmcanary.io/promote"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("{kind}:")))
+            && patch.as_object().unwrap().len() == 1
+            && patch["metadata"].as_object().unwrap().len() == 1
+            && patch["metadata"]["annotations"].as_object().unwrap().len() == 1
     };
+    match action {
+        "promote" => promote("step"),
+        "promote-full" => promote("full"),
+        "abort" => *patch == json!({"spec": {"abort": true}}),
+        "retry" => *patch == json!({"spec": {"abort": null}}),
+        "pause" => *patch == json!({"spec": {"paused": true}}),
+        "resume" => *patch == json!({"spec": {"paused": null}}),
+        _ => false,
+    }
+}
+
+/// An Argo CD action on the live rollout: the Lua script's output recorded by
+/// `gitops/argocd/luatest` (`testdata/actions/<action>.json`, the script run on a capture),
+/// applied as the merge patch from that capture to the output, by `argocd-server`.
+async fn act(env: &RolloutEnv, action: &str) {
+    let testdata = gitops().join("argocd/testdata");
+    let recorded: Value =
+        serde_json::from_str(&read(&testdata.join(format!("actions/{action}.json")))).unwrap();
+    let input: Value = serde_json::from_str(&read(
+        &testdata.join(format!("{}.json", recorded["input"].as_str().unwrap())),
+    ))
+    .unwrap();
+    let patch = merge_diff(&input, &recorded["output"]);
+    assert!(
+        kubectl_canary_writes(action, &patch),
+        "the {action} action writes {patch}, not what kubectl canary writes"
+    );
     let params = PatchParams {
         field_manager: Some("argocd-server".into()),
         ..PatchParams::default()

@@ -6,6 +6,7 @@ package luatest
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +20,10 @@ import (
 )
 
 const scripts = "../wasmcanary.io/CanaryRollout"
+
+// -update rewrites ../testdata/actions/<action>.json, each action's output on its capture, which
+// controller/tests/gitops.rs applies to a live rollout (the patch from capture to output).
+var update = flag.Bool("update", false, "rewrite the actions' outputs in ../testdata/actions")
 
 var actionNames = []string{"promote", "promote-full", "abort", "retry", "pause", "resume"}
 
@@ -336,7 +341,51 @@ func TestEachActionWritesExactlyWhatKubectlCanaryWrites(t *testing.T) {
 			if got, want := changes(before, after), c.want(before); !reflect.DeepEqual(got, want) {
 				t.Errorf("%s on %s changed %v, want exactly %v", c.action, c.capture, got, want)
 			}
+			checkOutput(t, c.action, c.capture, after)
 		})
+	}
+}
+
+// actionCaptures is which capture each action's recorded output starts from.
+var actionCaptures = map[string]string{
+	"promote": pausedAtStep, "promote-full": pausedAtStep, "abort": progressing,
+	"retry": aborted, "pause": pausedAtStep, "resume": pausedByUser,
+}
+
+// checkOutput compares the action's output with ../testdata/actions/<action>.json (the file
+// controller/tests/gitops.rs applies to a live rollout), or rewrites it with -update.
+func checkOutput(t *testing.T, action, capture string, after map[string]any) {
+	t.Helper()
+	if actionCaptures[action] != capture {
+		t.Fatalf("actionCaptures[%s] is %s, the test runs it on %s", action, actionCaptures[action], capture)
+	}
+	path := filepath.Join("../testdata/actions", action+".json")
+	if *update {
+		raw, err := json.MarshalIndent(map[string]any{"input": capture, "output": after}, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, append(raw, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./... -update writes it)", err)
+	}
+	var recorded struct {
+		Input  string         `json:"input"`
+		Output map[string]any `json:"output"`
+	}
+	if err := json.Unmarshal(raw, &recorded); err != nil {
+		t.Fatal(err)
+	}
+	if recorded.Input != capture || !reflect.DeepEqual(recorded.Output, after) {
+		t.Errorf("%s is not %s's output on %s: run go test ./... -update after changing the action or the captures", path, action, capture)
 	}
 }
 
