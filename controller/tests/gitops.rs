@@ -451,28 +451,45 @@ fn kubectl_canary_writes(action: &str, patch: &Value) -> bool {
     }
 }
 
-/// An Argo CD action on the live rollout: the Lua script's output recorded by
-/// `gitops/argocd/luatest` (`testdata/actions/<action>.json`, the script run on a capture),
-/// applied as the merge patch from that capture to the output, by `argocd-server`.
-async fn act(env: &RolloutEnv, action: &str) {
+/// The Argo CD actions as the patches Argo CD makes from their Lua output: the output recorded
+/// by `gitops/argocd/luatest` (`testdata/actions/<action>.json`, the script run on a capture),
+/// as the merge patch from that capture to the output. Read before the test captures anything.
+fn recorded_actions() -> std::collections::BTreeMap<&'static str, Value> {
     let testdata = gitops().join("argocd/testdata");
-    let recorded: Value =
-        serde_json::from_str(&read(&testdata.join(format!("actions/{action}.json")))).unwrap();
-    let input: Value = serde_json::from_str(&read(
-        &testdata.join(format!("{}.json", recorded["input"].as_str().unwrap())),
-    ))
-    .unwrap();
-    let patch = merge_diff(&input, &recorded["output"]);
-    assert!(
-        kubectl_canary_writes(action, &patch),
-        "the {action} action writes {patch}, not what kubectl canary writes"
-    );
+    [
+        "promote",
+        "promote-full",
+        "abort",
+        "retry",
+        "pause",
+        "resume",
+    ]
+    .into_iter()
+    .map(|action| {
+        let recorded: Value =
+            serde_json::from_str(&read(&testdata.join(format!("actions/{action}.json")))).unwrap();
+        let input: Value = serde_json::from_str(&read(
+            &testdata.join(format!("{}.json", recorded["input"].as_str().unwrap())),
+        ))
+        .unwrap();
+        let patch = merge_diff(&input, &recorded["output"]);
+        assert!(
+            kubectl_canary_writes(action, &patch),
+            "the {action} action writes {patch}, not what kubectl canary writes"
+        );
+        (action, patch)
+    })
+    .collect()
+}
+
+/// Runs `action` on the live rollout as `argocd-server` does.
+async fn act(env: &RolloutEnv, actions: &std::collections::BTreeMap<&str, Value>, action: &str) {
     let params = PatchParams {
         field_manager: Some("argocd-server".into()),
         ..PatchParams::default()
     };
     env.rollouts()
-        .patch(ROLLOUT, &params, &Patch::Merge(&patch))
+        .patch(ROLLOUT, &params, &Patch::Merge(&actions[action]))
         .await
         .unwrap();
 }
@@ -506,6 +523,7 @@ async fn paused_at(env: &RolloutEnv, weight_bp: u32) {
 
 #[tokio::test]
 async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_through_every_phase() {
+    let actions = recorded_actions();
     let env = RolloutEnv::new("gitops-rollout").await;
     let (client, ns) = (&env.client, env.ns.as_str());
 
@@ -575,11 +593,11 @@ async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_throug
         "{unforced:?}"
     );
 
-    act(&env, "promote").await;
+    act(&env, &actions, "promote").await;
     paused_at(&env, 2000).await;
     assert_in_sync(client, &git, "at the second pause (20%)").await;
 
-    act(&env, "pause").await;
+    act(&env, &actions, "pause").await;
     until(&env, "the user's pause", |r| {
         observed(r) && r.spec.paused && phase(r) == Some(Phase::Paused)
     })
@@ -587,10 +605,10 @@ async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_throug
     capture(&live_rollout(&env).await, "paused-by-user");
     assert_in_sync(client, &git, "paused by the user").await;
 
-    act(&env, "resume").await;
+    act(&env, &actions, "resume").await;
     paused_at(&env, 2000).await;
 
-    act(&env, "abort").await;
+    act(&env, &actions, "abort").await;
     until(&env, "the abort", |r| {
         observed(r)
             && r.status
@@ -606,7 +624,7 @@ async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_throug
     capture(&live_rollout(&env).await, "aborted");
     assert_in_sync(client, &git, "after the abort").await;
 
-    act(&env, "retry").await;
+    act(&env, &actions, "retry").await;
     paused_at(&env, 1000).await;
     let canary_hash = env
         .rollouts()
@@ -617,7 +635,7 @@ async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_throug
         .unwrap()
         .canary_hash
         .unwrap();
-    act(&env, "promote-full").await;
+    act(&env, &actions, "promote-full").await;
     until(&env, "the full promotion", |r| {
         observed(r)
             && r.status.as_ref().is_some_and(|s| {
@@ -627,6 +645,19 @@ async fn nothing_kept_in_git_drifts_while_argo_cd_actions_drive_a_rollout_throug
     .await;
     capture(&live_rollout(&env).await, "healthy-after-promotion");
     assert_in_sync(client, &git, "after the promotion").await;
+
+    // Someone deletes the DestinationRule, then v3 is committed: the controller cannot route.
+    api_for(client, rule)
+        .delete(name(rule), &Default::default())
+        .await
+        .unwrap();
+    let v3 = git_canary(ns, "reviews:v3");
+    sync(client, &v3[1..2]).await;
+    until(&env, "the rollout to be Degraded", |r| {
+        observed(r) && phase(r) == Some(Phase::Degraded)
+    })
+    .await;
+    capture(&live_rollout(&env).await, "degraded");
 }
 
 /// The API server accepts every object of the example exactly as it is in git, unknown fields

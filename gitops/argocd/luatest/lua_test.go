@@ -168,6 +168,7 @@ const (
 	pausedAtStep          = "paused-at-step"
 	pausedByUser          = "paused-by-user"
 	aborted               = "aborted"
+	degraded              = "degraded"
 	healthyAfterPromotion = "healthy-after-promotion"
 )
 
@@ -179,6 +180,7 @@ func TestHealthFollowsThePhaseAndKeepsTheControllersMessage(t *testing.T) {
 		{pausedAtStep, "Suspended", "Paused"},
 		{pausedByUser, "Suspended", "Paused"},
 		{aborted, "Degraded", "Aborted"},
+		{degraded, "Degraded", "Degraded"},
 		{healthyAfterPromotion, "Healthy", "Healthy"},
 	} {
 		t.Run(c.capture, func(t *testing.T) {
@@ -227,18 +229,6 @@ func TestHealthOfARolloutTheControllerHasNotYetSeenIsProgressing(t *testing.T) {
 	}
 }
 
-func TestHealthOfAnUnexecutableSpecIsDegradedWithTheControllersMessage(t *testing.T) {
-	// No capture: a Degraded rollout is a paused one whose phase the controller set to Degraded.
-	obj := captured(t, pausedAtStep)
-	status := obj["status"].(map[string]any)
-	status["phase"] = "Degraded"
-	status["message"] = "DestinationRule reviews: subset canary is missing"
-	hs := fromLua(run(t, "health.lua", obj)).(map[string]any)
-	if hs["status"] != "Degraded" || hs["message"] != status["message"] {
-		t.Errorf("health %v %q", hs["status"], hs["message"])
-	}
-}
-
 func TestDiscoveryOffersOnlyTheActionsThatApplyNow(t *testing.T) {
 	enabled := func(names ...string) map[string]bool {
 		m := map[string]bool{}
@@ -258,6 +248,9 @@ func TestDiscoveryOffersOnlyTheActionsThatApplyNow(t *testing.T) {
 		{pausedAtStep, enabled("promote", "promote-full", "abort", "pause")},
 		{pausedByUser, enabled("promote-full", "abort", "resume")},
 		{aborted, enabled("retry")},
+		// The DestinationRule is gone and the canary never started: nothing to promote or
+		// abort; a pause holds the rollout at step 1 once the DestinationRule is back.
+		{degraded, enabled("pause")},
 		{healthyAfterPromotion, enabled()},
 	} {
 		t.Run(c.capture, func(t *testing.T) {
@@ -433,7 +426,7 @@ func TestTheCapturesAreCanaryRolloutsFromTheAPIServer(t *testing.T) {
 		}
 	}
 	sort.Strings(names)
-	if len(names) < 6 {
+	if len(names) < 7 {
 		t.Errorf("captures: %v", names)
 	}
 }
