@@ -5,8 +5,9 @@
 //! - Drift: what Argo CD's server-side diff (`ServerSideDiff=true`) does, done here by hand
 //!   because Argo CD's diff code does not build from the Go module proxy (see gitops/README.md):
 //!   for each object kept in git, a server-side apply dry run by `argocd-controller` (conflicts
-//!   forced, as Argo CD's apply path forces them) against the live object, compared with the live
-//!   object after the normalizations the shipped settings select. Checked before the canary, at
+//!   forced, as gitops-engine forces them for server-side apply and diff) against the live
+//!   object, compared with the live object after the normalizations the shipped settings
+//!   select (an unforced dry run is refused, 409, checked too). Checked before the canary, at
 //!   each pause, after a user pause, after an abort and after the promotion; and shown to fail for
 //!   an Argo-Rollouts-style VirtualService weight edit.
 //! - The rollout is driven by the Argo CD actions' outputs (recorded by the Go test in
