@@ -15,7 +15,7 @@ OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
 export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
 export WASM_CANARY_FILTER ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm oci crd test test-unit controller-test test-wasm e2e bench bench-fanout bench-controller demo lint fmt clean
+.PHONY: help setup build wasm oci crd test test-unit controller-test gitops-test test-wasm e2e bench bench-fanout bench-controller demo lint fmt clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,7 @@ crd: ## Regenerate the CanaryRollout, AnalysisTemplate and ClusterAnalysisTempla
 test: setup wasm cluster-build mesh-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars, Envoy end-to-end
 	$(MAKE) --no-print-directory lint
 	cargo test --workspace --exclude wasm-canary-e2e
+	$(MAKE) --no-print-directory gitops-test
 	$(MAKE) --no-print-directory test-wasm
 	$(MAKE) --no-print-directory e2e
 
@@ -55,6 +56,10 @@ test-unit: ## Unit and property tests (native, no Envoy, no API server)
 
 controller-test: wasm cluster-build ## The controller against a real API server (tests play kubelet; Prometheus + Envoy for analysis; the dashboard in headless Chromium)
 	cargo test -p wasm-canary-controller
+
+gitops-test: ## Argo CD health and action Lua (gitops/argocd) run by gopher-lua on rollouts captured by controller/tests/gitops.rs
+	@# The module comes from the Go proxy once; after that the test runs from the module cache offline.
+	cd gitops/argocd/luatest && { GOPROXY=off go mod download 2>/dev/null || go mod download; } && GOPROXY=off go test -count=1 ./...
 
 test-wasm: setup ## The decision tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

@@ -1,0 +1,3 @@
+-- Hold at the current step, traffic unchanged: spec.paused, as `kubectl canary pause`.
+obj.spec.paused = true
+return obj
