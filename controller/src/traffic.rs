@@ -142,6 +142,19 @@ fn may_overlap(a: &Option<BTreeMap<String, String>>, b: &Option<BTreeMap<String,
     }
 }
 
+/// The WasmPlugin the rollout names (`wasmPlugin.name`), if it names one.
+fn named_plugin(rollout: &CanaryRollout) -> Option<&str> {
+    rollout
+        .spec
+        .strategy
+        .canary
+        .traffic_routing
+        .wasm
+        .wasm_plugin
+        .name
+        .as_deref()
+}
+
 /// Whether the rollout may write into the WasmPlugin `namespace/name` selecting `selector`, judged
 /// without the other rollouts (cheap, for mapping a WasmPlugin's change to rollouts): it names
 /// that WasmPlugin, or one of its callers groups in that namespace may meet the selector. An
@@ -152,15 +165,7 @@ pub fn may_write_into(
     name: &str,
     selector: &Option<BTreeMap<String, String>>,
 ) -> bool {
-    let named = rollout
-        .spec
-        .strategy
-        .canary
-        .traffic_routing
-        .wasm
-        .wasm_plugin
-        .name
-        .as_deref();
+    let named = named_plugin(rollout);
     callers_of(rollout)
         .iter()
         .filter(|(ns, _)| ns == namespace)
@@ -213,16 +218,7 @@ fn group_plugin_name(
         .iter()
         .map(|r| &**r)
         .filter(|r| r.uid() != uid && r.metadata.deletion_timestamp.is_none())
-        .filter(|r| {
-            r.spec
-                .strategy
-                .canary
-                .traffic_routing
-                .wasm
-                .wasm_plugin
-                .name
-                .is_none()
-        });
+        .filter(|r| named_plugin(r).is_none());
     let mut selectors: Vec<Option<BTreeMap<String, String>>> = std::iter::once(rollout)
         .chain(others)
         .flat_map(callers_of)
@@ -232,19 +228,27 @@ fn group_plugin_name(
     selectors.sort();
     selectors.dedup();
     // Grow the group of `selector` until no other selector may overlap it.
-    let mut group = vec![selector.clone()];
-    let mut rest: Vec<_> = selectors.into_iter().filter(|s| s != selector).collect();
+    let rest: Vec<_> = selectors.into_iter().filter(|s| s != selector).collect();
+    let (group, _) = grow_group(selector.clone(), rest);
+    lone_plugin_name(&composed_selector(&group))
+}
+
+type Selector = Option<BTreeMap<String, String>>;
+
+/// The group of callers selectors that `first` starts: every selector of `rest` that may
+/// overlap one already in the group joins it, until none does. Returns the group and the rest.
+fn grow_group(first: Selector, mut rest: Vec<Selector>) -> (Vec<Selector>, Vec<Selector>) {
+    let mut group = vec![first];
     loop {
         let (joined, apart): (Vec<_>, Vec<_>) = rest
             .into_iter()
             .partition(|s| group.iter().any(|g| may_overlap(g, s)));
         rest = apart;
         if joined.is_empty() {
-            break;
+            return (group, rest);
         }
         group.extend(joined);
     }
-    lone_plugin_name(&composed_selector(&group))
 }
 
 /// The callers selector of the default-named WasmPlugin `namespace/name` (None: every pod),
@@ -259,15 +263,7 @@ pub fn plugin_selector<'a>(
     let mut selectors: Vec<Option<BTreeMap<String, String>>> = Vec::new();
     let mut unnamed: Vec<Option<BTreeMap<String, String>>> = Vec::new();
     for r in rollouts {
-        let named = r
-            .spec
-            .strategy
-            .canary
-            .traffic_routing
-            .wasm
-            .wasm_plugin
-            .name
-            .as_deref();
+        let named = named_plugin(r);
         for (ns, selector) in callers_of(r) {
             match named {
                 _ if ns != namespace => {}
@@ -281,17 +277,8 @@ pub fn plugin_selector<'a>(
     unnamed.dedup();
     // Connected groups of selectors that may overlap, as group_plugin_name forms them.
     while let Some(first) = unnamed.pop() {
-        let mut group = vec![first];
-        loop {
-            let (joined, apart): (Vec<_>, Vec<_>) = std::mem::take(&mut unnamed)
-                .into_iter()
-                .partition(|s| group.iter().any(|g| may_overlap(g, s)));
-            unnamed = apart;
-            if joined.is_empty() {
-                break;
-            }
-            group.extend(joined);
-        }
+        let (group, rest) = grow_group(first, unnamed);
+        unnamed = rest;
         if lone_plugin_name(&composed_selector(&group)) == name {
             selectors.extend(group);
         }

@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use kube::api::DynamicObject;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use support::api_faults::{self, is_write, Faults};
-use support::owned_process::OwnedProcess;
+use support::owned_process::{controller_command, OwnedProcess};
 use support::rollout_env::{rollout, RolloutEnv, WAIT};
 use support::traffic::weight_sequence;
 use support::versions::Recording;
@@ -198,17 +198,8 @@ fn start_controller_process(env: &RolloutEnv) -> OwnedProcess {
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
     OwnedProcess::spawn(
-        Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"))
-            .env("KUBECONFIG", env.plane.kubeconfig_path())
-            .args([
-                "--namespace",
-                &env.ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "text",
-                "--no-leader-election",
-            ])
+        controller_command(env.plane.kubeconfig_path(), &env.ns)
+            .arg("--no-leader-election")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log),

@@ -452,21 +452,8 @@ async fn a_sigterm_stops_the_controller_cleanly_with_status_0_and_releases_its_l
         lines[lines.len().saturating_sub(30)..].join("\n")
     };
     let mut process = ControllerProcess(
-        std::process::Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"))
-            .env("KUBECONFIG", env.plane.kubeconfig_path())
-            .env_remove("POD_NAME")
-            .args([
-                "--namespace",
-                &env.ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "text",
-                "--lease-namespace",
-                &env.ns,
-                "--identity",
-                "sigterm-test",
-            ])
+        support::owned_process::controller_command(env.plane.kubeconfig_path(), &env.ns)
+            .args(["--lease-namespace", &env.ns, "--identity", "sigterm-test"])
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()

@@ -41,3 +41,21 @@ pub fn free_loopback_addr() -> std::net::SocketAddr {
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
+
+/// The controller binary as a Deployment runs it, for namespace `namespace`, metrics on a free
+/// loopback port, text logs; a test adds its own flags (leader election, identity, ...).
+pub fn controller_command(kubeconfig: &Path, namespace: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"));
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("POD_NAME")
+        .args([
+            "--namespace",
+            namespace,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ]);
+    command
+}
