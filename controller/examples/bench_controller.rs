@@ -359,12 +359,8 @@ async fn main() {
     let client = plane.client().await.unwrap();
     plane.create_namespace(&client, NS).await.unwrap();
     let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for crd in [
-        "canaryrollout.yaml",
-        "analysistemplate.yaml",
-        "clusteranalysistemplate.yaml",
-    ] {
-        plane.install_crds(&crds.join(crd)).await.unwrap();
+    for crd in canary_controller::crd_yaml::crd_files() {
+        plane.install_crds(&crds.join(crd.file)).await.unwrap();
     }
     let rules: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), NS, &destination_rule_resource());

@@ -181,16 +181,13 @@ fn main() {
         reached += 1;
     }
     let per_step = step_total / ROLLOUTS as f64;
-    let _ = writeln!(
-        report,
-        "| one WasmPlugin per rollout (before) | {} | {} | {} / {} | {} | {} | {reached} of {wanted} caller groups (none in other namespaces) |",
-        human(per_step),
-        human(hour(per_step)),
-        human(mean_nonzero(&bytes)),
-        human(*bytes.iter().max().unwrap_or(&0) as f64),
-        filters.iter().max().unwrap_or(&0),
-        filters.iter().filter(|f| **f > 0).count(),
-    );
+    report.push_str(&placement_row(
+        "one WasmPlugin per rollout (before)",
+        per_step,
+        &bytes,
+        &filters,
+        &format!("{reached} of {wanted} caller groups (none in other namespaces)"),
+    ));
 
     // 3. Composed (now): one WasmPlugin per callers group per namespace, entries by rollout.
     let mut plugins: HashMap<(String, String), Vec<&CanaryRollout>> = HashMap::new();
@@ -244,17 +241,13 @@ fn main() {
         }
     }
     let per_step = step_total / ROLLOUTS as f64;
-    let _ = writeln!(
-        report,
-        "| composed per callers group (now) | {} | {} | {} / {} | {} | {} | {} of {wanted} caller groups |",
-        human(per_step),
-        human(hour(per_step)),
-        human(mean_nonzero(&bytes)),
-        human(*bytes.iter().max().unwrap_or(&0) as f64),
-        filters.iter().max().unwrap_or(&0),
-        filters.iter().filter(|f| **f > 0).count(),
-        wanted - missed,
-    );
+    report.push_str(&placement_row(
+        "composed per callers group (now)",
+        per_step,
+        &bytes,
+        &filters,
+        &format!("{} of {wanted} caller groups", wanted - missed),
+    ));
     let _ = writeln!(
         report,
         "\n{} client WasmPlugins in the composed placement ({} services in the largest).",
@@ -266,6 +259,26 @@ fn main() {
     if let Some(path) = out {
         std::fs::write(&path, &report).unwrap_or_else(|e| eprintln!("writing {path}: {e}"));
     }
+}
+
+/// A row of the placement table: bytes per step and per hour, config per sidecar (mean of
+/// those with one / max), filters per sidecar (max), sidecars running one, callers reached.
+fn placement_row(
+    label: &str,
+    per_step: f64,
+    bytes: &[usize],
+    filters: &[usize],
+    reached: &str,
+) -> String {
+    format!(
+        "| {label} | {} | {} | {} / {} | {} | {} | {reached} |\n",
+        human(per_step),
+        human(per_step * (ROLLOUTS * STEPS_PER_ROLLOUT_HOUR) as f64),
+        human(mean_nonzero(bytes)),
+        human(*bytes.iter().max().unwrap_or(&0) as f64),
+        filters.iter().max().unwrap_or(&0),
+        filters.iter().filter(|f| **f > 0).count(),
+    )
 }
 
 fn mean_nonzero(v: &[usize]) -> f64 {

@@ -1,6 +1,7 @@
 //! Every request the controller makes to the API server, counted by verb and resource
 //! (`wasm_canary_api_requests_total`): reads served from watches show up as watches, a list per
-//! reconcile would show up as lists. kube-rs counts nothing itself; the client is wrapped.
+//! reconcile would show up as lists. kube-rs counts nothing itself; the client is wrapped
+//! ([`intercepted`], which the fault tests use too).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,15 +14,32 @@ use kube::Client;
 
 use crate::telemetry::{ApiRequestLabels, Metrics};
 
-/// `client`, counting each request into `metrics`.
-pub fn counted(client: Client, metrics: Arc<Metrics>) -> Client {
+/// Runs before each request: `Some(response)` answers it in place of the API server.
+pub type Hook = Arc<dyn Fn(&Request<Body>) -> Option<Response<Body>> + Send + Sync>;
+
+/// `client` with `hook` run before each of its requests (counting them, or, in tests, failing
+/// some on purpose).
+pub fn intercepted(client: Client, hook: Hook) -> Client {
     let namespace = client.default_namespace().to_owned();
     Client::new(
-        CountedService {
+        Intercepted {
             inner: client,
-            metrics,
+            hook,
         },
         namespace,
+    )
+}
+
+/// `client`, counting each request into `metrics`.
+pub fn counted(client: Client, metrics: Arc<Metrics>) -> Client {
+    intercepted(
+        client,
+        Arc::new(move |request: &Request<Body>| {
+            let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+            let labels = classify(request.method(), path);
+            metrics.api_requests.get_or_create(&labels).inc();
+            None
+        }),
     )
 }
 
@@ -67,12 +85,12 @@ pub fn classify(method: &Method, path_and_query: &str) -> ApiRequestLabels {
 }
 
 #[derive(Clone)]
-struct CountedService {
+struct Intercepted {
     inner: Client,
-    metrics: Arc<Metrics>,
+    hook: Hook,
 }
 
-impl tower::Service<Request<Body>> for CountedService {
+impl tower::Service<Request<Body>> for Intercepted {
     type Response = Response<Body>;
     type Error = kube::Error;
     type Future = BoxFuture<'static, Result<Response<Body>, kube::Error>>;
@@ -82,11 +100,9 @@ impl tower::Service<Request<Body>> for CountedService {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let labels = classify(
-            request.method(),
-            request.uri().path_and_query().map_or("", |p| p.as_str()),
-        );
-        self.metrics.api_requests.get_or_create(&labels).inc();
+        if let Some(response) = (self.hook)(&request) {
+            return futures::future::ready(Ok(response)).boxed();
+        }
         let inner = self.inner.clone();
         async move { inner.send(request).await }.boxed()
     }

@@ -80,13 +80,7 @@ pub struct Context {
     /// The resourceVersion that stored this controller's last write to each rollout (its status,
     /// or the removal of a promote request): a reconcile whose cached rollout is older waits for
     /// the watch to bring it.
-    written: std::sync::Mutex<std::collections::HashMap<ObjectRef<CanaryRollout>, WrittenStatus>>,
-}
-
-/// A status as this controller wrote it.
-#[derive(Debug, Clone)]
-struct WrittenStatus {
-    resource_version: Option<String>,
+    written: std::sync::Mutex<std::collections::HashMap<ObjectRef<CanaryRollout>, String>>,
 }
 
 impl Context {
@@ -111,7 +105,8 @@ impl Context {
         }
     }
 
-    fn written_status(&self, rollout: &ObjectRef<CanaryRollout>) -> Option<WrittenStatus> {
+    /// The resourceVersion of this controller's last write to the rollout, if any.
+    fn last_write(&self, rollout: &ObjectRef<CanaryRollout>) -> Option<String> {
         self.written
             .lock()
             .ok()
@@ -119,13 +114,8 @@ impl Context {
     }
 
     fn record_written_status(&self, rollout: &CanaryRollout) {
-        if let Ok(mut w) = self.written.lock() {
-            w.insert(
-                ObjectRef::from_obj(rollout),
-                WrittenStatus {
-                    resource_version: rollout.resource_version(),
-                },
-            );
+        if let (Ok(mut w), Some(version)) = (self.written.lock(), rollout.resource_version()) {
+            w.insert(ObjectRef::from_obj(rollout), version);
         }
     }
 
@@ -416,14 +406,14 @@ pub async fn reconcile(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result
 /// nothing is done now. resourceVersions are compared as the etcd revisions they are; one that
 /// is not a number is trusted.
 fn cache_behind_own_write(ctx: &Context, cached: &CanaryRollout) -> bool {
-    let Some(written) = ctx.written_status(&ObjectRef::from_obj(cached)) else {
+    let Some(written) = ctx.last_write(&ObjectRef::from_obj(cached)) else {
         return false;
     };
     let revision = |rv: Option<&str>| rv.and_then(|v| v.parse::<u64>().ok());
     matches!(
         (
             revision(cached.metadata.resource_version.as_deref()),
-            revision(written.resource_version.as_deref())
+            revision(Some(&written))
         ),
         (Some(have), Some(wrote)) if have < wrote
     )

@@ -298,14 +298,7 @@ impl Seed {
     async fn start_with_steps(steps: Option<Value>) -> Seed {
         let plane = ControlPlane::start().await.unwrap();
         let client = plane.client().await.unwrap();
-        let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for crd in [
-            "canaryrollout.yaml",
-            "analysistemplate.yaml",
-            "clusteranalysistemplate.yaml",
-        ] {
-            plane.install_crds(&crds.join(crd)).await.unwrap();
-        }
+        support::install_controller_crds(&plane).await;
         // The seed's Istio objects are labelled for the control plane revision `tsb`
         // (Tetrate's); run istiod as that revision, as the seed's cluster does.
         let istiod = Istiod::start_revision(&plane, &client, "tsb")

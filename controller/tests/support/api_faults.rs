@@ -3,10 +3,8 @@
 //! etcd leader or a concurrent writer would produce; all others reach the real API server.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
+use canary_controller::api_requests::intercepted;
 use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::Client;
@@ -116,32 +114,11 @@ pub fn is_write(method: &Method) -> bool {
 
 /// `inner` with `faults` injected into its requests.
 pub fn client(inner: Client, faults: Arc<Faults>) -> Client {
-    let namespace = inner.default_namespace().to_owned();
-    Client::new(FaultService { inner, faults }, namespace)
-}
-
-#[derive(Clone)]
-struct FaultService {
-    inner: Client,
-    faults: Arc<Faults>,
-}
-
-impl tower::Service<Request<Body>> for FaultService {
-    type Response = Response<Body>;
-    type Error = kube::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, kube::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
-        if let Some(code) = self.faults.decide(request.method(), &path) {
+    intercepted(
+        inner,
+        Arc::new(move |request: &Request<Body>| {
+            let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+            let code = faults.decide(request.method(), path)?;
             let reason = if code == 409 {
                 "Conflict"
             } else {
@@ -149,14 +126,13 @@ impl tower::Service<Request<Body>> for FaultService {
             };
             let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                 "message": format!("injected by the test: {reason}"), "reason": reason, "code": code});
-            let response = Response::builder()
-                .status(code)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&status).unwrap()))
-                .unwrap();
-            return futures::future::ready(Ok(response)).boxed();
-        }
-        let inner = self.inner.clone();
-        async move { inner.send(request).await }.boxed()
-    }
+            Some(
+                Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            )
+        }),
+    )
 }

@@ -33,15 +33,16 @@ pub async fn namespace(ns: &str) -> (Arc<ControlPlane>, Client) {
 pub async fn namespace_on(plane: Arc<ControlPlane>, ns: &str) -> (Arc<ControlPlane>, Client) {
     let client = plane.client().await.unwrap();
     plane.create_namespace(&client, ns).await.unwrap();
-    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for crd in [
-        "canaryrollout.yaml",
-        "analysistemplate.yaml",
-        "clusteranalysistemplate.yaml",
-    ] {
-        plane.install_crds(&crds.join(crd)).await.unwrap();
-    }
+    install_controller_crds(&plane).await;
     (plane, client)
+}
+
+/// Installs the controller's CRDs (every file of `crd_yaml::crd_files`, as committed).
+pub async fn install_controller_crds(plane: &ControlPlane) {
+    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
+    for crd in canary_controller::crd_yaml::crd_files() {
+        plane.install_crds(&crds.join(crd.file)).await.unwrap();
+    }
 }
 
 /// DestinationRule `reviews` with empty-of-hash `stable`/`canary` subsets, applied by the
