@@ -16,6 +16,8 @@ use crate::objects;
 
 /// What a test can ask of istiod's start-up.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Starts tried with fresh ports when one was taken between picking and binding.
+const START_ATTEMPTS: u32 = 3;
 
 /// A running istiod. Dropping it kills the process.
 pub struct Istiod {
@@ -49,21 +51,45 @@ impl Istiod {
     ) -> anyhow::Result<Istiod> {
         prepare_cluster(plane, client).await?;
         let dir = tempfile::Builder::new().prefix("istiod-").tempdir()?;
-        let [grpc, http, monitoring, ctrlz] = free_ports::<4>()?;
         let mut istiod = Istiod {
             child: None,
             kubeconfig: plane.kubeconfig_path().to_owned(),
             dir,
-            grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, grpc)),
-            http: SocketAddr::from((Ipv4Addr::LOCALHOST, http)),
-            monitoring: SocketAddr::from((Ipv4Addr::LOCALHOST, monitoring)),
-            ctrlz_port: ctrlz,
+            grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            monitoring: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ctrlz_port: 0,
             starts: 0,
             revision: revision.to_owned(),
         };
-        istiod.write_mesh_config()?;
-        istiod.spawn()?;
-        Ok(istiod)
+        // The ports are free when picked and bound by istiod about two seconds later, after its
+        // informers have synced; in between any process on the machine (an outgoing connection
+        // of a test running next to this one, given an ephemeral source port) may take one.
+        // istiod then exits with "address already in use": pick new ports and start again.
+        let mut attempt = 1;
+        loop {
+            istiod.pick_ports()?;
+            istiod.write_mesh_config()?;
+            match istiod.spawn() {
+                Ok(()) => return Ok(istiod),
+                Err(error)
+                    if attempt < START_ATTEMPTS
+                        && format!("{error:#}").contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn pick_ports(&mut self) -> anyhow::Result<()> {
+        let [grpc, http, monitoring, ctrlz] = free_ports::<4>()?;
+        self.grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc));
+        self.http = SocketAddr::from((Ipv4Addr::LOCALHOST, http));
+        self.monitoring = SocketAddr::from((Ipv4Addr::LOCALHOST, monitoring));
+        self.ctrlz_port = ctrlz;
+        Ok(())
     }
 
     fn write_mesh_config(&self) -> anyhow::Result<()> {
