@@ -34,12 +34,12 @@ impl OwnedProcess {
     }
 }
 
-/// A loopback address with a free port: the OS picks one, we release it for the process to
-/// bind at once.
+/// A loopback address with a free port for the process to bind at once, picked below the
+/// ephemeral range (`canary_cluster::ports`), where outgoing connections do not take it.
 pub fn free_loopback_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    let port = canary_cluster::ports::free_loopback_port()
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
+    std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
 }
 
 /// The controller binary as a Deployment runs it, for namespace `namespace`, metrics on a free

@@ -17,7 +17,7 @@ use crate::crds::{install_crds, istio_crds_path};
 use crate::error::{Error, Result};
 use crate::kubeconfig;
 use crate::pki::Pki;
-use crate::ports::free_loopback_ports;
+use crate::ports::free_ports;
 use crate::process::{Lifetime, Process};
 use crate::FIELD_MANAGER;
 
@@ -417,7 +417,7 @@ async fn start_processes(
     started: Instant,
     apiserver_flags: &[String],
 ) -> Result<Started> {
-    let [etcd_client, etcd_peer, apiserver_port] = free_loopback_ports::<3>()?;
+    let [etcd_client, etcd_peer, apiserver_port] = free_ports::<3>()?;
     let path = |p: &Path| p.display().to_string();
     let mut processes = Vec::with_capacity(3);
 

@@ -15,7 +15,7 @@ pub mod error;
 mod kubeconfig;
 pub mod kubelet;
 mod pki;
-mod ports;
+pub mod ports;
 mod process;
 
 pub use binaries::{kube_version, Binaries};

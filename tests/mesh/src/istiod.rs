@@ -2,7 +2,7 @@
 //! configuration from the test's real kube-apiserver.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,9 +63,9 @@ impl Istiod {
             revision: revision.to_owned(),
         };
         // The ports are free when picked and bound by istiod about two seconds later, after its
-        // informers have synced; in between any process on the machine (an outgoing connection
-        // of a test running next to this one, given an ephemeral source port) may take one.
-        // istiod then exits with "address already in use": pick new ports and start again.
+        // informers have synced (`canary_cluster::ports` says why they are picked below the
+        // ephemeral range); should one be taken in between, istiod exits with "address already
+        // in use": pick new ports and start again.
         let mut attempt = 1;
         loop {
             istiod.pick_ports()?;
@@ -84,7 +84,7 @@ impl Istiod {
     }
 
     fn pick_ports(&mut self) -> anyhow::Result<()> {
-        let [grpc, http, monitoring, ctrlz] = free_ports::<4>()?;
+        let [grpc, http, monitoring, ctrlz] = canary_cluster::ports::free_loopback_ports::<4>()?;
         self.grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc));
         self.http = SocketAddr::from((Ipv4Addr::LOCALHOST, http));
         self.monitoring = SocketAddr::from((Ipv4Addr::LOCALHOST, monitoring));
@@ -244,16 +244,4 @@ async fn prepare_cluster(plane: &ControlPlane, client: &Client) -> anyhow::Resul
         }),
     )
     .await
-}
-
-/// `N` distinct ports the kernel says are free on 127.0.0.1 now.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut ports = [0; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
-    }
-    Ok(ports)
 }
