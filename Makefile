@@ -43,7 +43,7 @@ oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to
 crd: ## Regenerate the CanaryRollout, AnalysisTemplate and ClusterAnalysisTemplate CRD YAML from the Rust types (committed; tests check them)
 	cargo run -q -p wasm-canary-controller --bin crdgen -- --out-dir controller/crds
 
-test: setup wasm cluster-build mesh-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars, Envoy end-to-end
+test: setup wasm oci cluster-build mesh-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars (the filter image pulled by pilot-agent from a local registry), Envoy end-to-end
 	$(MAKE) --no-print-directory lint
 	cargo test --workspace --exclude wasm-canary-e2e
 	$(MAKE) --no-print-directory gitops-test

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds istiod (pilot-discovery) and pilot-agent at the version tests/mesh/istio/go.mod pins,
-# into build/istio/<version>/. Go keeps its build cache (go env GOCACHE), so a rebuild after the
+# into build/istio/<version>/, next to the Envoy bootstrap template pilot-agent fills in (an
+# Istio image ships it as /var/lib/istio/envoy/envoy_bootstrap_tmpl.json). Go keeps its build cache (go env GOCACHE), so a rebuild after the
 # folder is deleted takes seconds; the first build takes minutes (README, "Testing").
 # Usage: tests/mesh/build-istio.sh            (prints the output folder)
 set -euo pipefail
@@ -24,5 +25,7 @@ cd "$here/istio"
 # binaries are ~190 MB with them).
 go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/" \
   istio.io/istio/pilot/cmd/pilot-discovery istio.io/istio/pilot/cmd/pilot-agent
-mv "$tmp/pilot-discovery" "$tmp/pilot-agent" "$out/"
+cp "$(go list -mod=readonly -m -f '{{.Dir}}' istio.io/istio)/tools/packaging/common/envoy_bootstrap.json" "$tmp/"
+chmod 644 "$tmp/envoy_bootstrap.json"
+mv "$tmp/pilot-discovery" "$tmp/pilot-agent" "$tmp/envoy_bootstrap.json" "$out/"
 echo "$out"

@@ -5,7 +5,7 @@ MESH_MK_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 MESH_ROOT := $(abspath $(MESH_MK_DIR)/../..)
 ISTIO_VERSION := $(shell awk '$$1 == "istio.io/istio" && $$2 ~ /^v/ {print $$2; exit}' $(MESH_MK_DIR)/istio/go.mod)
 ISTIO_BIN_DIR := $(MESH_ROOT)/build/istio/$(ISTIO_VERSION)
-ISTIO_BINARIES := $(ISTIO_BIN_DIR)/pilot-discovery $(ISTIO_BIN_DIR)/pilot-agent
+ISTIO_BINARIES := $(ISTIO_BIN_DIR)/pilot-discovery $(ISTIO_BIN_DIR)/pilot-agent $(ISTIO_BIN_DIR)/envoy_bootstrap.json
 
 .PHONY: mesh-build mesh-test bench-mesh
 
@@ -15,7 +15,7 @@ mesh-build: $(ISTIO_BINARIES) ## Build istiod (pilot-discovery) and pilot-agent 
 $(ISTIO_BINARIES) &: $(MESH_MK_DIR)/istio/go.mod $(MESH_MK_DIR)/istio/go.sum
 	$(MESH_MK_DIR)/build-istio.sh
 
-mesh-test: wasm cluster-build mesh-build ## The filter in a real Istio mesh: istiod + Envoy sidecars on the real API server (cargo test -p wasm-canary-mesh)
+mesh-test: wasm oci cluster-build mesh-build ## The filter in a real Istio mesh: istiod + Envoy sidecars on the real API server, the image pulled by pilot-agent from a local registry (cargo test -p wasm-canary-mesh)
 	cd $(MESH_ROOT) && cargo test -p wasm-canary-mesh
 
 bench-mesh: wasm cluster-build mesh-build ## Measure rollout step -> config running in a real sidecar (p50/p99 over 25 steps); writes bench/MESH.md

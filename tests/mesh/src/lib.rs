@@ -19,10 +19,12 @@
 //!
 //! Every process is killed when its owner is dropped, also when a test panics.
 
+pub mod agent;
 pub mod bookinfo;
 pub mod istiod;
 pub mod kubelet;
 pub mod objects;
+pub mod registry;
 pub mod sidecar;
 
 pub use bookinfo::Bookinfo;
@@ -53,4 +55,25 @@ pub fn istio_bin_dir() -> PathBuf {
                 .join("build/istio")
                 .join(istio_version())
         })
+}
+
+/// Retries `check` until it returns `Some`, for at most `timeout` (istiod pushes in well under a
+/// second when idle; deadlines are for a loaded 2-core machine). Panics naming `what` when the
+/// time is up: for tests.
+#[allow(clippy::panic)]
+pub fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100)); // polling interval
+    }
 }

@@ -119,3 +119,16 @@ pub fn running_plugin_configs(envoy: &Envoy) -> anyhow::Result<Vec<(String, serd
     }
     Ok(out)
 }
+
+/// The `Sidecar` resource of a calling pod: its outbound listeners bind the pod's own address
+/// (no iptables; `captureMode: NONE`), for every service of its namespace.
+pub fn caller_sidecar(pod: &Pod) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "spec": {
+            "workloadSelector": {"labels": {crate::bookinfo::POD_LABEL: pod.name}},
+            "egress": [{"bind": pod.ip.to_string(), "captureMode": "NONE", "hosts": ["./*"]}]
+        }
+    })
+}

@@ -3,11 +3,11 @@
 //! as productpage's would.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use canary_cluster::ControlPlane;
 use canary_mesh::bookinfo::{user_manifests, Version};
-use canary_mesh::{objects, Bookinfo, Istiod};
+use canary_mesh::{eventually, objects, Bookinfo, Istiod};
 use wasm_canary_e2e::assert_binomial;
 
 /// The hashes in `wasm-plugin/` (the user's example pluginConfig and DestinationRule).
@@ -19,19 +19,6 @@ const CANARY: Version = Version {
     version: "canary",
     hash: "84b7c6f5d9",
 };
-
-/// Retries `check` until it returns `Some`, for at most `timeout` (istiod pushes in well under a
-/// second when idle; the deadline is for a loaded 2-core machine).
-fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_manifests_in_a_real_mesh_route_testers_to_canary_and_tag_every_response() {
