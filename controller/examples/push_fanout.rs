@@ -166,7 +166,7 @@ fn main() {
     for r in &rollouts {
         let one = config_bytes(vec![entry(r)]);
         let ns = r.namespace().unwrap_or_default();
-        let own = &r.spec.strategy.canary.traffic_routing.wasm.callers[0].selector;
+        let own = &r.spec.strategy.routing().callers[0].selector;
         let mut pushed = 0;
         for (i, pod) in pods.iter().enumerate() {
             if pod.namespace == ns && selects(own, pod) {
@@ -176,7 +176,7 @@ fn main() {
             }
         }
         step_total += (one * pushed) as f64;
-        let callers = &r.spec.strategy.canary.traffic_routing.wasm.callers;
+        let callers = &r.spec.strategy.routing().callers;
         wanted += callers.len();
         reached += 1;
     }

@@ -69,12 +69,85 @@ pub struct WorkloadRef {
     pub name: String,
 }
 
-/// The rollout strategy. Only `canary` exists.
+/// The rollout strategy: exactly one of `canary` and `blueGreen`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStrategy {
     /// Canary strategy, as Argo Rollouts' `strategy.canary`.
-    pub canary: CanaryStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStrategy>,
+    /// Blue-green strategy, as Argo Rollouts' `strategy.blueGreen`: the new version (green)
+    /// runs next to the current one (blue) and is reached only by testers (preview), then every
+    /// caller switches to it at once; blue stays up until the post-promotion analysis passed
+    /// and `scaleDownDelaySeconds` went by, so an abort until then is a switch back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStrategy>,
+}
+
+/// Blue-green strategy, with Argo Rollouts' fields and meanings. The controller runs it as the
+/// canary steps it amounts to (`kubectl canary status` lists them): preview header route, then
+/// `prePromotionAnalysis`, then the auto-promotion pause, then the switch (weight 100% to
+/// green at every caller), then `postPromotionAnalysis`, then promotion (the DestinationRule's
+/// stable subset moves to green, blue is scaled down after `scaleDownDelaySeconds`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStrategy {
+    /// The Service users call (Argo's active Service): the one the filter splits, whose
+    /// DestinationRule subsets select blue (stable) and green (canary). Its selector is left
+    /// alone (the subsets choose the pods).
+    pub active_service: String,
+    /// A Service that selects the green pods while there are (blue's when there are none),
+    /// as Argo's preview Service: the controller sets its selector's
+    /// `rollouts-pod-template-hash`. Callers that name it reach green directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_service: Option<String>,
+    /// Requests to `activeService` matching these headers reach green (preview) once its pods
+    /// are Ready, and until the switch; everyone else stays on blue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_header_route: Option<PreviewHeaderRoute>,
+    /// Switch without waiting for a promote. Default true (Argo's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_enabled: Option<bool>,
+    /// With auto-promotion, switch this many seconds after green is ready (and the
+    /// pre-promotion analysis passed). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_seconds: Option<i32>,
+    /// Green pods before the switch (green is scaled to `replicas` before traffic switches).
+    /// Default `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_replica_count: Option<i32>,
+    /// Seconds blue keeps its pods after the promotion. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds green keeps its pods after an abort (traffic is already back on blue). Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Analysis of green before the switch (testers only reach it): Failed or Error aborts,
+    /// nothing switches. Its metrics need a finite `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<RolloutAnalysis>,
+    /// Analysis after the switch, while blue is still up: Failed or Error switches every
+    /// caller back to blue. Its metrics need a finite `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<RolloutAnalysis>,
+    /// Labels and annotations added to green pods only (Argo's `previewMetadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_metadata: Option<PodMetadata>,
+    /// Labels and annotations added to blue pods only (Argo's `activeMetadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_metadata: Option<PodMetadata>,
+    /// How traffic is split, as for a canary (`wasm.service` may be left out: it is
+    /// `activeService`).
+    pub traffic_routing: TrafficRouting,
+}
+
+/// The header route to the preview (green) version.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewHeaderRoute {
+    /// All must match.
+    #[serde(rename = "match")]
+    pub matches: Vec<HeaderRouteMatch>,
 }
 
 /// Canary strategy.
@@ -198,7 +271,8 @@ pub struct TrafficRouting {
 pub struct WasmTrafficRouting {
     /// The Kubernetes Service under canary (its name in this namespace). The filter covers
     /// `<service>`, `<service>.<ns>`, `<service>.<ns>.svc`, `<service>.<ns>.svc.cluster.local`
-    /// plus `hosts`.
+    /// plus `hosts`. Required for a canary; a blue-green rollout takes `activeService`.
+    #[serde(default)]
     pub service: String,
     /// Extra hostnames that reach the service (e.g. a gateway host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -24,6 +24,7 @@ pub mod hash;
 pub mod leader;
 pub mod reconcile;
 pub mod steps;
+pub mod strategy;
 pub mod telemetry;
 pub mod traffic;
 pub mod traffic_writes;

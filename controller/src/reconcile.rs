@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
@@ -33,7 +33,9 @@ use crate::caches::Caches;
 use crate::conditions::{set_traffic_condition, TrafficReason};
 use crate::crd::{CanaryRollout, CanaryRolloutStatus};
 use crate::hash::pod_template_hash;
-use crate::steps::{self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Transition};
+use crate::steps::{
+    self, MeasureRequest, Observed, ObservedReplicaSet, Plan, Promote, Traffic, Transition,
+};
 use crate::telemetry::{ErrorLabels, Metrics, RolloutLabels};
 use crate::traffic;
 use crate::traffic_writes::{apply_traffic, TrafficWrite};
@@ -306,7 +308,7 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
     let for_destination_rule = by(|r, name| {
         r.spec
             .strategy
-            .canary
+            .effective()
             .traffic_routing
             .wasm
             .destination_rule
@@ -362,7 +364,7 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
 /// Whether the rollout's analysis (background or a step's) uses the template `name` (a
 /// ClusterAnalysisTemplate when `cluster_scope`).
 fn references_template(rollout: &CanaryRollout, name: &str, cluster_scope: bool) -> bool {
-    let canary = &rollout.spec.strategy.canary;
+    let canary = rollout.spec.strategy.effective();
     canary
         .analysis
         .iter()
@@ -542,6 +544,11 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
             }
         }
     }
+    if let Some(traffic) = &plan.traffic {
+        if let Some(t) = apply_preview_service(client, &ns, &rollout, &plan, traffic).await? {
+            plan.transitions.push(t);
+        }
+    }
     apply_replica_sets(&rs_api, caches, &rollout, &template, &template_hash, &plan).await?;
     // A status that would not change is not written (the write would store nothing).
     if rollout.status.as_ref() != Some(&plan.status) {
@@ -607,6 +614,64 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     })))
 }
 
+/// Blue-green with a `previewService`: its selector's `rollouts-pod-template-hash` names green
+/// while green runs and is not aborted, blue otherwise (as Argo Rollouts does). Only that key
+/// of the selector is written (server-side apply); nothing when it already holds. A missing
+/// Service is reported (an Event), not an error: the rollout itself goes on.
+async fn apply_preview_service(
+    client: &Client,
+    ns: &str,
+    rollout: &CanaryRollout,
+    plan: &steps::Plan,
+    traffic: &Traffic,
+) -> Result<Option<Transition>> {
+    let Some(name) = rollout
+        .spec
+        .strategy
+        .blue_green
+        .as_ref()
+        .filter(|_| rollout.spec.strategy.canary.is_none())
+        .and_then(|bg| bg.preview_service.as_deref())
+    else {
+        return Ok(None);
+    };
+    let hash = match &plan.canary {
+        Some(green) if !plan.status.aborted => green,
+        _ => &traffic.stable_hash,
+    };
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let Some(current) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err("reading the preview Service"))?
+    else {
+        return Ok(Some(Transition::new(
+            "PreviewServiceMissing",
+            format!("previewService {name} does not exist in {ns}: create it to reach green by name"),
+        )));
+    };
+    let selected = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL));
+    if selected == Some(hash) {
+        return Ok(None);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: hash}}
+    });
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("pointing the preview Service"))?;
+    Ok(Some(Transition::new(
+        "PreviewServiceSwitched",
+        format!("previewService {name} now selects {hash}"),
+    )))
+}
+
 /// Removes the promote annotation if it still holds the request acted on. A newer request a
 /// user wrote since (the status already records the old one as handled) stays for the next
 /// reconcile: a JSON patch `test` makes the removal conditional.
@@ -645,13 +710,13 @@ async fn remove_promote_request(
 /// reconcile, whatever its order, agrees on which one runs.
 fn claimed_by_another(rollouts: &[Arc<CanaryRollout>], rollout: &CanaryRollout) -> Option<String> {
     let ns = rollout.namespace();
-    let service = &rollout.spec.strategy.canary.traffic_routing.wasm.service;
+    let service = rollout.spec.strategy.service();
     let age = |r: &CanaryRollout| (r.metadata.creation_timestamp.clone(), r.name_any());
     rollouts
         .iter()
         .filter(|r| r.namespace() == ns && r.uid() != rollout.uid())
         .filter(|r| r.metadata.deletion_timestamp.is_none())
-        .filter(|r| &r.spec.strategy.canary.traffic_routing.wasm.service == service)
+        .filter(|r| r.spec.strategy.service() == service)
         .filter(|r| age(r) < age(rollout))
         .map(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
         .next()
@@ -665,7 +730,7 @@ async fn refuse_claimed(
     rollout: &CanaryRollout,
     holder: &str,
 ) -> Result<Action> {
-    let service = &rollout.spec.strategy.canary.traffic_routing.wasm.service;
+    let service = rollout.spec.strategy.service();
     let message = format!(
         "service {service} is already under rollout {holder}: one service is rolled out by one CanaryRollout; delete one of them"
     );
@@ -858,7 +923,7 @@ async fn analysis_templates(
     ns: &str,
     rollout: &CanaryRollout,
 ) -> Result<BTreeMap<String, AnalysisTemplateSpec>> {
-    let canary = &rollout.spec.strategy.canary;
+    let canary = rollout.spec.strategy.effective();
     let refs: BTreeMap<String, &AnalysisTemplateRef> = canary
         .analysis
         .iter()
@@ -984,9 +1049,9 @@ async fn apply_replica_sets(
         let cached = caches.map(|c| c.replica_set(&ns, &rs_name));
         if hash == template_hash {
             let role = if plan.canary.as_deref() == Some(hash) {
-                rollout.spec.strategy.canary.canary_metadata.clone()
+                rollout.spec.strategy.effective().canary_metadata.clone()
             } else {
-                rollout.spec.strategy.canary.stable_metadata.clone()
+                rollout.spec.strategy.effective().stable_metadata.clone()
             };
             let rs = replica_set(rollout, template, hash, *replicas, role.as_ref())?;
             // Nothing to write when the ReplicaSet already holds everything the apply would
@@ -1056,7 +1121,7 @@ async fn relabel_pods(
     hash: &str,
     role: Option<&crate::crd::PodMetadata>,
 ) -> Result<()> {
-    let canary = &rollout.spec.strategy.canary;
+    let canary = rollout.spec.strategy.effective();
     let role_keys = |m: &Option<crate::crd::PodMetadata>| {
         m.iter()
             .flat_map(|m| {

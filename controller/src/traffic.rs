@@ -92,10 +92,7 @@ pub fn field_manager(rollout: &CanaryRollout) -> String {
 /// The key of the rollout's entry in `pluginConfig.services`: `<namespace>/<service>`. It
 /// names the filter's metrics and seeds sticky hashing, as before composition.
 pub fn service_key(rollout: &CanaryRollout, namespace: &str) -> String {
-    format!(
-        "{namespace}/{}",
-        rollout.spec.strategy.canary.traffic_routing.wasm.service
-    )
+    format!("{namespace}/{}", rollout.spec.strategy.service())
 }
 
 /// One client WasmPlugin a rollout writes into.
@@ -118,7 +115,8 @@ impl PluginTarget {
 
 /// The callers of a rollout, by namespace: `(namespace, selector)`.
 fn callers_of(rollout: &CanaryRollout) -> Vec<(String, Option<BTreeMap<String, String>>)> {
-    let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
+    let strategy = rollout.spec.strategy.effective();
+    let routing = &strategy.traffic_routing.wasm;
     if routing.callers.is_empty() {
         vec![(
             rollout.namespace().unwrap_or_default(),
@@ -144,15 +142,7 @@ fn may_overlap(a: &Option<BTreeMap<String, String>>, b: &Option<BTreeMap<String,
 
 /// The WasmPlugin the rollout names (`wasmPlugin.name`), if it names one.
 fn named_plugin(rollout: &CanaryRollout) -> Option<&str> {
-    rollout
-        .spec
-        .strategy
-        .canary
-        .traffic_routing
-        .wasm
-        .wasm_plugin
-        .name
-        .as_deref()
+    rollout.spec.strategy.routing().wasm_plugin.name.as_deref()
 }
 
 /// Whether the rollout may write into the WasmPlugin `namespace/name` selecting `selector`, judged
@@ -186,7 +176,8 @@ pub fn may_write_into(
 /// it runs at most one filter; and callers with disjoint selectors (`app: a`, `app: b`) get
 /// separate WasmPlugins, so a step of one rollout is pushed only to its own callers.
 pub fn targets(rollout: &CanaryRollout, all: &[Arc<CanaryRollout>]) -> Vec<PluginTarget> {
-    let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
+    let strategy = rollout.spec.strategy.effective();
+    let routing = &strategy.traffic_routing.wasm;
     let mut targets: Vec<PluginTarget> = callers_of(rollout)
         .into_iter()
         .map(|(namespace, selector)| {
@@ -309,7 +300,8 @@ fn selector_hash(labels: &BTreeMap<String, String>) -> String {
 
 /// The rollout's entry in `pluginConfig.services` for a traffic plan.
 pub fn service_entry(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) -> CanaryService {
-    let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
+    let strategy = rollout.spec.strategy.effective();
+    let routing = &strategy.traffic_routing.wasm;
     let sticky = routing
         .sticky
         .as_ref()
@@ -392,7 +384,8 @@ pub fn wasm_plugin(
     traffic: &Traffic,
     ownership: &WasmPluginOwnership,
 ) -> Value {
-    let routing = &rollout.spec.strategy.canary.traffic_routing.wasm;
+    let strategy = rollout.spec.strategy.effective();
+    let routing = &strategy.traffic_routing.wasm;
     let ns = rollout.namespace().unwrap_or_default();
     let plugin_config = plugin_config(rollout, &ns, traffic).to_json_value();
     let mut metadata = json!({"name": target.name, "namespace": target.namespace});
@@ -494,13 +487,7 @@ pub fn destination_rule_subsets(
     current: &Value,
     traffic: &Traffic,
 ) -> Result<Vec<Value>, String> {
-    let dr = &rollout
-        .spec
-        .strategy
-        .canary
-        .traffic_routing
-        .wasm
-        .destination_rule;
+    let dr = &rollout.spec.strategy.routing().destination_rule;
     let stable = dr
         .stable_subset_name
         .clone()

@@ -86,7 +86,7 @@ impl Sim {
 
     /// Sets `field` of the analysis step (step 1) to `value`.
     fn set_step_analysis(&mut self, field: &str, value: serde_json::Value) {
-        let steps = &mut self.rollout.spec.strategy.canary.steps;
+        let steps = &mut self.rollout.spec.strategy.canary.as_mut().unwrap().steps;
         let mut step = serde_json::to_value(&steps[1]).unwrap();
         step["analysis"][field] = value;
         steps[1] = serde_json::from_value(step).unwrap();

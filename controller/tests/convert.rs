@@ -92,7 +92,7 @@ fn the_fixture_rollout_carries_over_steps_replicas_workload_ref_and_pod_metadata
         (w.api_version.as_str(), w.kind.as_str(), w.name.as_str()),
         ("apps/v1", "Deployment", "reviews")
     );
-    let canary = &r.spec.strategy.canary;
+    let canary = r.spec.strategy.canary.as_ref().unwrap();
     let weights: Vec<f64> = canary.steps.iter().filter_map(|s| s.set_weight).collect();
     assert_eq!(weights, [10.0, 20.0, 40.0, 60.0, 80.0]);
     let pauses: Vec<Value> = canary
@@ -141,13 +141,13 @@ fn the_background_analysis_is_carried_over_and_validates_and_can_be_dropped() {
     );
     let r = c.rollout();
     assert!(
-        r.spec.strategy.canary.analysis.is_some(),
+        r.spec.strategy.canary.as_ref().unwrap().analysis.is_some(),
         "carried: the rollout keeps its metric checks"
     );
     steps::validate(&r.spec).expect("the controller accepts the converted rollout");
 
     let dropped = convert(&["--drop-analysis"]).rollout();
-    assert!(dropped.spec.strategy.canary.analysis.is_none());
+    assert!(dropped.spec.strategy.canary.as_ref().unwrap().analysis.is_none());
     steps::validate(&dropped.spec).unwrap();
 }
 

@@ -105,7 +105,7 @@ fn settle(
 fn the_fixture_rollout_carries_over_and_a_first_rollout_goes_straight_to_stable() {
     let r = fixture_rollout(false);
     assert_eq!(r.spec.replicas, Some(5));
-    assert_eq!(r.spec.strategy.canary.steps.len(), 10);
+    assert_eq!(r.spec.strategy.canary.as_ref().unwrap().steps.len(), 10);
     let p = plan(
         &r.spec,
         &CanaryRolloutStatus::default(),
@@ -410,8 +410,8 @@ fn the_whole_fixture_progression_ends_promoted_with_the_old_stable_scaled_down_a
 #[test]
 fn promotion_waits_for_the_canary_at_full_size_and_keeps_the_old_stable_for_the_delay() {
     let mut r = fixture_rollout(false);
-    r.spec.strategy.canary.steps.truncate(1); // setWeight 10, then promote
-    r.spec.strategy.canary.scale_down_delay_seconds = Some(45);
+    r.spec.strategy.canary.as_mut().unwrap().steps.truncate(1); // setWeight 10, then promote
+    r.spec.strategy.canary.as_mut().unwrap().scale_down_delay_seconds = Some(45);
     let (status, p) = settle(&r, stable_status(), t0());
     assert_eq!(status.stable_hash.as_deref(), Some(CANARY));
     assert_eq!(
@@ -438,7 +438,7 @@ fn promotion_waits_for_the_canary_at_full_size_and_keeps_the_old_stable_for_the_
 #[test]
 fn an_indefinite_pause_waits_for_promote_and_promote_full_skips_the_rest() {
     let mut r = fixture_rollout(false);
-    r.spec.strategy.canary.steps[1]
+    r.spec.strategy.canary.as_mut().unwrap().steps[1]
         .pause
         .as_mut()
         .unwrap()
@@ -494,7 +494,7 @@ fn an_indefinite_pause_waits_for_promote_and_promote_full_skips_the_rest() {
 fn a_promote_seen_again_after_the_controller_stopped_before_removing_it_ends_only_one_pause() {
     let mut r = fixture_rollout(false);
     for i in [1, 3] {
-        r.spec.strategy.canary.steps[i]
+        r.spec.strategy.canary.as_mut().unwrap().steps[i]
             .pause
             .as_mut()
             .unwrap()
@@ -558,8 +558,8 @@ fn a_header_route_step_routes_testers_only_once_a_canary_pod_is_available() {
         {"setHeaderRoute": {"name": "testers", "match": [{"headerName": "x-canary", "headerValue": {"exact": "always"}}]}}
     ))
     .unwrap();
-    r.spec.strategy.canary.steps.insert(0, header_step);
-    r.spec.strategy.canary.steps.insert(
+    r.spec.strategy.canary.as_mut().unwrap().steps.insert(0, header_step);
+    r.spec.strategy.canary.as_mut().unwrap().steps.insert(
         1,
         serde_json::from_value(serde_json::json!({"pause": {}})).unwrap(),
     );
@@ -594,7 +594,7 @@ fn a_header_route_step_routes_testers_only_once_a_canary_pod_is_available() {
 #[test]
 fn abort_returns_all_traffic_to_stable_at_once_and_scales_the_canary_down_only_after_the_delay() {
     let mut r = fixture_rollout(false);
-    r.spec.strategy.canary.abort_scale_down_delay_seconds = Some(20);
+    r.spec.strategy.canary.as_mut().unwrap().abort_scale_down_delay_seconds = Some(20);
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
     let p = plan(
         &r.spec,
@@ -746,7 +746,7 @@ fn a_paused_rollout_does_not_advance() {
 #[test]
 fn one_promote_ends_one_pause_not_the_next_one_too() {
     let mut r = fixture_rollout(false);
-    for step in &mut r.spec.strategy.canary.steps {
+    for step in &mut r.spec.strategy.canary.as_mut().unwrap().steps {
         if let Some(p) = step.pause.as_mut() {
             p.duration = None;
         }

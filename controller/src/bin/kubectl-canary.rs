@@ -334,7 +334,8 @@ async fn set_weight(client: &Client, ns: &str, name: &str, weight: f64) -> Resul
             ns: ns.to_owned(),
         }));
     }
-    let steps = &rollout.spec.strategy.canary.steps;
+    let strategy = rollout.spec.strategy.effective();
+    let steps = &strategy.steps;
     let current = status
         .current_step_index
         .and_then(|i| usize::try_from(i).ok())
@@ -529,13 +530,7 @@ async fn status(client: &Client, ns: &str, args: &StatusArgs) -> Result<()> {
         let (rollout, sets) = snapshot(client, ns, &args.name).await?;
         let split = match &args.envoy_admin {
             None => SplitView::None,
-            Some(admin) => match read_split(
-                admin,
-                ns,
-                &rollout.spec.strategy.canary.traffic_routing.wasm.service,
-            )
-            .await
-            {
+            Some(admin) => match read_split(admin, ns, &rollout.spec.strategy.service()).await {
                 Ok(total) => {
                     let recent = match (&total, &previous) {
                         (Some(t), Some(p)) => Some(t.since(p)),

@@ -605,15 +605,8 @@ fn convert_one(
             format!("the converted Rollout {name} does not parse as a CanaryRollout")
         })?;
     if let Err(e) = steps::validate(&typed.spec) {
-        if !(typed.spec.strategy.canary.analysis.is_some()
-            || typed
-                .spec
-                .strategy
-                .canary
-                .steps
-                .iter()
-                .any(|s| s.analysis.is_some()))
-        {
+        let strategy = typed.spec.strategy.effective();
+        if !(strategy.analysis.is_some() || strategy.steps.iter().any(|s| s.analysis.is_some())) {
             note(
                 out,
                 &name,

@@ -122,7 +122,8 @@ pub fn render(
     let name = rollout.name_any();
     let ns = rollout.namespace().unwrap_or_default();
     let status = rollout.status.clone().unwrap_or_default();
-    let steps = &rollout.spec.strategy.canary.steps;
+    let strategy = rollout.spec.strategy.effective();
+    let steps = &strategy.steps;
     out.push(format!("Rollout:    {name} (namespace {ns})"));
     let mut phase = phase_name(status.phase).to_owned();
     if rollout.spec.abort {
@@ -287,7 +288,7 @@ pub fn render(
             match total {
                 None => out.push(format!(
                     "  no decisions counted for {ns}/{} yet (is this the admin port of a CLIENT sidecar that calls it?)",
-                    rollout.spec.strategy.canary.traffic_routing.wasm.service
+                    rollout.spec.strategy.service()
                 )),
                 Some(t) => {
                     out.push(format!("  since start:  {}", split_line(t)));

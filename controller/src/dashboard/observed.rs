@@ -79,9 +79,9 @@ async fn read_envoy(url: &str, state: &ClusterState) -> Result<(), String> {
     let now = chrono::Utc::now().timestamp_millis();
     for rollout in state.rollouts.state() {
         let key = key_of(&rollout);
-        let service = &rollout.spec.strategy.canary.traffic_routing.wasm.service;
+        let service = rollout.spec.strategy.service();
         state.with_split(&key, |h| match &body {
-            Ok(body) => h.record_counts(now, split_from_stats(body, &key.0, service)),
+            Ok(body) => h.record_counts(now, split_from_stats(body, &key.0, &service)),
             Err(e) => h.record_error(e.clone()),
         });
     }
@@ -92,8 +92,8 @@ async fn read_prometheus(url: &str, state: &ClusterState) -> Result<(), String> 
     let mut last_error = None;
     for rollout in state.rollouts.state() {
         let key = key_of(&rollout);
-        let service = &rollout.spec.strategy.canary.traffic_routing.wasm.service;
-        let (canary_q, total_q) = prometheus_queries(&key.0, service);
+        let service = rollout.spec.strategy.service();
+        let (canary_q, total_q) = prometheus_queries(&key.0, &service);
         let timeout = Duration::from_secs(5);
         let read = async {
             let canary = prometheus_query(url, &canary_q, timeout).await?;

@@ -423,7 +423,8 @@ pub struct Observations<'a> {
 /// The rollout page.
 pub fn detail(rollout: &CanaryRollout, seen: Observations<'_>) -> RolloutDetail {
     let status = rollout.status.clone().unwrap_or_default();
-    let steps = &rollout.spec.strategy.canary.steps;
+    let strategy = rollout.spec.strategy.effective();
+    let steps = &strategy.steps;
     let current = status
         .current_step_index
         .and_then(|i| usize::try_from(i).ok());

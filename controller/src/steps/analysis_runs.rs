@@ -8,7 +8,7 @@ use super::*;
 impl Planner<'_> {
     /// The analysis a run executes.
     pub(super) fn run_analysis(&self, run: &AnalysisRunStatus) -> Option<&RolloutAnalysis> {
-        let canary = &self.spec.strategy.canary;
+        let canary = &*self.strategy;
         match run.step_index {
             None => canary.analysis.as_ref(),
             Some(i) => canary
@@ -53,14 +53,8 @@ impl Planner<'_> {
         canary: &str,
     ) {
         let analysis = match step {
-            None => self.spec.strategy.canary.analysis.as_ref(),
-            Some(i) => self
-                .spec
-                .strategy
-                .canary
-                .steps
-                .get(i)
-                .and_then(|s| s.analysis.as_ref()),
+            None => self.strategy.analysis.as_ref(),
+            Some(i) => self.strategy.steps.get(i).and_then(|s| s.analysis.as_ref()),
         };
         let Some(resolved) = analysis.and_then(|a| self.resolve(a, stable, canary)) else {
             return;
@@ -84,7 +78,7 @@ impl Planner<'_> {
     }
 
     pub(super) fn ensure_background_run(&mut self, index: usize, stable: &str, canary: &str) {
-        let Some(a) = &self.spec.strategy.canary.analysis else {
+        let Some(a) = &self.strategy.analysis else {
             return;
         };
         let from = usize::try_from(a.starting_step.unwrap_or(0)).unwrap_or(0);
@@ -138,7 +132,7 @@ impl Planner<'_> {
         let now = self.obs.now;
         self.status.aborted = true;
         self.status.analysis_aborted = true;
-        let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+        let delay = seconds(self.strategy.abort_scale_down_delay_seconds);
         self.schedule_scale_down(&canary, now + delay);
         let why = format!(
             "analysis {} {:?}: {}",

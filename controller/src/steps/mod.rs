@@ -282,7 +282,8 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
             ));
         }
     }
-    let canary = &spec.strategy.canary;
+    validate_strategy(spec)?;
+    let canary = spec.strategy.effective();
     if let Some(a) = &canary.analysis {
         if a.templates.is_empty() {
             return Err(
@@ -300,6 +301,12 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
         }
     }
     for (i, step) in canary.steps.iter().enumerate() {
+        let at = spec.strategy.step_path(i);
+        // Where a header route's fields are: `steps[i].setHeaderRoute`, or the blue-green field.
+        let route_at = match spec.strategy.blue_green_step(i) {
+            Some(_) => at.clone(),
+            None => format!("{at}.setHeaderRoute"),
+        };
         let set = [
             step.set_weight.is_some(),
             step.pause.is_some(),
@@ -308,26 +315,26 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
         ];
         if set.iter().filter(|x| **x).count() != 1 {
             return Err(format!(
-                "steps[{i}] must set exactly one of setWeight, pause, setHeaderRoute, analysis"
+                "{at} must set exactly one of setWeight, pause, setHeaderRoute, analysis"
             ));
         }
         if let Some(a) = &step.analysis {
             if a.templates.is_empty() {
                 return Err(format!(
-                    "steps[{i}].analysis.templates must name at least one AnalysisTemplate"
+                    "{at}.analysis.templates must name at least one AnalysisTemplate"
                 ));
             }
             if a.starting_step.is_some() {
                 return Err(format!(
-                    "steps[{i}].analysis.startingStep is only for strategy.canary.analysis"
+                    "{at}.analysis.startingStep is only for strategy.canary.analysis"
                 ));
             }
         }
         if let Some(w) = step.set_weight {
-            weight_basis_points(w).map_err(|e| format!("steps[{i}].{e}"))?;
+            weight_basis_points(w).map_err(|e| format!("{at}.{e}"))?;
         }
         if let Some(d) = step.pause.as_ref().and_then(|p| p.duration.as_ref()) {
-            parse_duration(d).map_err(|e| format!("steps[{i}].pause: {e}"))?;
+            parse_duration(d).map_err(|e| format!("{at}.pause: {e}"))?;
         }
         if let Some(r) = &step.set_header_route {
             for (j, m) in r.matches.iter().enumerate() {
@@ -337,13 +344,92 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
                     .filter(|x| **x)
                     .count();
                 if n != 1 {
-                    return Err(format!("steps[{i}].setHeaderRoute.match[{j}].headerValue needs exactly one of exact, prefix, regex"));
+                    return Err(format!("{route_at}.match[{j}].headerValue needs exactly one of exact, prefix, regex"));
                 }
                 if let Some(re) = &v.regex {
-                    canary_core::regex::Regex::new(re).map_err(|e| {
-                        format!("steps[{i}].setHeaderRoute.match[{j}].headerValue.regex: {e}")
-                    })?;
+                    canary_core::regex::Regex::new(re)
+                        .map_err(|e| format!("{route_at}.match[{j}].headerValue.regex: {e}"))?;
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exactly one strategy, and what the schema cannot say of it.
+fn validate_strategy(spec: &CanaryRolloutSpec) -> Result<(), String> {
+    let strategy = &spec.strategy;
+    let bg = match (&strategy.canary, &strategy.blue_green) {
+        (Some(_), Some(_)) => {
+            return Err("set spec.strategy.canary or spec.strategy.blueGreen, not both".into())
+        }
+        (None, None) => return Err("spec.strategy needs canary or blueGreen".into()),
+        (Some(canary), None) => {
+            if canary.traffic_routing.wasm.service.is_empty() {
+                return Err("spec.strategy.canary.trafficRouting.wasm.service is required".into());
+            }
+            return Ok(());
+        }
+        (None, Some(bg)) => bg,
+    };
+    let at = "spec.strategy.blueGreen";
+    if bg.active_service.is_empty() {
+        return Err(format!("{at}.activeService is required"));
+    }
+    let service = &bg.traffic_routing.wasm.service;
+    if !service.is_empty() && service != &bg.active_service {
+        return Err(format!(
+            "{at}.trafficRouting.wasm.service ({service}) must be activeService ({}) or left out",
+            bg.active_service
+        ));
+    }
+    if let Some(preview) = &bg.preview_service {
+        if preview.is_empty() || preview == &bg.active_service {
+            return Err(format!(
+                "{at}.previewService must name another Service than activeService"
+            ));
+        }
+    }
+    if bg.auto_promotion_enabled == Some(false) && bg.auto_promotion_seconds.is_some() {
+        return Err(format!(
+            "{at}.autoPromotionSeconds needs autoPromotionEnabled (it is false: the switch waits for a promote)"
+        ));
+    }
+    if bg.auto_promotion_seconds.is_some_and(|s| s < 0) {
+        return Err(format!("{at}.autoPromotionSeconds must be 0 or more"));
+    }
+    let replicas = spec.replicas.unwrap_or(1);
+    if let Some(n) = bg.preview_replica_count {
+        if n < 1 || n > replicas.max(1) {
+            return Err(format!(
+                "{at}.previewReplicaCount {n} is outside 1..={}",
+                replicas.max(1)
+            ));
+        }
+    }
+    if bg
+        .preview_header_route
+        .as_ref()
+        .is_some_and(|r| r.matches.is_empty())
+    {
+        return Err(format!(
+            "{at}.previewHeaderRoute.match needs at least one header condition"
+        ));
+    }
+    for (field, analysis) in [
+        ("prePromotionAnalysis", &bg.pre_promotion_analysis),
+        ("postPromotionAnalysis", &bg.post_promotion_analysis),
+    ] {
+        if let Some(a) = analysis {
+            if a.templates.is_empty() {
+                return Err(format!(
+                    "{at}.{field}.templates must name at least one AnalysisTemplate"
+                ));
+            }
+            if a.starting_step.is_some() {
+                return Err(format!(
+                    "{at}.{field}.startingStep is only for strategy.canary.analysis"
+                ));
             }
         }
     }
@@ -369,7 +455,7 @@ pub fn validate_analysis_not_started(
     fields: &RolloutFields,
     started: &[Option<i32>],
 ) -> Result<(), String> {
-    let canary = &spec.strategy.canary;
+    let canary = spec.strategy.effective();
     let check = |where_: String, a: &RolloutAnalysis, finite: bool| -> Result<(), String> {
         let resolved = resolve(a, templates, "stable", "canary", fields)
             .map_err(|e| format!("{where_}: {e}"))?;
@@ -394,7 +480,11 @@ pub fn validate_analysis_not_started(
     for (i, step) in canary.steps.iter().enumerate() {
         let index = i32::try_from(i).ok();
         if let Some(a) = step.analysis.as_ref().filter(|_| !started.contains(&index)) {
-            check(format!("steps[{i}].analysis"), a, true)?;
+            let at = match spec.strategy.blue_green_step(i) {
+                Some(bg) => bg.path().to_owned(),
+                None => format!("steps[{i}].analysis"),
+            };
+            check(at, a, true)?;
         }
     }
     Ok(())
@@ -428,6 +518,7 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
     let repeated = obs.promote_request.is_some() && obs.promote_request == current.promote_handled;
     let mut p = Planner {
         spec,
+        strategy: spec.strategy.effective(),
         obs,
         promote: if repeated { None } else { obs.promote },
         status: current.clone(),
@@ -513,6 +604,8 @@ impl Planner<'_> {
 
 struct Planner<'a> {
     spec: &'a CanaryRolloutSpec,
+    /// What the steps run: the canary strategy, or the steps of the blue-green one.
+    strategy: std::borrow::Cow<'a, crate::crd::CanaryStrategy>,
     obs: &'a Observed,
     /// The promote request not yet acted on, if any.
     promote: Option<Promote>,
@@ -527,6 +620,16 @@ struct Planner<'a> {
 impl Planner<'_> {
     fn replicas(&self) -> i32 {
         self.spec.replicas.unwrap_or(1).max(0)
+    }
+
+    /// Blue-green: the green pods to run from the start (`previewReplicaCount`, default all).
+    fn preview_floor(&self) -> Option<i32> {
+        let bg = self.spec.strategy.blue_green.as_ref()?;
+        if self.spec.strategy.canary.is_some() {
+            return None;
+        }
+        let r = self.replicas();
+        Some(bg.preview_replica_count.unwrap_or(r).clamp(0, r))
     }
 
     fn note(&mut self, reason: &'static str, message: String) {
@@ -565,7 +668,7 @@ impl Planner<'_> {
                 // Traffic leaves the canary in this reconcile; its pods drain for
                 // abortScaleDownDelaySeconds (as after an abort) so that sidecars still running
                 // the previous config finish their requests on them.
-                let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+                let delay = seconds(self.strategy.abort_scale_down_delay_seconds);
                 self.note(
                     "CanaryCancelled",
                     format!(
@@ -585,7 +688,7 @@ impl Planner<'_> {
             if let Some(old) = self.status.canary_hash.replace(desired.clone()) {
                 // The old canary drains like an aborted one: no traffic from this reconcile on,
                 // scaled down only after abortScaleDownDelaySeconds.
-                let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+                let delay = seconds(self.strategy.abort_scale_down_delay_seconds);
                 self.note(
                     "CanaryRestarted",
                     format!(
@@ -614,7 +717,7 @@ impl Planner<'_> {
             self.status.analysis_aborted = false;
             if !self.status.aborted {
                 self.status.aborted = true;
-                let delay = seconds(self.spec.strategy.canary.abort_scale_down_delay_seconds);
+                let delay = seconds(self.strategy.abort_scale_down_delay_seconds);
                 self.schedule_scale_down(&canary, now + delay);
                 self.note(
                     "Aborted",
@@ -708,7 +811,7 @@ impl Planner<'_> {
 
     /// Executes steps from the current index as far as they complete now.
     fn advance(mut self, stable: String, canary: String) -> Plan {
-        let steps = self.spec.strategy.canary.steps.clone();
+        let steps = self.strategy.steps.clone();
         let total = steps.len();
         let now = self.obs.now;
         let r = self.replicas();
@@ -731,6 +834,20 @@ impl Planner<'_> {
             let Some(step) = steps.get(index) else {
                 return self.promote(stable, canary);
             };
+            if let Some(floor) = self.preview_floor() {
+                // Blue-green: green runs its preview pods before anything else happens (Argo
+                // waits for the preview ReplicaSet, then analyses and counts
+                // autoPromotionSeconds from there).
+                let available = self.obs.available(&canary);
+                if available < floor {
+                    self.status.phase = Phase::Progressing;
+                    self.status.message = Some(format!(
+                        "waiting for green {canary} ({available}/{floor} preview pods available)"
+                    ));
+                    let need = floor.max(canary_replicas(r, self.target_weight(step), false));
+                    return self.canary_plan(stable, canary, need);
+                }
+            }
             match self.execute(index, step, &canary) {
                 StepOutcome::Done(message) => {
                     self.note_about(
@@ -748,7 +865,8 @@ impl Planner<'_> {
                         r,
                         self.target_weight(step),
                         !self.status.header_routes.is_empty() || step.set_header_route.is_some(),
-                    );
+                    )
+                    .max(self.preview_floor().unwrap_or(0));
                     return self.canary_plan(stable, canary, need);
                 }
             }
@@ -854,7 +972,7 @@ impl Planner<'_> {
             return self.canary_plan(stable, canary, r);
         }
         let now = self.obs.now;
-        let delay = seconds(self.spec.strategy.canary.scale_down_delay_seconds);
+        let delay = seconds(self.strategy.scale_down_delay_seconds);
         self.schedule_scale_down(&stable, now + delay);
         self.note(
             "Promoted",
@@ -1155,7 +1273,8 @@ mod tests {
         // No template nor workloadRef: validate() refuses the spec.
         let mut spec = CanaryRolloutSpec {
             strategy: RolloutStrategy {
-                canary: CanaryStrategy::default(),
+                canary: Some(CanaryStrategy::default()),
+                blue_green: None,
             },
             ..CanaryRolloutSpec::default()
         };
