@@ -647,7 +647,9 @@ async fn apply_preview_service(
     else {
         return Ok(Some(Transition::new(
             "PreviewServiceMissing",
-            format!("previewService {name} does not exist in {ns}: create it to reach green by name"),
+            format!(
+                "previewService {name} does not exist in {ns}: create it to reach green by name"
+            ),
         )));
     };
     let selected = current
@@ -663,9 +665,13 @@ async fn apply_preview_service(
         "metadata": {"name": name, "namespace": ns},
         "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: hash}}
     });
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(kube_err("pointing the preview Service"))?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("pointing the preview Service"))?;
     Ok(Some(Transition::new(
         "PreviewServiceSwitched",
         format!("previewService {name} now selects {hash}"),

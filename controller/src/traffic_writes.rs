@@ -315,6 +315,11 @@ pub async fn apply_traffic(
 
     let mut writes = Vec::new();
     let mut lowering = false;
+    // The stable version changes (a promotion): the DestinationRule goes first, its stable
+    // subset moving to the new version while the filter still sends the canary share there;
+    // lowering the filter first would send every request back to the old version until the
+    // DestinationRule followed.
+    let mut promoting = false;
     let mut adopted_now = false;
     for target in traffic::targets(rollout, rollouts) {
         let api: Api<DynamicObject> =
@@ -342,6 +347,11 @@ pub async fn apply_traffic(
             .is_some_and(|c| traffic::wasm_plugin_in_place(c, &wanted, &key));
         let (old_weight, old_routes) = exposure(current.as_ref(), &key);
         lowering |= plan.canary_weight < old_weight || plan.header_routes.len() < old_routes;
+        promoting |= current
+            .as_ref()
+            .and_then(|c| traffic::entry_in(c, &key))
+            .and_then(|e| e["stableHash"].as_str())
+            .is_some_and(|old| old != plan.stable_hash);
         adopted_now |= ownership == WasmPluginOwnership::Adopted
             && !in_place
             && !current.as_ref().is_some_and(|c| managed_by(c, &manager));
@@ -417,6 +427,7 @@ pub async fn apply_traffic(
         }),
     };
 
+    let lowering = lowering && !promoting;
     if lowering {
         if let Some(failed) = wp_failed(write_plugins().await, false) {
             return failed;

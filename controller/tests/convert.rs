@@ -147,7 +147,14 @@ fn the_background_analysis_is_carried_over_and_validates_and_can_be_dropped() {
     steps::validate(&r.spec).expect("the controller accepts the converted rollout");
 
     let dropped = convert(&["--drop-analysis"]).rollout();
-    assert!(dropped.spec.strategy.canary.as_ref().unwrap().analysis.is_none());
+    assert!(dropped
+        .spec
+        .strategy
+        .canary
+        .as_ref()
+        .unwrap()
+        .analysis
+        .is_none());
     steps::validate(&dropped.spec).unwrap();
 }
 

@@ -299,7 +299,15 @@ async fn the_converted_demo_runs_and_is_steered_with_kubectl_canary() {
         (s.canary_weight == 1_500 && s.phase == Phase::Paused).then_some(())
     })
     .await;
-    let steps = rollouts.get(NAME).await.unwrap().spec.strategy.canary.unwrap().steps;
+    let steps = rollouts
+        .get(NAME)
+        .await
+        .unwrap()
+        .spec
+        .strategy
+        .canary
+        .unwrap()
+        .steps;
     assert_eq!(steps.len(), 12);
     assert_eq!(steps[2].set_weight, Some(15.0));
     assert!(steps[3]

@@ -411,7 +411,12 @@ fn the_whole_fixture_progression_ends_promoted_with_the_old_stable_scaled_down_a
 fn promotion_waits_for_the_canary_at_full_size_and_keeps_the_old_stable_for_the_delay() {
     let mut r = fixture_rollout(false);
     r.spec.strategy.canary.as_mut().unwrap().steps.truncate(1); // setWeight 10, then promote
-    r.spec.strategy.canary.as_mut().unwrap().scale_down_delay_seconds = Some(45);
+    r.spec
+        .strategy
+        .canary
+        .as_mut()
+        .unwrap()
+        .scale_down_delay_seconds = Some(45);
     let (status, p) = settle(&r, stable_status(), t0());
     assert_eq!(status.stable_hash.as_deref(), Some(CANARY));
     assert_eq!(
@@ -558,7 +563,13 @@ fn a_header_route_step_routes_testers_only_once_a_canary_pod_is_available() {
         {"setHeaderRoute": {"name": "testers", "match": [{"headerName": "x-canary", "headerValue": {"exact": "always"}}]}}
     ))
     .unwrap();
-    r.spec.strategy.canary.as_mut().unwrap().steps.insert(0, header_step);
+    r.spec
+        .strategy
+        .canary
+        .as_mut()
+        .unwrap()
+        .steps
+        .insert(0, header_step);
     r.spec.strategy.canary.as_mut().unwrap().steps.insert(
         1,
         serde_json::from_value(serde_json::json!({"pause": {}})).unwrap(),
@@ -594,7 +605,12 @@ fn a_header_route_step_routes_testers_only_once_a_canary_pod_is_available() {
 #[test]
 fn abort_returns_all_traffic_to_stable_at_once_and_scales_the_canary_down_only_after_the_delay() {
     let mut r = fixture_rollout(false);
-    r.spec.strategy.canary.as_mut().unwrap().abort_scale_down_delay_seconds = Some(20);
+    r.spec
+        .strategy
+        .canary
+        .as_mut()
+        .unwrap()
+        .abort_scale_down_delay_seconds = Some(20);
     let sets = vec![rs(STABLE, 5, 5), rs(CANARY, 1, 1)];
     let p = plan(
         &r.spec,

@@ -857,6 +857,19 @@ impl Planner<'_> {
                     );
                     self.status.current_step_index = Some(index as i32 + 1);
                     self.status.step_started_at = Some(rfc3339(now));
+                    if self.spec.strategy.blue_green_step(index)
+                        == Some(crate::strategy::BlueGreenStep::Switch)
+                    {
+                        // The switch is the filter's: every caller at 100% first, written in
+                        // this reconcile; what follows (the post-promotion analysis, or the
+                        // promotion, which moves the DestinationRule) starts in the next one.
+                        self.status.phase = Phase::Progressing;
+                        self.status.message = Some(format!(
+                            "switched: every caller sends to green {canary}; blue {stable} stays up"
+                        ));
+                        self.requeue_in(Duration::from_millis(100));
+                        return self.canary_plan(stable, canary, r);
+                    }
                 }
                 StepOutcome::Wait { phase, message } => {
                     self.status.phase = phase;
