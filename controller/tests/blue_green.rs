@@ -209,6 +209,26 @@ async fn green_is_previewed_by_header_only_switches_after_auto_promotion_seconds
         })
         .await;
     assert_eq!(preview_selects(&env).await.as_deref(), Some(green.as_str()));
+    // What `kubectl canary status` prints of it.
+    let replica_sets_now = Api::<ReplicaSet>::namespaced(env.client.clone(), &env.ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let printed = canary_controller::cli::status::render(
+        &env.rollout().await,
+        &replica_sets_now,
+        &canary_controller::cli::status::SplitView::None,
+    )
+    .join("\n");
+    assert!(
+        printed.contains(&format!(
+            "Strategy:   blueGreen  active: blue {blue}  preview: green {green} (header route preview) (Service {PREVIEW_SERVICE})"
+        )),
+        "{printed}"
+    );
+    assert!(printed.contains("preview: setHeaderRoute"), "{printed}");
+    assert!(printed.contains("switch: setWeight 100%"), "{printed}");
     env.until("blue stable again, green promoted", |r| {
         let s = r.status.as_ref()?;
         (s.phase == Phase::Healthy && s.stable_hash.as_deref() == Some(green.as_str()))

@@ -145,9 +145,14 @@ pub fn render(
         out.push(format!("Message:    {m}"));
     }
     out.push(format!(
-        "Weight:     {} {} to canary",
+        "Weight:     {} {} to {}",
         weight_bar(status.canary_weight, 30),
-        format_weight(status.canary_weight)
+        format_weight(status.canary_weight),
+        if rollout.spec.strategy.canary.is_none() && rollout.spec.strategy.blue_green.is_some() {
+            "green"
+        } else {
+            "canary"
+        }
     ));
     if let Some(a) = rollout
         .annotations()
@@ -161,9 +166,50 @@ pub fn render(
         hash.as_ref()
             .and_then(|h| replica_sets.iter().find(|rs| &rs_hash(rs) == h))
     };
+    let blue_green =
+        rollout.spec.strategy.canary.is_none() && rollout.spec.strategy.blue_green.is_some();
+    // Blue-green: blue is the stable version, green the new one; which one users get (active)
+    // is what the filter's weight says.
+    let (stable_label, canary_label) = if blue_green {
+        ("Blue:", "Green:")
+    } else {
+        ("Stable:", "Canary:")
+    };
+    if blue_green {
+        let active = match (&status.canary_hash, status.canary_weight) {
+            (Some(green), 10_000) if !status.aborted => format!("green {green}"),
+            _ => format!("blue {}", status.stable_hash.as_deref().unwrap_or("-")),
+        };
+        let preview = match (&status.canary_hash, status.aborted) {
+            (Some(green), false) => format!(
+                "green {green}{}{}",
+                if status
+                    .header_routes
+                    .iter()
+                    .any(|r| r.name == crate::strategy::PREVIEW_ROUTE)
+                {
+                    " (header route preview)"
+                } else {
+                    ""
+                },
+                rollout
+                    .spec
+                    .strategy
+                    .blue_green
+                    .as_ref()
+                    .and_then(|bg| bg.preview_service.as_deref())
+                    .map(|s| format!(" (Service {s})"))
+                    .unwrap_or_default()
+            ),
+            _ => "-".into(),
+        };
+        out.push(format!(
+            "Strategy:   blueGreen  active: {active}  preview: {preview}"
+        ));
+    }
     for (label, hash) in [
-        ("Stable:", &status.stable_hash),
-        ("Canary:", &status.canary_hash),
+        (stable_label, &status.stable_hash),
+        (canary_label, &status.canary_hash),
     ] {
         match (hash, find(hash)) {
             (None, _) => out.push(format!("{label:<11}-")),
@@ -215,8 +261,12 @@ pub fn render(
             Some(c) if running && i == c => ("->", "current"),
             _ => ("  ", ""),
         };
+        let described = match rollout.spec.strategy.blue_green_step(i) {
+            Some(bg) => format!("{}: {}", bg.label(), describe_step(step)),
+            None => describe_step(step),
+        };
         out.push(
-            format!("  {mark} {:>2}  {:<40} {state}", i + 1, describe_step(step))
+            format!("  {mark} {:>2}  {:<40} {state}", i + 1, described)
                 .trim_end()
                 .to_owned(),
         );
