@@ -12,10 +12,6 @@
     missing_docs
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod support;
@@ -27,107 +23,16 @@ use canary_mesh::sidecar::running_plugin_configs;
 use canary_mesh::{objects, Bookinfo, Istiod};
 use kube::api::Api;
 use serde_json::{json, Value};
+use support::mesh_seed::{
+    assert_all_ok, convert_the_seed, seed_app, seed_deployment, start_controller, Load, Seen, NS,
+};
 use support::owned_process::OwnedProcess;
 use support::rollout_wait::rollout_until;
 use wasm_canary_e2e::assert_binomial;
 use wasm_canary_e2e::http::Response;
 
-const NS: &str = "bookinfo";
 const ROLLOUT: &str = "reviews-rollout";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn fixtures() -> PathBuf {
-    wasm_canary_e2e::workspace_root().join("../shared/fixtures/tse-gitops-demo")
-}
-
-fn yaml_documents(text: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|d| !d.is_null())
-        .collect()
-}
-
-/// The controller as the shipped Deployment runs it, but as a local process: the shipped
-/// namespace, ServiceAccount and RBAC applied, and a kubeconfig holding that account's token.
-async fn start_controller(plane: &ControlPlane, client: &kube::Client) -> OwnedProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    for file in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
-        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
-        objects::apply_yaml(client, "wasm-canary-system", &text)
-            .await
-            .unwrap();
-    }
-    let kubeconfig = dir.path().join("controller.kubeconfig");
-    plane
-        .write_kubeconfig_for_service_account(
-            "wasm-canary-system",
-            "wasm-canary-controller",
-            &kubeconfig,
-        )
-        .await
-        .unwrap();
-    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-canary-controller"));
-    command
-        .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
-        .args(["--lease-namespace", "wasm-canary-system"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    OwnedProcess::spawn(&mut command, dir).unwrap()
-}
-
-/// `kubectl canary convert` on the seed's Rollout, Istio config and Bookinfo app, as a user
-/// migrating from Argo Rollouts would run it.
-fn convert_the_seed(wasm: &Path) -> Vec<Value> {
-    let f = fixtures();
-    let sha256 = sha256_hex(wasm);
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
-        .args(["convert", "-n", NS, "--client-selector", "app=productpage"])
-        .arg("--wasm-url")
-        .arg(format!("file://{}", wasm.display()))
-        .args(["--wasm-sha256", &sha256])
-        .arg("-f")
-        .arg(f.join("argo/rollout/rollout.yaml"))
-        .arg("-f")
-        .arg(f.join("argo/tse/conf.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    yaml_documents(&String::from_utf8(out.stdout).unwrap())
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
-}
-
-/// The seed's Bookinfo application (Deployments, Services, ServiceAccounts).
-fn seed_app() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures().join("application/bookinfo.yaml")).unwrap();
-    yaml_documents(&text)
-}
-
-/// The seed's Deployment `reviews` (the Rollout's workloadRef), scaled to 0 as `convert`
-/// advises: the rollout's ReplicaSets run the pods.
-fn seed_reviews_deployment(image: &str) -> Value {
-    let mut d = seed_app()
-        .into_iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "reviews")
-        .expect("the seed has Deployment reviews");
-    d["metadata"]["namespace"] = json!(NS);
-    d["spec"]["replicas"] = json!(0);
-    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
-    d
-}
 
 /// Waits (a watch, not polling) until `check` gives a value for the rollout.
 async fn until<T>(
@@ -194,90 +99,6 @@ fn split(mesh: &Bookinfo, n: u64, stable: &str, canary: &str) -> u64 {
     on_canary
 }
 
-/// Background user traffic through the caller (one keep-alive connection, no sticky key),
-/// recording every response, until stopped. Bounded: at most 200,000 requests or 10 minutes.
-struct Load {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    at: Instant,
-    status: u16,
-    /// The serving pod's hash (server-side tag), if any.
-    hash: Option<String>,
-}
-
-impl Load {
-    fn start(mesh: &Bookinfo) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s, v) = (stop.clone(), seen.clone());
-        let mut http = mesh.http();
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(600);
-            for _ in 0..200_000 {
-                if s.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    return;
-                }
-                let r = http.get("reviews:9080", "/", &[]);
-                let seen = match r {
-                    Ok(r) => Seen {
-                        at: Instant::now(),
-                        status: r.status,
-                        hash: r.header("x-rollouts-pod-template-hash").map(str::to_owned),
-                    },
-                    Err(_) => Seen {
-                        at: Instant::now(),
-                        status: 0,
-                        hash: None,
-                    },
-                };
-                v.lock().unwrap().push(seen);
-            }
-        });
-        Load {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn finish(mut self) -> Vec<Seen> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        self.seen()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn assert_all_ok(seen: &[Seen], what: &str) {
-    let bad: Vec<&Seen> = seen.iter().filter(|s| s.status != 200).collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: {} of {} responses not 200; first: {:?}",
-        bad.len(),
-        seen.len(),
-        bad.first()
-    );
-}
-
 /// The seed, converted and applied, with v1 Healthy and serving through the mesh.
 struct Seed {
     plane: ControlPlane,
@@ -322,7 +143,7 @@ impl Seed {
         for account in seed_app().iter().filter(|d| d["kind"] == "ServiceAccount") {
             objects::apply(&client, NS, account).await.unwrap();
         }
-        objects::apply(&client, NS, &seed_reviews_deployment(V1_IMAGE))
+        objects::apply(&client, NS, &seed_deployment("reviews", V1_IMAGE))
             .await
             .unwrap();
         for mut object in convert_the_seed(&wasm) {
@@ -377,7 +198,7 @@ impl Seed {
 
     /// A new version, as the seed makes one: the Deployment's image changes. Returns its hash.
     async fn new_version(&self) -> String {
-        objects::apply(&self.client, NS, &seed_reviews_deployment(V2_IMAGE))
+        objects::apply(&self.client, NS, &seed_deployment("reviews", V2_IMAGE))
             .await
             .unwrap();
         let v2 = until(&self.client, "a canary", |r| {
@@ -404,17 +225,7 @@ impl Seed {
     }
 
     fn kubectl_canary(&self, args: &[&str]) {
-        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
-            .args(args)
-            .args(["-n", NS, "--kubeconfig"])
-            .arg(self.plane.kubeconfig_path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl canary {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::mesh_seed::kubectl_canary(&self.plane, args);
     }
 }
 
@@ -439,7 +250,7 @@ async fn the_seed_rollout_shifts_real_traffic_at_every_step_keeps_sticky_users_a
 ) {
     let seed = Seed::start().await;
     let v2 = seed.new_version().await;
-    let load = Load::start(&seed.mesh);
+    let load = Load::start(&seed.mesh, "reviews:9080");
     let users: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
     let mut on_canary_before: Vec<bool> = vec![false; users.len()];
 
@@ -507,7 +318,7 @@ async fn abort_returns_all_real_traffic_to_stable_without_a_failed_request() {
         seed.kubectl_canary(&["promote", ROLLOUT]);
     }
     seed.at_step(5, 4_000).await;
-    let load = Load::start(&seed.mesh);
+    let load = Load::start(&seed.mesh, "reviews:9080");
     // The load sees the canary before the abort.
     let start = Instant::now();
     while !load
@@ -559,7 +370,7 @@ async fn sidecars_keep_the_last_split_while_istiod_is_down_and_a_users_invalid_c
     let mut seed = Seed::start().await;
     let v2 = seed.new_version().await;
     seed.at_step(1, 1_000).await;
-    let load = Load::start(&seed.mesh);
+    let load = Load::start(&seed.mesh, "reviews:9080");
 
     // A user breaks the server-side WasmPlugin's pluginConfig (an unknown field): every
     // reviews sidecar's filter refuses it (Envoy counts the ECDS update rejected) and keeps

@@ -7,7 +7,7 @@ ISTIO_VERSION := $(shell awk '$$1 == "istio.io/istio" && $$2 ~ /^v/ {print $$2; 
 ISTIO_BIN_DIR := $(MESH_ROOT)/build/istio/$(ISTIO_VERSION)
 ISTIO_BINARIES := $(ISTIO_BIN_DIR)/pilot-discovery $(ISTIO_BIN_DIR)/pilot-agent $(ISTIO_BIN_DIR)/envoy_bootstrap.json
 
-.PHONY: mesh-build mesh-test bench-mesh
+.PHONY: mesh-build mesh-test bench-mesh demo-mesh
 
 mesh-build: $(ISTIO_BINARIES) ## Build istiod (pilot-discovery) and pilot-agent (pinned in tests/mesh/istio/go.mod) into build/istio/<version>/
 
@@ -20,3 +20,6 @@ mesh-test: wasm oci cluster-build mesh-build ## The filter in a real Istio mesh:
 
 bench-mesh: wasm cluster-build mesh-build ## Measure rollout step -> config running in a real sidecar (p50/p99 over 25 steps); writes bench/MESH.md
 	cd $(MESH_ROOT) && cargo test -p wasm-canary-controller --test mesh_rollout -- --ignored bench_step_to_sidecar_latency --nocapture
+
+demo-mesh: wasm cluster-build mesh-build ## The seed's rollout of reviews live in a real Istio mesh (API server, istiod, Envoy sidecars, the controller), step by step: split, hashes, promote -> sidecar (~30 s)
+	cd $(MESH_ROOT) && cargo test -q -p wasm-canary-controller --test mesh_demo -- --ignored --nocapture

@@ -5,6 +5,8 @@
 pub mod api_faults;
 pub mod browser;
 pub mod http_stub;
+pub mod mesh_env;
+pub mod mesh_seed;
 pub mod owned_process;
 pub mod rollout_wait;
 pub mod secret_leaks;

@@ -9,9 +9,11 @@
 //!   one the fixed VirtualService produces; two versions of the service, each behind a sidecar
 //!   running the filter in server mode with its pod-template hash in node metadata.
 //! - [`http`]: a minimal keep-alive HTTP/1.1 client and a bounded load loop.
+//! - [`display`]: how the demos print a rollout, step by step (`make demo`, `make demo-mesh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 pub mod app;
+pub mod display;
 pub mod envoy;
 pub mod http;
 pub mod mesh;

@@ -1,6 +1,7 @@
 //! The seed's Bookinfo shape in a real mesh: a caller (productpage) and `reviews` pods of
 //! several versions, each pod a small app behind its own server-side sidecar, plus the
-//! manifests a user applies from `wasm-plugin/`.
+//! manifests a user applies from `wasm-plugin/`. More of Bookinfo's services (`ratings`, say)
+//! can be laid out next to `reviews`, called from the same caller.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -22,6 +23,16 @@ use crate::Istiod;
 /// on the caller's own loopback address.
 pub const REVIEWS_PORT: u16 = 9080;
 
+/// The port of every Bookinfo Service (`reviews`, `ratings`, `details`, `productpage`): the
+/// caller's one outbound listener on it carries them all, and its route picks the Service by
+/// `Host`, as in a cluster.
+pub const BOOKINFO_PORT: u16 = REVIEWS_PORT;
+
+/// The `Host` a caller uses for Bookinfo Service `service`: `ratings:9080`.
+pub fn host(service: &str) -> String {
+    format!("{service}:{BOOKINFO_PORT}")
+}
+
 /// The label that gives each proxy its own `Sidecar` resource (and so its own address).
 pub const POD_LABEL: &str = "wasm-canary.io/pod";
 
@@ -40,7 +51,8 @@ pub struct Bookinfo {
     pub namespace: String,
     pub caller: Envoy,
     pub caller_pod: Pod,
-    /// Where requests from "productpage" to `reviews` enter the caller's sidecar.
+    /// Where requests from "productpage" to `reviews` enter the caller's sidecar (and to every
+    /// other Bookinfo Service: they share [`BOOKINFO_PORT`]; the `Host` picks the Service).
     pub caller_addr: SocketAddr,
     pub reviews: Vec<ReviewsPod>,
     /// Where further pods of this mesh get their addresses (see [`crate::kubelet`]).
@@ -65,19 +77,26 @@ impl Bookinfo {
         ns: &str,
         versions: &[Version<'_>],
     ) -> anyhow::Result<Bookinfo> {
+        Self::start_with_services(plane, client, istiod, ns, &[], versions).await
+    }
+
+    /// [`Bookinfo::start`] with more of Bookinfo's Services next to `reviews` (`ratings`,
+    /// say: [`apply_service`]), laid out before the caller starts, so its first route already
+    /// names them all. Their pods come from a [`crate::kubelet::MeshKubelet`] each.
+    pub async fn start_with_services(
+        plane: &ControlPlane,
+        client: &Client,
+        istiod: &Istiod,
+        ns: &str,
+        more_services: &[&str],
+        versions: &[Version<'_>],
+    ) -> anyhow::Result<Bookinfo> {
         plane.create_namespace(client, ns).await?;
         let subnet = std::sync::Arc::new(Subnet::pick()?);
-        objects::apply(
-            client,
-            ns,
-            &json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "reviews", "labels": {"app": "reviews"}},
-                "spec": {"selector": {"app": "reviews"},
-                         "ports": [{"name": "http", "port": REVIEWS_PORT, "targetPort": REVIEWS_PORT}]}
-            }),
-        )
-        .await?;
+        apply_service(client, ns, "reviews").await?;
+        for service in more_services {
+            apply_service(client, ns, service).await?;
+        }
 
         let mut reviews = Vec::new();
         for (i, v) in versions.iter().enumerate() {
@@ -166,10 +185,27 @@ impl Bookinfo {
         }
     }
 
-    /// A keep-alive client into the caller's sidecar (as productpage calling `reviews`).
+    /// A keep-alive client into the caller's sidecar (as productpage calling `reviews`, or any
+    /// Service laid out here with `Host:` [`host`]).
     pub fn http(&self) -> wasm_canary_e2e::http::Client {
         wasm_canary_e2e::http::Client::new(self.caller_addr)
     }
+}
+
+/// Bookinfo's Service `name` in `ns`: selector `app: <name>`, port [`BOOKINFO_PORT`]. Its
+/// endpoints are the WorkloadEntries of its pods (see [`register_server_pod`]).
+pub async fn apply_service(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    objects::apply(
+        client,
+        ns,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"selector": {"app": name},
+                     "ports": [{"name": "http", "port": BOOKINFO_PORT, "targetPort": BOOKINFO_PORT}]}
+        }),
+    )
+    .await
 }
 
 /// A user's manifests from `wasm-plugin/` for namespace `ns`, with the WasmPlugins' `url`

@@ -5,9 +5,10 @@
 //! [`canary_cluster::ControlPlane`]. [`sidecar::start`] runs an upstream Envoy with the bootstrap
 //! istio-agent would write (node id, node metadata with the pod's `LABELS`,
 //! `INTERCEPTION_MODE: NONE`), connected straight to istiod over plaintext ADS. [`Bookinfo`]
-//! lays out the seed's shape: a caller (productpage) and `reviews` pods of two versions, each a
-//! small app behind its own server-side sidecar on its own 127.x address, registered with
-//! WorkloadEntries that carry the pod labels (`rollouts-pod-template-hash`).
+//! lays out the seed's shape: a caller (productpage) and `reviews` pods of two versions (and
+//! more of Bookinfo's Services, `ratings` say), each a small app behind its own server-side
+//! sidecar on its own 127.x address, registered with WorkloadEntries that carry the pod labels
+//! (`rollouts-pod-template-hash`).
 //!
 //! What istiod needs that a real cluster would give it, and how it is given here:
 //! - no iptables: each proxy's listeners bind its own loopback address, set by a `Sidecar`

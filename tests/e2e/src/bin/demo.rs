@@ -6,8 +6,6 @@
 //! config pushes while showing the split each step produces. Exits 0 only if every step's split
 //! is what its weight says, every user request got a 2xx, and every push was accepted.
 
-#[path = "../demo/display.rs"]
-mod display;
 #[path = "../demo/load.rs"]
 mod load;
 
@@ -21,8 +19,8 @@ use wasm_canary_e2e::http::Client;
 use wasm_canary_e2e::mesh::{reviews_config, Mesh, Push, CANARY_HASH, STABLE_HASH};
 use wasm_canary_e2e::{binomial_bounds, FALSE_ALARM_PER_CHECK};
 
-use display::{group, percent, Display, RowState, StepRow};
 use load::{StepCounts, UserLoad, REVIEWS_HOST, VERSION_TAG};
+use wasm_canary_e2e::display::{group, percent, Display, RowState, StepRow};
 
 const USAGE: &str = "\
 demo: a canary rollout on real Envoys running the wasm-canary filter, live

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use wasm_canary_e2e::display::StepCounts;
 use wasm_canary_e2e::mesh::{Mesh, CANARY_HASH, STABLE_HASH};
 
 /// The host users address, as a Kubernetes client would.
@@ -32,14 +33,6 @@ pub struct StepTally {
     pub first_failure: Mutex<Option<String>>,
 }
 
-/// A snapshot of a [`StepTally`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StepCounts {
-    pub requests: u64,
-    pub canary: u64,
-    pub failures: u64,
-}
-
 /// Adds one to a counter when dropped: after the response has been classified.
 struct CompletedOnDrop<'a>(&'a AtomicU64);
 
@@ -55,6 +48,7 @@ impl StepTally {
         self.requests.load(Ordering::Acquire) >= self.sent.load(Ordering::Acquire)
     }
 
+    /// A snapshot of the counters.
     pub fn counts(&self) -> StepCounts {
         StepCounts {
             requests: self.requests.load(Ordering::Relaxed),

@@ -1,10 +1,9 @@
-//! How the demo looks: a live line per rollout step that redraws in place on a terminal, or
-//! plain periodic lines when stdout is a file or a pipe (CI logs), and the summary table.
+//! How the demos look (`make demo`, `make demo-mesh`): a live line per rollout step that
+//! redraws in place on a terminal, or plain periodic lines when stdout is a file or a pipe (CI
+//! logs), and the summary table.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
-
-use crate::load::StepCounts;
 
 /// Width of the canary-share bar, in characters. The live row stays under 78 columns, so the
 /// `^C` a terminal echoes after it does not wrap and the final redraw replaces it cleanly.
@@ -12,6 +11,14 @@ const BAR_WIDTH: usize = 16;
 
 /// The step row's columns; the header and every row use the same widths.
 const ROW_HEADER: &str = "  step  target  canary share      observed    req/s  requests  non-2xx";
+
+/// What one rollout step saw, as its row shows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepCounts {
+    pub requests: u64,
+    pub canary: u64,
+    pub failures: u64,
+}
 
 /// Where output goes and what it may use.
 pub struct Display {
