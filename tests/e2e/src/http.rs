@@ -79,13 +79,17 @@ impl Client {
     }
 
     fn send(&mut self, req: &[u8]) -> anyhow::Result<Response> {
-        // One retry: a keep-alive connection the server closed between requests is not an error.
+        // One retry, and only on a reused keep-alive connection (the server may have closed it
+        // between requests, as HTTP clients allow for): a failure on a fresh connection is the
+        // request's, and is returned, so tests counting failed requests see it.
+        let reused = self.conn.is_some();
         match self.round_trip(req) {
             Ok(r) => Ok(r),
-            Err(_) => {
+            Err(_) if reused => {
                 self.conn = None;
                 self.round_trip(req)
             }
+            Err(e) => Err(e),
         }
     }
 
