@@ -420,3 +420,96 @@ spec:
         serde_json::from_value(cluster.clone()).unwrap();
     assert_eq!(typed.spec.template.metrics[0].name, "success-rate");
 }
+
+/// The fixture's Rollout with Argo's blueGreen strategy instead of its canary one, as a user of
+/// the seed article's Figure 2 writes it.
+fn blue_green_fixture(dir: &std::path::Path) -> PathBuf {
+    let text = std::fs::read_to_string(fixture("argo/rollout/rollout.yaml")).unwrap();
+    let mut rollout: Value = serde_yaml::from_str(&text).unwrap();
+    let analysis = rollout["spec"]["strategy"]["canary"]["analysis"].clone();
+    rollout["spec"]["strategy"] = json!({"blueGreen": {
+        "activeService": "reviews",
+        "previewService": "reviews-preview",
+        "autoPromotionEnabled": false,
+        "previewReplicaCount": 1,
+        "scaleDownDelaySeconds": 60,
+        "prePromotionAnalysis": {"templates": analysis["templates"].clone(), "args": analysis["args"].clone()},
+        "antiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": {"weight": 1}}
+    }});
+    let path = dir.join("rollout-bg.yaml");
+    std::fs::write(&path, serde_json::to_string(&rollout).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn an_argo_blue_green_rollout_converts_with_its_fields_and_the_mesh_objects_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = blue_green_fixture(dir.path());
+    let out = kubectl_canary(&[
+        "convert",
+        "-f",
+        path.to_str().unwrap(),
+        "--client-selector",
+        "app=productpage",
+    ]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "convert failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let converted = Converted {
+        docs,
+        stderr: stderr.clone(),
+    };
+    let r = converted.rollout();
+    let bg = r
+        .spec
+        .strategy
+        .blue_green
+        .clone()
+        .expect("strategy.blueGreen");
+    assert!(r.spec.strategy.canary.is_none());
+    assert_eq!(bg.active_service, "reviews");
+    assert_eq!(bg.preview_service.as_deref(), Some("reviews-preview"));
+    assert_eq!(bg.auto_promotion_enabled, Some(false));
+    assert_eq!(bg.preview_replica_count, Some(1));
+    assert_eq!(bg.scale_down_delay_seconds, Some(60));
+    assert!(bg.pre_promotion_analysis.is_some());
+    // What the controller runs: the analysis, the wait for a promote, the switch.
+    steps::validate(&r.spec).unwrap();
+    let labels: Vec<&str> = (0..r.spec.strategy.effective().steps.len())
+        .map(|i| r.spec.strategy.blue_green_step(i).unwrap().label())
+        .collect();
+    assert_eq!(
+        labels,
+        ["pre-promotion analysis", "auto-promotion", "switch"]
+    );
+    // The mesh objects Argo's blue-green never needed: subsets and the header-routed route.
+    let dr = converted.kind("DestinationRule");
+    assert_eq!(dr["metadata"]["name"], "reviews");
+    let subsets: Vec<&str> = dr["spec"]["subsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(subsets, ["stable", "canary"]);
+    let vs = converted.kind("VirtualService");
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][0]["headers"]["x-canary-subset"]["exact"],
+        "canary"
+    );
+    assert_eq!(
+        vs["spec"]["http"][1]["route"][0]["destination"]["subset"],
+        "stable"
+    );
+    converted.kind("WasmPlugin");
+    // What could not be carried, and how testers reach green, are said.
+    assert!(
+        stderr.contains("spec.strategy.blueGreen.antiAffinity: not carried over"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("previewHeaderRoute"), "{stderr}");
+}

@@ -324,8 +324,8 @@ fn convert_one(
         .get("strategy")
         .and_then(Value::as_object)
         .ok_or_else(|| anyhow!("Rollout {name} has no spec.strategy"))?;
-    if strategy.contains_key("blueGreen") {
-        bail!("Rollout {name} uses the blueGreen strategy; only canary rollouts can be converted");
+    if let Some(bg) = strategy.get("blueGreen").and_then(Value::as_object) {
+        return convert_blue_green(rollout, spec, bg, namespace, opts, out);
     }
     let canary = strategy
         .get("canary")
@@ -339,37 +339,7 @@ fn convert_one(
         );
     }
 
-    // spec
-    let mut new_spec = Map::new();
-    for (k, v) in spec {
-        match k.as_str() {
-            "replicas" | "selector" | "template" | "paused" => {
-                new_spec.insert(k.clone(), v.clone());
-            }
-            "workloadRef" => {
-                let mut w = v.as_object().cloned().unwrap_or_default();
-                if let Some(sd) = w.remove("scaleDown") {
-                    note(out, &name, format!(
-                        "spec.workloadRef.scaleDown ({sd}): not carried over; the controller only reads the Deployment's \
-                         template, so scale the Deployment to 0 yourself once the CanaryRollout's stable ReplicaSet is ready"
-                    ));
-                } else {
-                    note(out, &name, format!(
-                        "spec.workloadRef: the controller only reads Deployment {}'s pod template; its own pods keep \
-                         running (no rollouts-pod-template-hash label, so neither subset selects them) until you scale it to 0",
-                        v["name"].as_str().unwrap_or_default()
-                    ));
-                }
-                new_spec.insert(k.clone(), Value::Object(w));
-            }
-            "strategy" => {}
-            other => note(
-                out,
-                &name,
-                format!("spec.{other}: not carried over (CanaryRollout has no such field)"),
-            ),
-        }
-    }
+    let mut new_spec = convert_spec_fields(spec, &name, out);
 
     // strategy.canary
     let mut new_canary = Map::new();
@@ -649,6 +619,219 @@ fn convert_one(
         comment: format!(
             "WasmPlugin {service}-canary-server: tags requests and responses with the serving pod's hash \
              (the client WasmPlugins are created by the controller, one per group of callers; do not apply wasm-plugin/client-wasmplugin.yaml too)"
+        ),
+        object: server_wasm_plugin(&service, rollout, opts, namespace.as_deref()),
+    });
+    Ok(())
+}
+
+/// The spec fields besides the strategy, as a CanaryRollout takes them.
+fn convert_spec_fields(
+    spec: &Map<String, Value>,
+    name: &str,
+    out: &mut Conversion,
+) -> Map<String, Value> {
+    let mut new_spec = Map::new();
+    for (k, v) in spec {
+        match k.as_str() {
+            "replicas" | "selector" | "template" | "paused" => {
+                new_spec.insert(k.clone(), v.clone());
+            }
+            "workloadRef" => {
+                let mut w = v.as_object().cloned().unwrap_or_default();
+                if let Some(sd) = w.remove("scaleDown") {
+                    note(out, name, format!(
+                        "spec.workloadRef.scaleDown ({sd}): not carried over; the controller only reads the Deployment's \
+                         template, so scale the Deployment to 0 yourself once the CanaryRollout's stable ReplicaSet is ready"
+                    ));
+                } else {
+                    note(out, name, format!(
+                        "spec.workloadRef: the controller only reads Deployment {}'s pod template; its own pods keep \
+                         running (no rollouts-pod-template-hash label, so neither subset selects them) until you scale it to 0",
+                        v["name"].as_str().unwrap_or_default()
+                    ));
+                }
+                new_spec.insert(k.clone(), Value::Object(w));
+            }
+            "strategy" => {}
+            other => note(
+                out,
+                name,
+                format!("spec.{other}: not carried over (CanaryRollout has no such field)"),
+            ),
+        }
+    }
+    new_spec
+}
+
+/// Argo `blueGreen` fields carried over as they are (same names, same meanings).
+const CARRIED_BLUE_GREEN: [&str; 9] = [
+    "activeService",
+    "previewService",
+    "autoPromotionEnabled",
+    "autoPromotionSeconds",
+    "previewReplicaCount",
+    "scaleDownDelaySeconds",
+    "abortScaleDownDelaySeconds",
+    "previewMetadata",
+    "activeMetadata",
+];
+
+/// An Argo `blueGreen` Rollout: its fields carried over; Argo switches Service selectors, so
+/// the mesh objects wasm-canary routes with are generated for `activeService` (a DestinationRule
+/// with subsets stable/canary, a VirtualService routing on the decision header) with the server
+/// WasmPlugin.
+fn convert_blue_green(
+    rollout: &Value,
+    spec: &Map<String, Value>,
+    bg: &Map<String, Value>,
+    namespace: Option<String>,
+    opts: &ConvertOptions,
+    out: &mut Conversion,
+) -> Result<()> {
+    let name = name_of(rollout).to_owned();
+    let mut new_spec = convert_spec_fields(spec, &name, out);
+    let service = bg
+        .get("activeService")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("Rollout {name}: spec.strategy.blueGreen.activeService is missing"))?
+        .to_owned();
+    let mut new_bg = Map::new();
+    for k in CARRIED_BLUE_GREEN {
+        if let Some(v) = bg.get(k) {
+            new_bg.insert(k.into(), v.clone());
+        }
+    }
+    for k in ["prePromotionAnalysis", "postPromotionAnalysis"] {
+        let Some(a) = bg.get(k) else { continue };
+        if opts.drop_analysis {
+            note(
+                out,
+                &name,
+                format!("spec.strategy.blueGreen.{k}: DROPPED (--drop-analysis)"),
+            );
+        } else {
+            new_bg.insert(k.into(), a.clone());
+            note(out, &name, format!(
+                "spec.strategy.blueGreen.{k}: carried over; its AnalysisTemplates must exist as \
+                 wasmcanary.io/v1alpha1 AnalysisTemplate (pass their files with -f: only the apiVersion changes)"
+            ));
+        }
+    }
+    for k in bg.keys() {
+        let known = CARRIED_BLUE_GREEN.contains(&k.as_str())
+            || matches!(k.as_str(), "prePromotionAnalysis" | "postPromotionAnalysis");
+        if !known {
+            note(out, &name, format!("spec.strategy.blueGreen.{k}: not carried over (not supported by CanaryRollout)"));
+        }
+    }
+    note(out, &name, format!(
+        "blueGreen: Argo switches Service {service}'s selector; here its selector stays as it is and the \
+         switch is the filter's (every caller at once), then the DestinationRule's: a DestinationRule \
+         {service} and a VirtualService {service} routing on the decision header are generated below \
+         (merge them with yours if {service} already has some)"
+    ));
+    if bg.contains_key("previewService") {
+        note(out, &name, "blueGreen.previewService: the controller points its selector's rollouts-pod-template-hash at green (blue when there is none), as Argo does");
+    }
+    note(out, &name, format!(
+        "blueGreen: to let testers reach green through {service} itself before the switch, add \
+         spec.strategy.blueGreen.previewHeaderRoute: {{match: [{{headerName: x-preview, headerValue: {{exact: \"yes\"}}}}]}}"
+    ));
+    let decision_header = opts
+        .decision_header
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DECISION_HEADER.to_owned());
+    let mut wasm = json!({
+        "wasmPlugin": {"url": opts.wasm_url.clone().unwrap_or_else(|| DEFAULT_WASM_URL.to_owned())},
+        "destinationRule": {"name": service},
+    });
+    if opts.wasm_url.is_none() {
+        note(out, &name, format!(
+            "trafficRouting.wasm.wasmPlugin.url set to {DEFAULT_WASM_URL}: point it at your registry (--wasm-url)"
+        ));
+    }
+    match &opts.client_selector {
+        Some(sel) => wasm["wasmPlugin"]["selector"] = json!(sel),
+        None => note(out, &name, format!(
+            "trafficRouting.wasm.wasmPlugin.selector not set: the filter runs in every workload of the namespace; \
+             restrict it to the callers of {service} with --client-selector app=<caller>"
+        )),
+    }
+    if decision_header != DEFAULT_DECISION_HEADER {
+        wasm["decisionHeader"] = json!(decision_header);
+    }
+    new_bg.insert("trafficRouting".into(), json!({"wasm": wasm}));
+    new_spec.insert("strategy".into(), json!({"blueGreen": new_bg}));
+
+    let mut meta = clean_metadata(&rollout["metadata"], namespace.as_deref());
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("namespace");
+        if let Some(ns) = &namespace {
+            m.insert("namespace".into(), json!(ns));
+        }
+    }
+    let canary_rollout = json!({
+        "apiVersion": "wasmcanary.io/v1alpha1",
+        "kind": "CanaryRollout",
+        "metadata": meta,
+        "spec": new_spec,
+    });
+    let typed: CanaryRollout =
+        serde_json::from_value(canary_rollout.clone()).with_context(|| {
+            format!("the converted Rollout {name} does not parse as a CanaryRollout")
+        })?;
+    if let Err(e) = steps::validate(&typed.spec) {
+        note(
+            out,
+            &name,
+            format!("the controller will refuse this CanaryRollout until fixed: {e}"),
+        );
+    }
+    out.documents.push(Document {
+        comment: format!("CanaryRollout {name} (blue-green), converted from Argo Rollout {name}"),
+        object: canary_rollout,
+    });
+    let object_meta = |n: &str| {
+        let mut m = json!({"name": n});
+        if let Some(ns) = &namespace {
+            m["namespace"] = json!(ns);
+        }
+        m
+    };
+    let labels = rollout["spec"]["selector"]["matchLabels"].clone();
+    let subset = |n: &str| json!({"name": n, "labels": labels});
+    out.documents.push(Document {
+        comment: format!(
+            "DestinationRule {service}: subsets stable (blue) and canary (green); the controller adds {POD_TEMPLATE_HASH_LABEL} to each"
+        ),
+        object: json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": object_meta(&service),
+            "spec": {"host": service, "subsets": [subset("stable"), subset("canary")]}
+        }),
+    });
+    out.documents.push(Document {
+        comment: format!("VirtualService {service}: fixed, routes on {decision_header} (the filter decides; green only on `canary`)"),
+        object: json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": object_meta(&service),
+            "spec": {
+                "hosts": [service],
+                "http": [
+                    {"name": "canary",
+                     "match": [{"headers": {decision_header.clone(): {"exact": "canary"}}}],
+                     "route": [{"destination": {"host": service, "subset": "canary"}}]},
+                    {"name": "stable",
+                     "route": [{"destination": {"host": service, "subset": "stable"}}]}
+                ]
+            }
+        }),
+    });
+    out.documents.push(Document {
+        comment: format!(
+            "WasmPlugin {service}-canary-server: tags requests and responses with the serving pod's hash"
         ),
         object: server_wasm_plugin(&service, rollout, opts, namespace.as_deref()),
     });
