@@ -485,8 +485,19 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
     let mut plan = steps::plan(&rollout.spec, &status, &observed);
     if !plan.measure.is_empty() {
         // Take what the plan says is due, then plan again from the same status with them: the
-        // decision is made by the pure step logic from recorded measurements.
-        observed.measurements = take_measurements(client, &ns, &plan.measure, observed.now).await;
+        // decision is made by the pure step logic from recorded measurements. A provider may
+        // take its whole timeout to answer; a new spec meanwhile (an abort, above all) does not
+        // wait for it: the measurements are dropped and the new spec reconciled at once (what
+        // is still due then is measured then).
+        tokio::select! {
+            taken = take_measurements(client, &ns, &plan.measure, observed.now) => {
+                observed.measurements = taken;
+            }
+            () = spec_changed(&ctx, &rollout) => {
+                info!("the spec changed while measuring: measurements dropped, the new spec reconciled now");
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+        }
         plan = steps::plan(&rollout.spec, &status, &observed);
     }
 
@@ -957,6 +968,28 @@ async fn analysis_templates(
         }
     }
     Ok(out)
+}
+
+/// How often the cache is looked at for a new spec while measurements are taken.
+const SPEC_CHANGE_POLL: Duration = Duration::from_millis(50);
+
+/// Resolves once the controller's cache holds another generation of `rollout`'s spec (an
+/// abort, say); never without a running controller's cache. The cache is filled by the
+/// controller's watch while reconciles run.
+async fn spec_changed(ctx: &Context, rollout: &CanaryRollout) {
+    let Some(store) = ctx.rollouts.get() else {
+        return std::future::pending().await;
+    };
+    let key = ObjectRef::from_obj(rollout);
+    loop {
+        if store
+            .get(&key)
+            .is_some_and(|cached| cached.metadata.generation != rollout.metadata.generation)
+        {
+            return;
+        }
+        tokio::time::sleep(SPEC_CHANGE_POLL).await;
+    }
 }
 
 /// Takes the measurements, concurrently; Secret-backed arguments are read just before and

@@ -2,7 +2,8 @@
 //! against a real API server, the tests playing kubelet: green previewed by header only, the
 //! switch after `autoPromotionSeconds` and only once green has all its pods, the
 //! DestinationRule after the filter, blue scaled down only after `scaleDownDelaySeconds`; pre-
-//! and post-promotion analysis deciding; abort at every phase returning every caller to blue.
+//! and post-promotion analysis deciding; abort at every phase returning every caller to blue, at
+//! once even while a metric provider is slow to answer.
 //! Every ordering claim is judged on recordings of every stored version (`support::versions`).
 #![allow(
     clippy::unwrap_used,
@@ -541,5 +542,83 @@ async fn abort_at_every_phase_returns_every_caller_to_blue() {
             .iter()
             .all(|v| v.object.spec.replicas == Some(2)),
         "blue kept all its pods through every abort"
+    );
+}
+
+/// A metric provider slow to answer holds a measurement up to its timeout (30 s here); an
+/// abort meanwhile does not wait for it: every caller is back on blue at once (found in the
+/// real mesh, mesh_blue_green.rs, where the abort took the provider's 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_while_the_post_promotion_provider_is_slow_to_answer_switches_back_at_once() {
+    let env = RolloutEnv::new("bg-abort-measuring").await;
+    let stub = HttpStub::start(|_| Reply::Silence).await;
+    let template = json!({
+        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "slow", "namespace": env.ns},
+        "spec": {"metrics": [{
+            "name": "ok", "count": 1, "successCondition": "result.ok == true",
+            "provider": {"web": {"url": format!("{}/slow", stub.url), "timeoutSeconds": 30}}
+        }]}
+    });
+    platform_applies(
+        &Api::<DynamicObject>::namespaced_with(
+            env.client.clone(),
+            &env.ns,
+            &ApiResource::erase::<canary_controller::analysis::AnalysisTemplate>(&()),
+        ),
+        &template,
+    )
+    .await;
+    let spec = rollout(
+        &env.ns,
+        "reviews:v1",
+        json!({"postPromotionAnalysis": analysis("slow")}),
+    );
+    let blue = env.healthy_on_first_version(&spec).await;
+    env.set_image("reviews:v2").await;
+    // The compiled steps: 0 switch, 1 post-promotion analysis.
+    env.until("the switch", |r| {
+        let s = r.status.as_ref()?;
+        (s.current_step_index == Some(1) && s.canary_weight == 10_000).then_some(())
+    })
+    .await;
+    let start = std::time::Instant::now();
+    while stub.requests().is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the post-promotion analysis never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let aborted_at = std::time::Instant::now();
+    env.patch_spec(json!({"abort": true})).await;
+    let plugin = support::productpage_plugin();
+    let mut back = None;
+    while back.is_none() {
+        let config = env.plugin_config(&plugin).await.unwrap();
+        if config.services[0].canary_weight == 0 {
+            back = Some(aborted_at.elapsed());
+        } else {
+            assert!(
+                aborted_at.elapsed() < WAIT,
+                "every caller still on green {:?} after the abort",
+                aborted_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let back = back.unwrap();
+    assert!(
+        back < Duration::from_secs(10),
+        "every caller back on blue {back:?} after the abort: it waited for the measurement (timeout 30 s)"
+    );
+    assert_eq!(
+        env.subset_hash("stable").await.as_deref(),
+        Some(blue.as_str())
+    );
+    assert_eq!(
+        stub.requests().len(),
+        1,
+        "measured once, the measurement dropped"
     );
 }

@@ -513,3 +513,40 @@ fn an_argo_blue_green_rollout_converts_with_its_fields_and_the_mesh_objects_it_n
     );
     assert!(stderr.contains("previewHeaderRoute"), "{stderr}");
 }
+
+/// `--wasm-sha256` (needed for `file://` and `https://` modules) goes where the module is named:
+/// a blue-green rollout keeps one strategy, `blueGreen`, with the digest in its traffic routing.
+#[test]
+fn a_blue_green_rollout_converted_with_the_module_digest_keeps_only_its_blue_green_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = blue_green_fixture(dir.path());
+    let out = kubectl_canary(&[
+        "convert",
+        "-f",
+        path.to_str().unwrap(),
+        "--wasm-url",
+        "file:///var/lib/wasm/filter.wasm",
+        "--wasm-sha256",
+        "ab12",
+    ]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "convert failed: {stderr}");
+    let docs: Vec<Value> =
+        serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+            .map(|d| Value::deserialize(d).unwrap())
+            .filter(|v| !v.is_null())
+            .collect();
+    let converted = Converted { docs, stderr };
+    let strategy = &converted.kind("CanaryRollout")["spec"]["strategy"];
+    assert!(
+        strategy["canary"].is_null(),
+        "a canary strategy too: {strategy:#}"
+    );
+    assert_eq!(
+        strategy["blueGreen"]["trafficRouting"]["wasm"]["wasmPlugin"]["sha256"],
+        "ab12"
+    );
+    let r = converted.rollout();
+    steps::validate(&r.spec).unwrap();
+    assert_eq!(converted.kind("WasmPlugin")["spec"]["sha256"], "ab12");
+}

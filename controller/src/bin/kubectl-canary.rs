@@ -618,8 +618,15 @@ fn run_convert(args: &ConvertArgs, namespace: Option<String>) -> Result<()> {
         for d in &mut conversion.documents {
             match d.object["kind"].as_str() {
                 Some("CanaryRollout") => {
-                    d.object["spec"]["strategy"]["canary"]["trafficRouting"]["wasm"]["wasmPlugin"]
-                        ["sha256"] = serde_json::json!(sha)
+                    // Into the strategy the rollout has: indexing a missing one would add it.
+                    let strategy = &mut d.object["spec"]["strategy"];
+                    let kind = if strategy.get("blueGreen").is_some() {
+                        "blueGreen"
+                    } else {
+                        "canary"
+                    };
+                    strategy[kind]["trafficRouting"]["wasm"]["wasmPlugin"]["sha256"] =
+                        serde_json::json!(sha);
                 }
                 Some("WasmPlugin") => d.object["spec"]["sha256"] = serde_json::json!(sha),
                 _ => {}

@@ -68,6 +68,24 @@ pub async fn start_controller(plane: &ControlPlane, client: &kube::Client) -> Ow
 /// `kubectl canary convert` on the seed's Rollout, Istio config and Bookinfo app, as a user
 /// migrating from Argo Rollouts would run it.
 pub fn convert_the_seed(wasm: &Path) -> Vec<Value> {
+    convert_seed_with_rollout(wasm, &fixtures().join("argo/rollout/rollout.yaml"))
+}
+
+/// [`convert_the_seed`] for the seed's Rollout with Argo's `blueGreen` strategy `blue_green`
+/// instead of its canary one, as a user of Argo's blue-green writes it (the rest of the
+/// Rollout, and the seed's Istio config, as they are).
+pub fn convert_the_seed_blue_green(wasm: &Path, blue_green: Value) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("argo/rollout/rollout.yaml")).unwrap();
+    let mut rollout: Value = serde_yaml::from_str(&text).unwrap();
+    rollout["spec"]["strategy"] = json!({ "blueGreen": blue_green });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rollout-blue-green.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&rollout).unwrap()).unwrap();
+    convert_seed_with_rollout(wasm, &path)
+}
+
+/// `kubectl canary convert` on the Rollout at `rollout` with the seed's Istio config.
+fn convert_seed_with_rollout(wasm: &Path, rollout: &Path) -> Vec<Value> {
     let f = fixtures();
     let sha256 = sha256_hex(wasm);
     let out = Command::new(env!("CARGO_BIN_EXE_kubectl-canary"))
@@ -76,7 +94,7 @@ pub fn convert_the_seed(wasm: &Path) -> Vec<Value> {
         .arg(format!("file://{}", wasm.display()))
         .args(["--wasm-sha256", &sha256])
         .arg("-f")
-        .arg(f.join("argo/rollout/rollout.yaml"))
+        .arg(rollout)
         .arg("-f")
         .arg(f.join("argo/tse/conf.yaml"))
         .output()
@@ -151,18 +169,31 @@ pub struct Seen {
 impl Load {
     /// Starts sending requests with `Host: host` (`reviews:9080`) into the caller's sidecar.
     pub fn start(mesh: &Bookinfo, host: &str) -> Load {
+        Self::start_with_headers(mesh, host, &[])
+    }
+
+    /// [`Load::start`] with `headers` on every request (testers' `x-preview: yes`, say).
+    pub fn start_with_headers(mesh: &Bookinfo, host: &str, headers: &[(&str, &str)]) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (s, v) = (stop.clone(), seen.clone());
         let mut http = mesh.http();
         let host = host.to_owned();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let thread = std::thread::spawn(move || {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let deadline = Instant::now() + Duration::from_secs(600);
             for _ in 0..200_000 {
                 if s.load(Ordering::Relaxed) || Instant::now() > deadline {
                     return;
                 }
-                let r = http.get(&host, "/", &[]);
+                let r = http.get(&host, "/", &headers);
                 let seen = match r {
                     Ok(r) => Seen {
                         at: Instant::now(),
