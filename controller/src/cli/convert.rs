@@ -523,57 +523,21 @@ fn convert_one(
         });
     }
 
-    let mut wasm = json!({
-        "service": service,
-        "wasmPlugin": {"url": opts.wasm_url.clone().unwrap_or_else(|| DEFAULT_WASM_URL.to_owned())},
-        "destinationRule": {"name": dr_name},
-    });
-    if opts.wasm_url.is_none() {
-        note(out, &name, format!(
-            "trafficRouting.wasm.wasmPlugin.url set to {DEFAULT_WASM_URL}: point it at your registry (--wasm-url)"
-        ));
-    }
+    let mut wasm = wasm_routing(&name, &service, &dr_name, opts, out);
+    wasm["service"] = json!(service);
     if stable_subset != "stable" {
         wasm["destinationRule"]["stableSubsetName"] = json!(stable_subset);
     }
     if canary_subset != "canary" {
         wasm["destinationRule"]["canarySubsetName"] = json!(canary_subset);
     }
-    if let Some(sel) = &opts.client_selector {
-        wasm["wasmPlugin"]["selector"] = json!(sel);
-    } else {
-        note(out, &name, format!(
-            "trafficRouting.wasm.wasmPlugin.selector not set: the filter runs in every workload of the namespace; \
-             restrict it to the callers of {service} with --client-selector app=<caller>"
-        ));
-    }
-    if decision_header != DEFAULT_DECISION_HEADER {
-        wasm["decisionHeader"] = json!(decision_header);
-    }
     if !extra_hosts.is_empty() {
         wasm["hosts"] = json!(extra_hosts);
     }
     new_canary.insert("trafficRouting".into(), json!({"wasm": wasm}));
     new_spec.insert("strategy".into(), json!({"canary": new_canary}));
-
-    let mut meta = clean_metadata(&rollout["metadata"], namespace.as_deref());
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("namespace");
-        if let Some(ns) = &namespace {
-            m.insert("namespace".into(), json!(ns));
-        }
-    }
-    let canary_rollout = json!({
-        "apiVersion": "wasmcanary.io/v1alpha1",
-        "kind": "CanaryRollout",
-        "metadata": meta,
-        "spec": new_spec,
-    });
-    // What we print must be what the controller reads.
-    let typed: CanaryRollout =
-        serde_json::from_value(canary_rollout.clone()).with_context(|| {
-            format!("the converted Rollout {name} does not parse as a CanaryRollout")
-        })?;
+    let (canary_rollout, typed) =
+        canary_rollout_object(rollout, &name, namespace.as_deref(), new_spec)?;
     if let Err(e) = steps::validate(&typed.spec) {
         let strategy = typed.spec.strategy.effective();
         if !(strategy.analysis.is_some() || strategy.steps.iter().any(|s| s.analysis.is_some())) {
@@ -743,45 +707,11 @@ fn convert_blue_green(
         .decision_header
         .clone()
         .unwrap_or_else(|| DEFAULT_DECISION_HEADER.to_owned());
-    let mut wasm = json!({
-        "wasmPlugin": {"url": opts.wasm_url.clone().unwrap_or_else(|| DEFAULT_WASM_URL.to_owned())},
-        "destinationRule": {"name": service},
-    });
-    if opts.wasm_url.is_none() {
-        note(out, &name, format!(
-            "trafficRouting.wasm.wasmPlugin.url set to {DEFAULT_WASM_URL}: point it at your registry (--wasm-url)"
-        ));
-    }
-    match &opts.client_selector {
-        Some(sel) => wasm["wasmPlugin"]["selector"] = json!(sel),
-        None => note(out, &name, format!(
-            "trafficRouting.wasm.wasmPlugin.selector not set: the filter runs in every workload of the namespace; \
-             restrict it to the callers of {service} with --client-selector app=<caller>"
-        )),
-    }
-    if decision_header != DEFAULT_DECISION_HEADER {
-        wasm["decisionHeader"] = json!(decision_header);
-    }
+    let wasm = wasm_routing(&name, &service, &service, opts, out);
     new_bg.insert("trafficRouting".into(), json!({"wasm": wasm}));
     new_spec.insert("strategy".into(), json!({"blueGreen": new_bg}));
-
-    let mut meta = clean_metadata(&rollout["metadata"], namespace.as_deref());
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("namespace");
-        if let Some(ns) = &namespace {
-            m.insert("namespace".into(), json!(ns));
-        }
-    }
-    let canary_rollout = json!({
-        "apiVersion": "wasmcanary.io/v1alpha1",
-        "kind": "CanaryRollout",
-        "metadata": meta,
-        "spec": new_spec,
-    });
-    let typed: CanaryRollout =
-        serde_json::from_value(canary_rollout.clone()).with_context(|| {
-            format!("the converted Rollout {name} does not parse as a CanaryRollout")
-        })?;
+    let (canary_rollout, typed) =
+        canary_rollout_object(rollout, &name, namespace.as_deref(), new_spec)?;
     if let Err(e) = steps::validate(&typed.spec) {
         note(
             out,
@@ -836,6 +766,69 @@ fn convert_blue_green(
         object: server_wasm_plugin(&service, rollout, opts, namespace.as_deref()),
     });
     Ok(())
+}
+
+/// `trafficRouting.wasm` as both strategies have it (the WasmPlugin from the options, the
+/// DestinationRule `dr_name`, the decision header when not the default), saying what the user
+/// should set.
+fn wasm_routing(
+    name: &str,
+    service: &str,
+    dr_name: &str,
+    opts: &ConvertOptions,
+    out: &mut Conversion,
+) -> Value {
+    let mut wasm = json!({
+        "wasmPlugin": {"url": opts.wasm_url.clone().unwrap_or_else(|| DEFAULT_WASM_URL.to_owned())},
+        "destinationRule": {"name": dr_name},
+    });
+    if opts.wasm_url.is_none() {
+        note(out, name, format!(
+            "trafficRouting.wasm.wasmPlugin.url set to {DEFAULT_WASM_URL}: point it at your registry (--wasm-url)"
+        ));
+    }
+    match &opts.client_selector {
+        Some(sel) => wasm["wasmPlugin"]["selector"] = json!(sel),
+        None => note(out, name, format!(
+            "trafficRouting.wasm.wasmPlugin.selector not set: the filter runs in every workload of the namespace; \
+             restrict it to the callers of {service} with --client-selector app=<caller>"
+        )),
+    }
+    if let Some(header) = opts
+        .decision_header
+        .as_deref()
+        .filter(|h| *h != DEFAULT_DECISION_HEADER)
+    {
+        wasm["decisionHeader"] = json!(header);
+    }
+    wasm
+}
+
+/// The CanaryRollout named like `rollout` with `spec`, and it parsed as the controller reads it
+/// (what is printed must be what the controller reads).
+fn canary_rollout_object(
+    rollout: &Value,
+    name: &str,
+    namespace: Option<&str>,
+    spec: Map<String, Value>,
+) -> Result<(Value, CanaryRollout)> {
+    let mut meta = clean_metadata(&rollout["metadata"], namespace);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("namespace");
+        if let Some(ns) = namespace {
+            m.insert("namespace".into(), json!(ns));
+        }
+    }
+    let object = json!({
+        "apiVersion": "wasmcanary.io/v1alpha1",
+        "kind": "CanaryRollout",
+        "metadata": meta,
+        "spec": spec,
+    });
+    let typed = serde_json::from_value(object.clone()).with_context(|| {
+        format!("the converted Rollout {name} does not parse as a CanaryRollout")
+    })?;
+    Ok((object, typed))
 }
 
 fn standard_hosts(service: &str, namespace: Option<&str>) -> BTreeSet<String> {
