@@ -43,7 +43,7 @@ oci: wasm ## Write an OCI image layout of the filter (Istio 'compat' variant) to
 crd: ## Regenerate the CanaryRollout, AnalysisTemplate and ClusterAnalysisTemplate CRD YAML from the Rust types (committed; tests check them)
 	cargo run -q -p wasm-canary-controller --bin crdgen -- --out-dir controller/crds
 
-test: setup wasm oci cluster-build mesh-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars (the filter image pulled by pilot-agent from a local registry), Envoy end-to-end
+test: setup wasm oci cluster-build mesh-build oap-build ## Run every test: lint, unit, wasm-bindgen, controller and control plane (real API server), real istiod + sidecars (the filter image pulled by pilot-agent from a local registry), Envoy end-to-end
 	$(MAKE) --no-print-directory lint
 	cargo test --workspace --exclude wasm-canary-e2e
 	$(MAKE) --no-print-directory gitops-test
@@ -54,7 +54,7 @@ test-unit: ## Unit and property tests (native, no Envoy, no API server)
 	cargo test -p wasm-canary-core -p wasm-canary-filter
 	cargo test -p wasm-canary-controller --lib --test step_logic --test crd_fresh
 
-controller-test: wasm cluster-build ## The controller against a real API server (tests play kubelet; Prometheus + Envoy for analysis; the dashboard in headless Chromium)
+controller-test: wasm cluster-build oap-build ## The controller against a real API server (tests play kubelet; Prometheus + Envoy for analysis; the dashboard in headless Chromium)
 	cargo test -p wasm-canary-controller
 
 gitops-test: ## Argo CD health and action Lua (gitops/argocd) run by gopher-lua on rollouts captured by controller/tests/gitops.rs
@@ -100,3 +100,4 @@ clean: ## Remove build outputs (keeps the venv)
 
 -include tests/cluster/cluster.mk
 -include tests/mesh/mesh.mk
+-include tests/oap/oap.mk

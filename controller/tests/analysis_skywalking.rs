@@ -235,8 +235,21 @@ impl Env {
 
     /// The fixture's objects in this namespace, pointing at `oap`; healthy on v1. With
     /// `cluster_scope` the template is a ClusterAnalysisTemplate named after the namespace,
-    /// referenced with `clusterScope: true`.
+    /// referenced with `clusterScope: true`. Measurements every second, pauses of 2 s.
     async fn fixture_healthy_on_v1(&self, oap: &FakeOap, cluster_scope: bool) {
+        self.fixture_with(oap.url(), cluster_scope, &Timing::FAST, SERVICE)
+            .await;
+    }
+
+    /// [`Env::fixture_healthy_on_v1`] against the OAP at `address`, with `timing`, asking about
+    /// `service` (the fixture's `service-name` argument).
+    async fn fixture_with(
+        &self,
+        address: &str,
+        cluster_scope: bool,
+        timing: &Timing,
+        service: &str,
+    ) {
         let ns = &self.ns;
         let deployment = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -259,8 +272,8 @@ impl Env {
         template["apiVersion"] = "wasmcanary.io/v1alpha1".into();
         template["metadata"]["namespace"] = json!(ns);
         let metric = &mut template["spec"]["metrics"][0];
-        metric["interval"] = "1s".into();
-        metric["provider"]["skywalking"]["address"] = json!(oap.url());
+        metric["interval"] = timing.interval.into();
+        metric["provider"]["skywalking"]["address"] = json!(address);
         let template_name = if cluster_scope {
             template["kind"] = "ClusterAnalysisTemplate".into();
             template["metadata"]["name"] = json!(ns);
@@ -305,9 +318,10 @@ impl Env {
         }});
         for step in canary["steps"].as_array_mut().unwrap() {
             if step.get("pause").is_some() {
-                step["pause"]["duration"] = "2s".into();
+                step["pause"]["duration"] = timing.pause.into();
             }
         }
+        canary["analysis"]["args"][0]["value"] = json!(service);
         canary["abortScaleDownDelaySeconds"] = 2.into();
         canary["scaleDownDelaySeconds"] = 2.into();
         let rollouts: Api<DynamicObject> = Api::namespaced_with(
@@ -324,6 +338,20 @@ impl Env {
 }
 
 use canary_cluster::kubelet::play_kubelet;
+
+/// The fixture's durations, shortened: the metric's `interval` and every pause.
+struct Timing {
+    interval: &'static str,
+    pause: &'static str,
+}
+
+impl Timing {
+    /// For the stand-in: a measurement a second.
+    const FAST: Timing = Timing {
+        interval: "1s",
+        pause: "2s",
+    };
+}
 
 /// What every query to OAP must look like: POST /graphql, the fixture's query with the
 /// rollout's argument substituted, `$duration` the last 3 minutes at minute precision.
@@ -482,5 +510,159 @@ async fn the_fixture_rollout_aborts_to_weight_zero_when_skywalking_apdex_drops_b
     assert!(
         !env.rollout().await.spec.abort,
         "retry leaves spec.abort unset"
+    );
+}
+
+/// A real OAP's one-minute buckets: a measurement a minute, pauses of a minute after the
+/// analysis starts (step 2), so a failing canary reaches the fixture's `failureLimit: 3`
+/// (a fourth failed measurement, 3 minutes in) before the rollout could promote.
+const REAL: Timing = Timing {
+    interval: "1m",
+    pause: "1m",
+};
+
+/// Reports `service`'s requests to `oap` until dropped: 10 a second at `latency_ms`, after
+/// 20 a minute for the past 4 minutes (the canary's traffic during the steps before the
+/// analysis started, which the tests do not wait through).
+struct Traffic {
+    task: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Traffic {
+    fn start(oap: Arc<support::oap::Oap>, service: &'static str, latency_ms: u64) -> Traffic {
+        let now = || chrono::Utc::now().timestamp_millis();
+        for minutes_ago in 1..=4 {
+            oap.send_segments(service, &[latency_ms; 20], now() - minutes_ago * 60_000);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                oap.send_segments(service, &[latency_ms; 10], now());
+                std::thread::sleep(Duration::from_secs(1)); // the traffic's own pace
+            }
+        });
+        Traffic {
+            task: Some(task),
+            stop,
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(task) = self.task.take() {
+            let _ = task.join();
+        }
+    }
+}
+
+/// Waits (at most 10 minutes) until the canary is promoted or aborted; the status then.
+async fn until_ended(env: &Env, what: &str) -> canary_controller::crd::CanaryRolloutStatus {
+    let deadline = Duration::from_secs(600);
+    let start = tokio::time::Instant::now();
+    loop {
+        let r = env.rollout().await;
+        let status = r.status.clone().unwrap_or_default();
+        let promoted = status.phase == Phase::Healthy
+            && !status.analysis_runs.is_empty()
+            && status.canary_hash.is_none();
+        if status.phase == Phase::Aborted || promoted {
+            return status;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what} not within {deadline:?}: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The fixture's template, unchanged but for `interval: 1m`, against a real SkyWalking OAP
+/// (`make oap-build`) fed with the canaries' requests: a fast canary (50 ms, apdex 10000) is
+/// promoted, a slow one (3 s, frustrated: apdex 0) is aborted at its fourth failed
+/// measurement. About 5 minutes: the real one-minute granularity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn against_a_real_oap_the_fixture_promotes_a_fast_canary_and_aborts_a_slow_one() {
+    const FAST: &str = "canary|reviews|analysis-oap-fast|cluster-1|-";
+    const SLOW: &str = "canary|reviews|analysis-oap-slow|cluster-1|-";
+    // OAP writes a minute to storage every persistentPeriod (25 s by default); until then the
+    // current minute reads 0 and the fixture's all(... >= 9900) fails. 2 s here: see README.
+    let oap = Arc::new(
+        tokio::task::spawn_blocking(|| support::oap::Oap::start(Duration::from_secs(2)))
+            .await
+            .unwrap(),
+    );
+    let _fast_traffic = Traffic::start(oap.clone(), FAST, 50);
+    let _slow_traffic = Traffic::start(oap.clone(), SLOW, 3_000);
+    let fast = Env::new("analysis-oap-fast").await;
+    let slow = Env::new("analysis-oap-slow").await;
+    let url = oap.url();
+    tokio::join!(
+        fast.fixture_with(&url, false, &REAL, FAST),
+        slow.fixture_with(&url, false, &REAL, SLOW)
+    );
+    let v1 = fast.rollout().await.status.unwrap().stable_hash.unwrap();
+    fast.set_image("reviews:v2").await;
+    slow.set_image("reviews:v2").await;
+    let (promoted, aborted) = tokio::join!(
+        until_ended(&fast, "the fast canary's promotion"),
+        until_ended(&slow, "the slow canary's abort")
+    );
+    assert_eq!(
+        promoted.phase,
+        Phase::Healthy,
+        "the fast canary: {promoted:#?}"
+    );
+    assert_ne!(promoted.stable_hash.as_deref(), Some(v1.as_str()));
+    let run = &promoted.analysis_runs[0];
+    assert_eq!(run.phase, AnalysisPhase::Successful, "{run:#?}");
+    assert!(run.metrics[0].successful >= 2, "{run:#?}");
+    assert_eq!(
+        aborted.phase,
+        Phase::Aborted,
+        "the slow canary: {aborted:#?}"
+    );
+    assert!(aborted.analysis_aborted);
+    let run = &aborted.analysis_runs[0];
+    assert_eq!(run.phase, AnalysisPhase::Failed, "{run:#?}");
+    assert_eq!(run.metrics[0].failed, 4, "{run:#?}");
+    // What the real OAP answered: one point per minute of the 3-minute window, both ends
+    // included (4), `label` null; for the slow canary every point 0 (frustrated requests, and
+    // a minute without data also reads 0).
+    let points = |value: &Option<String>| -> Vec<i64> {
+        let v: Value = serde_json::from_str(value.as_deref().unwrap()).unwrap();
+        assert!(v["service_apdex"]["label"].is_null(), "{v}");
+        v["service_apdex"]["values"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_i64().unwrap())
+            .collect()
+    };
+    for m in &run.metrics[0].measurements {
+        assert_eq!(points(&m.value), [0, 0, 0, 0], "{m:#?}");
+    }
+    let fast_run = &promoted.analysis_runs[0].metrics[0];
+    let successes: Vec<&_> = fast_run
+        .measurements
+        .iter()
+        .filter(|m| m.phase == AnalysisPhase::Successful)
+        .collect();
+    for m in &successes {
+        let p = points(&m.value);
+        assert!(p.len() == 4 && p.iter().all(|v| *v >= 9_900), "{m:#?}");
+    }
+    eprintln!(
+        "fast canary: {} measurements, {} failed; slow canary: {} failed",
+        fast_run.measurements.len(),
+        fast_run.failed,
+        run.metrics[0].failed
+    );
+    assert_eq!(
+        slow.plugin_config().await.unwrap().services[0].canary_weight,
+        0
     );
 }

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod http_stub;
 pub mod mesh_env;
 pub mod mesh_seed;
+pub mod oap;
 pub mod owned_process;
 pub mod rollout_wait;
 pub mod secret_leaks;
