@@ -34,30 +34,25 @@ const PREVIEW_SERVICE: &str = "reviews-preview";
 /// Rollout `reviews`, blue-green: 2 replicas, `image`, the controller's WasmPlugin for callers
 /// `app: productpage`, the DestinationRule `reviews`; `blue_green` adds to Argo's fields.
 fn rollout(ns: &str, image: &str, blue_green: Value) -> Value {
+    let mut rollout = support::rollout_env::rollout(ns, image, json!([]));
+    let routing = rollout["spec"]["strategy"]["canary"]["trafficRouting"].take();
     let mut strategy = json!({
         "activeService": "reviews",
         "scaleDownDelaySeconds": 2,
         "abortScaleDownDelaySeconds": 2,
-        "trafficRouting": {"wasm": {
-            "wasmPlugin": {"url": "oci://registry.example.com/wasm-canary/filter:0.1.0", "selector": {"app": "productpage"}},
-            "destinationRule": {"name": "reviews"}
-        }}
+        "trafficRouting": routing
     });
+    // The service is activeService's: left out, as a user of blueGreen would.
+    strategy["trafficRouting"]["wasm"]
+        .as_object_mut()
+        .unwrap()
+        .remove("service");
     strategy
         .as_object_mut()
         .unwrap()
         .extend(blue_green.as_object().unwrap().clone());
-    json!({
-        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "CanaryRollout",
-        "metadata": {"name": "reviews", "namespace": ns},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "reviews"}},
-            "template": {"metadata": {"labels": {"app": "reviews"}},
-                         "spec": {"containers": [{"name": "reviews", "image": image}]}},
-            "strategy": {"blueGreen": strategy}
-        }
-    })
+    rollout["spec"]["strategy"] = json!({ "blueGreen": strategy });
+    rollout
 }
 
 fn preview_route() -> Value {

@@ -65,7 +65,12 @@ fn convert(extra: &[&str]) -> Converted {
         istio.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = kubectl_canary(&args);
+    run_convert(&args)
+}
+
+/// `kubectl canary <args>`, which must succeed; its documents and stderr.
+fn run_convert(args: &[&str]) -> Converted {
+    let out = kubectl_canary(args);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "convert failed: {stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -445,24 +450,14 @@ fn blue_green_fixture(dir: &std::path::Path) -> PathBuf {
 fn an_argo_blue_green_rollout_converts_with_its_fields_and_the_mesh_objects_it_needs() {
     let dir = tempfile::tempdir().unwrap();
     let path = blue_green_fixture(dir.path());
-    let out = kubectl_canary(&[
+    let converted = run_convert(&[
         "convert",
         "-f",
         path.to_str().unwrap(),
         "--client-selector",
         "app=productpage",
     ]);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "convert failed: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect();
-    let converted = Converted {
-        docs,
-        stderr: stderr.clone(),
-    };
+    let stderr = converted.stderr.clone();
     let r = converted.rollout();
     let bg = r
         .spec
@@ -520,7 +515,7 @@ fn an_argo_blue_green_rollout_converts_with_its_fields_and_the_mesh_objects_it_n
 fn a_blue_green_rollout_converted_with_the_module_digest_keeps_only_its_blue_green_strategy() {
     let dir = tempfile::tempdir().unwrap();
     let path = blue_green_fixture(dir.path());
-    let out = kubectl_canary(&[
+    let converted = run_convert(&[
         "convert",
         "-f",
         path.to_str().unwrap(),
@@ -529,14 +524,6 @@ fn a_blue_green_rollout_converted_with_the_module_digest_keeps_only_its_blue_gre
         "--wasm-sha256",
         "ab12",
     ]);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "convert failed: {stderr}");
-    let docs: Vec<Value> =
-        serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
-            .map(|d| Value::deserialize(d).unwrap())
-            .filter(|v| !v.is_null())
-            .collect();
-    let converted = Converted { docs, stderr };
     let strategy = &converted.kind("CanaryRollout")["spec"]["strategy"];
     assert!(
         strategy["canary"].is_null(),

@@ -165,7 +165,6 @@ impl Oap {
     /// The end of OAP's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("oap.log")).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        wasm_canary_e2e::tail(&log, lines)
     }
 }

@@ -227,9 +227,7 @@ impl Envoy {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::tail(&self.log(), lines)
     }
 
     /// Waits until the log contains `needle` (Envoy writes its log file in batches), polling

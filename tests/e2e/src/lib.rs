@@ -40,6 +40,12 @@ pub fn assert_binomial(observed: u64, n: u64, p: f64, what: &str) {
 
 use std::path::PathBuf;
 
+/// The last `lines` lines of `text` (a process's log), for failure messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

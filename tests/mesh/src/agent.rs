@@ -283,9 +283,7 @@ impl AgentPod {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        wasm_canary_e2e::tail(&self.log(), lines)
     }
 
     /// The files of the pod's Wasm cache (pilot-agent names a module by its digest).

@@ -59,6 +59,18 @@ pub struct Bookinfo {
     pub subnet: std::sync::Arc<Subnet>,
 }
 
+/// The stable version the user's manifests in `wasm-plugin/` name (their pluginConfig's and
+/// DestinationRule's hashes).
+pub const MANIFEST_STABLE: Version<'static> = Version {
+    version: "stable",
+    hash: "6c9f8d5b7d",
+};
+/// The canary version the user's manifests in `wasm-plugin/` name.
+pub const MANIFEST_CANARY: Version<'static> = Version {
+    version: "canary",
+    hash: "84b7c6f5d9",
+};
+
 /// A version of `reviews` to run: its `version` label and `rollouts-pod-template-hash`.
 #[derive(Debug, Clone, Copy)]
 pub struct Version<'a> {

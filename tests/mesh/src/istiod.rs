@@ -213,9 +213,7 @@ impl Istiod {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        wasm_canary_e2e::tail(&self.log(), lines)
     }
 
     /// The folder istiod runs in (mesh config, logs).

@@ -6,19 +6,13 @@
 use std::time::Duration;
 
 use canary_cluster::ControlPlane;
-use canary_mesh::bookinfo::{user_manifests, Version};
+use canary_mesh::bookinfo::{user_manifests, Version, MANIFEST_CANARY, MANIFEST_STABLE};
 use canary_mesh::{eventually, objects, Bookinfo, Istiod};
 use wasm_canary_e2e::assert_binomial;
 
 /// The hashes in `wasm-plugin/` (the user's example pluginConfig and DestinationRule).
-const STABLE: Version = Version {
-    version: "stable",
-    hash: "6c9f8d5b7d",
-};
-const CANARY: Version = Version {
-    version: "canary",
-    hash: "84b7c6f5d9",
-};
+const STABLE: Version = MANIFEST_STABLE;
+const CANARY: Version = MANIFEST_CANARY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_manifests_in_a_real_mesh_route_testers_to_canary_and_tag_every_response() {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use canary_cluster::ControlPlane;
 use canary_mesh::agent::{AgentPod, Reach};
-use canary_mesh::bookinfo::{user_manifests, Version, POD_LABEL, REVIEWS_PORT};
+use canary_mesh::bookinfo::{
+    user_manifests, Version, MANIFEST_CANARY, MANIFEST_STABLE, POD_LABEL, REVIEWS_PORT,
+};
 use canary_mesh::registry::{built_layout, Registry};
 use canary_mesh::sidecar::Pod;
 use canary_mesh::{eventually, objects, Bookinfo, Istiod};
@@ -18,14 +20,8 @@ use wasm_canary_e2e::assert_binomial;
 use wasm_canary_e2e::http::{Client as Http, Response};
 
 /// The hashes in `wasm-plugin/` (the user's example pluginConfig and DestinationRule).
-const STABLE: Version = Version {
-    version: "stable",
-    hash: "6c9f8d5b7d",
-};
-const CANARY: Version = Version {
-    version: "canary",
-    hash: "84b7c6f5d9",
-};
+const STABLE: Version = MANIFEST_STABLE;
+const CANARY: Version = MANIFEST_CANARY;
 /// The client WasmPlugin of `wasm-plugin/client-wasmplugin.yaml`.
 const CLIENT_PLUGIN: &str = "reviews-canary-client";
 /// A module fetch and an istiod push on a loaded 2-core machine.
