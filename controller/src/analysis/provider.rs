@@ -90,9 +90,12 @@ pub fn skywalking_result(answer: &Value) -> Result<(Value, bool), String> {
     Ok((data, no_data))
 }
 
+/// Whether `v` holds a number anywhere. SkyWalking's MQE (`execExpression`) gives values as
+/// strings (`"9950"`) and a minute without data as null: a numeric string counts.
 fn has_number(v: &Value) -> bool {
     match v {
         Value::Number(_) => true,
+        Value::String(s) => s.trim().parse::<f64>().is_ok_and(f64::is_finite),
         Value::Array(a) => a.iter().any(has_number),
         Value::Object(o) => o.values().any(has_number),
         _ => false,

@@ -177,6 +177,9 @@ pub fn convert(objects: &[Value], opts: &ConvertOptions) -> Result<Conversion> {
                     name_of(o)
                 )),
             }
+            for note in idle_minute_warnings(&t) {
+                out.notes.push(format!("{kind} {}: {note}", name_of(o)));
+            }
             out.documents.insert(
                 0,
                 Document {
@@ -766,6 +769,35 @@ fn convert_blue_green(
         object: server_wasm_plugin(&service, rollout, opts, namespace.as_deref()),
     });
     Ok(())
+}
+
+/// What a real SkyWalking OAP does to a template's SkyWalking metrics: `readMetricsValues`
+/// answers 0 for a minute without data, so a condition over every point (`all(...)`) fails a
+/// canary whose window reaches back before its first request (tests/oap/README.md).
+fn idle_minute_warnings(template: &Value) -> Vec<String> {
+    template["spec"]["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            m["provider"]["skywalking"]["query"]
+                .as_str()
+                .is_some_and(|q| q.contains("readMetricsValues"))
+                && m["successCondition"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("all("))
+        })
+        .map(|m| {
+            format!(
+                "metric {}: SkyWalking's readMetricsValues answers 0 for a minute without data, so this \
+                 condition fails a canary whose window ({}) reaches back before its first request, and counts \
+                 an idle canary as measured; query execExpression (MQE: null for such minutes) and judge only \
+                 the minutes with data (controller/README.md, \"SkyWalking and minutes without data\")",
+                m["name"].as_str().unwrap_or("?"),
+                m["provider"]["skywalking"]["interval"].as_str().unwrap_or("its interval")
+            )
+        })
+        .collect()
 }
 
 /// `trafficRouting.wasm` as both strategies have it (the WasmPlugin from the options, the
