@@ -41,14 +41,16 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `target`'s `/stats/prometheus` every second; returns once
+    /// Starts Prometheus scraping `targets`' `/stats/prometheus` every second; returns once
     /// `/-/ready` answers 200 (bounded).
-    fn start(target: std::net::SocketAddr) -> Prometheus {
+    fn start(targets: &[std::net::SocketAddr]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              scrape_configs:\n\
-             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs: [{{targets: ['{target}']}}]\n"
+             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let addr = free_loopback_addr();
@@ -87,11 +89,11 @@ impl Prometheus {
         format!("http://{}", self.addr)
     }
 
-    /// Waits (bounded) until Prometheus has scraped the target successfully.
+    /// Waits (bounded) until Prometheus has scraped every target successfully.
     fn wait_for_target_up(&self) {
         let start = Instant::now();
         loop {
-            let up = wasm_canary_e2e::http::admin_get(self.addr, "/api/v1/query?query=up")
+            let up = wasm_canary_e2e::http::admin_get(self.addr, "/api/v1/query?query=min(up)")
                 .ok()
                 .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
                 .is_some_and(|v| v["data"]["result"][0]["value"][1] == "1");
@@ -291,6 +293,19 @@ async fn play_istiod(
     mesh: Arc<Mesh>,
     accepted: Arc<std::sync::Mutex<String>>,
 ) {
+    play_istiod_with_stale_caller(client, ns, mesh, None, accepted).await;
+}
+
+/// [`play_istiod`], and a second caller (`stale`) that gets only the configs sending no
+/// request to the canary by weight: a sidecar that lost istiod before the first setWeight
+/// reached it, and keeps deciding with the old config.
+async fn play_istiod_with_stale_caller(
+    client: Client,
+    ns: String,
+    mesh: Arc<Mesh>,
+    stale: Option<Arc<Mesh>>,
+    accepted: Arc<std::sync::Mutex<String>>,
+) {
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &wasm_plugin_resource());
     let mut pushed = String::new();
     loop {
@@ -304,6 +319,17 @@ async fn play_istiod(
                     matches!(push, Ok(Ok(wasm_canary_e2e::mesh::Push::Accepted))),
                     "the filter refused the controller's pluginConfig {config}: {push:?}"
                 );
+                let no_weight = wp.data["spec"]["pluginConfig"]["services"]
+                    .as_object()
+                    .is_some_and(|by_name| by_name.values().all(|s| s["canaryWeight"] == 0));
+                if let Some(stale) = stale.clone().filter(|_| no_weight) {
+                    let c = config.clone();
+                    let push = tokio::task::spawn_blocking(move || stale.push_config(&c)).await;
+                    assert!(
+                        matches!(push, Ok(Ok(wasm_canary_e2e::mesh::Push::Accepted))),
+                        "the stale caller refused {config}: {push:?}"
+                    );
+                }
                 pushed = config;
                 *accepted.lock().unwrap() = pushed.clone();
             }
@@ -324,7 +350,7 @@ async fn run_canary(
     );
     mesh.canary.set_status(canary_status);
     let admin = mesh.client.admin;
-    let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(admin))
+    let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(&[admin]))
         .await
         .unwrap();
     let mut env = Env::new(ns, mesh.clone()).await;
@@ -448,4 +474,178 @@ async fn a_healthy_canary_passes_its_prometheus_analysis_and_is_promoted() {
         assert_eq!((m.successful, m.failed), (2, 0), "{m:#?}");
     }
     assert_eq!(after.non_2xx(), 0, "{after:?}");
+}
+
+/// A template checking the split the callers made: `wasmSplit` over the last 10 s (not before
+/// the weight was in force), twice, 3 s apart; one measurement outside the weight fails it.
+async fn apply_split_template(env: &Env, prometheus: &str) {
+    let template = json!({
+        "apiVersion": "wasmcanary.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "split", "namespace": env.ns},
+        "spec": {"metrics": [{
+            "name": "callers-split", "interval": "3s", "initialDelay": "8s", "count": 2,
+            "successCondition": "result.within", "failureLimit": 0, "consecutiveErrorLimit": 2,
+            "provider": {"wasmSplit": {"address": prometheus, "window": "10s", "minRequests": 200}}
+        }]}
+    });
+    env.apply(
+        &ApiResource::erase::<AnalysisTemplate>(&()),
+        "split",
+        &template,
+    )
+    .await;
+}
+
+/// A rollout at 50% whose analysis step checks the callers' split, with two callers under
+/// load: the one istiod keeps up to date and, with `stale`, one that never got the setWeight.
+/// The rollout when the analysis decided, and the run's last measurement.
+async fn run_split_check(ns: &str, stale: bool) -> CanaryRollout {
+    let start_mesh = || async {
+        Arc::new(
+            tokio::task::spawn_blocking(|| Mesh::start(&reviews_config(0)))
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+    };
+    let mesh = start_mesh().await;
+    let stale_mesh = if stale {
+        Some(start_mesh().await)
+    } else {
+        None
+    };
+    let mut scraped = vec![mesh.client.admin];
+    scraped.extend(stale_mesh.iter().map(|m| m.client.admin));
+    let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(&scraped))
+        .await
+        .unwrap();
+    let (plane, client) = support::namespace(ns).await;
+    support::reviews_destination_rule(&client, ns).await;
+    let (c, n) = (client.clone(), ns.to_owned());
+    let controller =
+        tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });
+    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
+    let pushed = Arc::new(std::sync::Mutex::new(String::new()));
+    let istiod = tokio::spawn(play_istiod_with_stale_caller(
+        client.clone(),
+        ns.to_owned(),
+        mesh.clone(),
+        stale_mesh.clone(),
+        pushed.clone(),
+    ));
+    let mut env = Env {
+        _plane: plane,
+        client,
+        ns: ns.to_owned(),
+        tasks: vec![controller, kubelet, istiod],
+        pushed,
+    };
+    apply_split_template(&env, &prometheus.url()).await;
+    let spec = |env: &Env, image: &str| {
+        let mut r = env.rollout_spec(image);
+        r["spec"]["strategy"]["canary"]["steps"][1]["analysis"] =
+            json!({"templates": [{"templateName": "split"}]});
+        r
+    };
+    env.apply(
+        &ApiResource::erase::<CanaryRollout>(&()),
+        "reviews",
+        &spec(&env, "reviews:v1"),
+    )
+    .await;
+    env.until("v1 to be stable", |r| {
+        (r.status.as_ref()?.phase == Phase::Healthy).then_some(())
+    })
+    .await;
+    let p = Arc::new(prometheus);
+    let pp = p.clone();
+    tokio::task::spawn_blocking(move || pp.wait_for_target_up())
+        .await
+        .unwrap();
+    let _load = Load::start(mesh.client_addr);
+    let _stale_load = stale_mesh.as_ref().map(|m| Load::start(m.client_addr));
+    env.apply(
+        &ApiResource::erase::<CanaryRollout>(&()),
+        "reviews",
+        &spec(&env, "reviews:v2"),
+    )
+    .await;
+    let decided = env
+        .until("the split check to decide", |r| {
+            let s = r.status.as_ref()?;
+            let decided = s.phase == Phase::Aborted
+                || (s.phase == Phase::Healthy
+                    && s.analysis_runs
+                        .iter()
+                        .any(|a| a.phase == AnalysisPhase::Successful));
+            decided.then(|| r.clone())
+        })
+        .await;
+    // For the failure messages: the filter's decision series Prometheus holds.
+    let pa = p.addr;
+    let names = tokio::task::spawn_blocking(move || {
+        wasm_canary_e2e::http::admin_get(pa, "/api/v1/label/__name__/values")
+            .map(|r| r.body)
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap();
+    let names: Value = serde_json::from_str(&names).unwrap_or(Value::Null);
+    let decisions: Vec<&str> = names["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|n| n.contains("decision"))
+        .collect();
+    eprintln!("decision series in Prometheus: {decisions:?}");
+    decided
+}
+
+/// The run's measurements of the split, as (canary, total, within).
+fn split_measurements(rollout: &CanaryRollout) -> Vec<(u64, u64, bool)> {
+    let run = &rollout.status.as_ref().unwrap().analysis_runs[0];
+    run.metrics[0]
+        .measurements
+        .iter()
+        .filter_map(|m| {
+            let v: Value = serde_json::from_str(m.value.as_deref()?).ok()?;
+            Some((
+                v["canary"].as_u64()?,
+                v["total"].as_u64()?,
+                v["within"].as_bool()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_the_callers_made_is_checked_through_prometheus_and_the_rollout_proceeds() {
+    let rollout = run_split_check("analysis-split-ok", false).await;
+    let s = rollout.status.as_ref().unwrap();
+    assert_eq!(s.phase, Phase::Healthy, "{s:#?}");
+    let measured = split_measurements(&rollout);
+    eprintln!("split measured (canary, total, within): {measured:?}");
+    assert!(!measured.is_empty(), "{s:#?}");
+    for (canary, total, within) in measured {
+        // 50%, exact binomial bounds of `total` (false-alarm rate 1e-6), as the provider judged.
+        assert!(within && total >= 200, "{canary} of {total}");
+        let region = canary_core::binomial::acceptance_region(total, 0.5, 1e-6).unwrap();
+        assert!(region.contains(canary), "{canary} of {total}: {region}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_still_running_the_old_config_fails_the_split_check_and_the_rollout_aborts() {
+    let rollout = run_split_check("analysis-split-stale", true).await;
+    let s = rollout.status.as_ref().unwrap();
+    assert_eq!(s.phase, Phase::Aborted, "{s:#?}");
+    assert!(s.analysis_aborted);
+    let measured = split_measurements(&rollout);
+    eprintln!("split measured with a stale caller (canary, total, within): {measured:?}");
+    let (canary, total, within) = *measured.last().expect("a measurement");
+    assert!(!within, "{canary} of {total}");
+    // Half the requests come from the stale caller (all to stable): about a quarter on canary.
+    let share = canary as f64 / total as f64;
+    assert!((0.1..0.4).contains(&share), "{canary} of {total}");
 }

@@ -196,7 +196,15 @@ pub async fn measure(
     let outcome = async {
         let json = serde_json::to_value(metric).map_err(|e| e.to_string())?;
         let json = substitute_value(&json, secrets, &BTreeSet::new())?;
-        let metric: Metric = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        let mut substituted: Metric = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        // What the controller set for this measurement only (never serialized) carries over.
+        if let (Some(split), Some(given)) = (
+            substituted.provider.wasm_split.as_mut(),
+            metric.provider.wasm_split.as_ref(),
+        ) {
+            split.target.clone_from(&given.target);
+        }
+        let metric = substituted;
         let (result, no_data) = query(&metric, now).await?;
         Ok::<_, String>((metric, result, no_data))
     }
@@ -252,6 +260,9 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
         .await?;
         return skywalking_result(&answer);
     }
+    if let Some(split) = &p.wasm_split {
+        return wasm_split(split, now).await;
+    }
     if let Some(prom) = &p.prometheus {
         let timeout = prom
             .timeout
@@ -304,6 +315,104 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
         return Ok((result, no_data));
     }
     Err("metric has no provider".into())
+}
+
+/// Default window of a `wasmSplit` measurement.
+const DEFAULT_SPLIT_WINDOW: Duration = Duration::from_secs(60);
+/// Default least number of counted decisions for a `wasmSplit` verdict.
+const DEFAULT_SPLIT_MIN_REQUESTS: u64 = 200;
+/// Default false-alarm rate of a `wasmSplit` verdict (as the project's own split tests).
+const DEFAULT_SPLIT_FALSE_ALARM_RATE: f64 = 1e-6;
+
+/// The Prometheus name of the filter's decision counter for `subset` (`stable`, `canary`, or a
+/// regex of them) and `reason` (`weight`, `sticky`, `header_route`, or a regex) of
+/// `namespace/service`. Envoy 1.40 exports the counter
+/// `wasmcanary.decision.<ns>_<service>.<subset>.<reason>` as
+/// `wasmcanary_decision_<ns>_<service>_<subset>_<reason>` (dots and dashes as `_`; no `envoy_`
+/// prefix for a wasm custom stat: read from a real Envoy scraped by a real Prometheus).
+pub fn decision_metric(namespace: &str, service: &str, subset: &str, reason: &str) -> String {
+    format!(
+        "{}_decision_{}_{subset}_{reason}",
+        canary_core::metrics::PREFIX,
+        canary_core::metrics::stat_safe(&format!("{namespace}/{service}")).replace('-', "_")
+    )
+}
+
+/// A `wasmSplit` measurement: the weighted decisions counted between `since` (the window's
+/// start, not before the weight was in force) and `now`, as the difference of the summed
+/// counters at the two instants (exact, no extrapolation), judged by the exact binomial test.
+async fn wasm_split(
+    split: &crate::analysis::template::WasmSplitMetric,
+    now: DateTime<Utc>,
+) -> Result<(Value, bool), String> {
+    let target = split
+        .target
+        .as_ref()
+        .ok_or("wasmSplit measures a rollout's split: it runs only in a rollout's analysis")?;
+    let window = split
+        .window
+        .as_ref()
+        .map(|w| parse_duration(&Value::String(w.clone())))
+        .transpose()?
+        .unwrap_or(DEFAULT_SPLIT_WINDOW);
+    let mut from = now - chrono::Duration::from_std(window).unwrap_or_default();
+    if let Some(since) = target.since.filter(|s| *s > from) {
+        from = since;
+    }
+    let timeout = Duration::from_secs(DEFAULT_PROMETHEUS_TIMEOUT_SECONDS.unsigned_abs());
+    let count = |subset: &'static str| {
+        let query = format!(
+            "sum({})",
+            decision_metric(&target.namespace, &target.service, subset, "weight")
+        );
+        async move {
+            let at = |t: DateTime<Utc>| {
+                let query = query.clone();
+                async move {
+                    let url = format!(
+                        "{}/api/v1/query?query={}&time={}",
+                        split.address.trim_end_matches('/'),
+                        percent_encode(&query),
+                        t.timestamp_millis() as f64 / 1000.0
+                    );
+                    let answer = call("GET", &url, &[], None, timeout).await?;
+                    let (result, _) = prometheus_result(&answer)?;
+                    Ok::<f64, String>(
+                        result
+                            .as_array()
+                            .and_then(|a| a.first())
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0),
+                    )
+                }
+            };
+            let (before, after) = (at(from).await?, at(now).await?);
+            if after < before {
+                return Err(format!(
+                    "the {subset} decision counters went down ({before} -> {after}): a sidecar restarted in the window"
+                ));
+            }
+            Ok::<u64, String>((after - before).round() as u64)
+        }
+    };
+    let canary = count("canary").await?;
+    let stable = count("stable").await?;
+    let total = canary + stable;
+    let p = f64::from(target.weight_bp) / f64::from(canary_core::config::BASIS_POINTS);
+    let alpha = split
+        .false_alarm_rate
+        .unwrap_or(DEFAULT_SPLIT_FALSE_ALARM_RATE);
+    let region = canary_core::binomial::acceptance_region(total, p, alpha)
+        .map_err(|e| format!("wasmSplit: {e}"))?;
+    let result = json!({
+        "canary": canary, "stable": stable, "total": total,
+        "weight": p,
+        "expected": [region.lo, region.hi],
+        "within": region.contains(canary),
+        "from": from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    let no_data = total < split.min_requests.unwrap_or(DEFAULT_SPLIT_MIN_REQUESTS);
+    Ok((result, no_data))
 }
 
 /// One Prometheus instant query at `address` (`/api/v1/query`, evaluated now), its answer

@@ -190,15 +190,31 @@ pub fn validate_metric(m: &Metric) -> Result<(), String> {
         p.skywalking.is_some(),
         p.prometheus.is_some(),
         p.web.is_some(),
+        p.wasm_split.is_some(),
     ]
     .iter()
     .filter(|x| **x)
     .count();
     if n != 1 {
         return Err(format!(
-            "metric {}: provider needs exactly one of skywalking, prometheus, web",
+            "metric {}: provider needs exactly one of skywalking, prometheus, web, wasmSplit",
             m.name
         ));
+    }
+    if let Some(split) = &p.wasm_split {
+        if let Some(w) = &split.window {
+            parse_duration(&serde_json::Value::String(w.clone()))
+                .map_err(|e| format!("metric {}: wasmSplit.window: {e}", m.name))?;
+        }
+        if split
+            .false_alarm_rate
+            .is_some_and(|a| !(a > 0.0 && a < 1.0))
+        {
+            return Err(format!(
+                "metric {}: wasmSplit.falseAlarmRate must be between 0 and 1",
+                m.name
+            ));
+        }
     }
     if let Some(w) = &p.web {
         w.check().map_err(|e| format!("metric {}: {e}", m.name))?;

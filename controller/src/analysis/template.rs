@@ -163,6 +163,52 @@ pub struct MetricProvider {
     /// Any HTTP endpoint answering JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebMetric>,
+    /// The split the wasm-canary filter actually made in the callers' sidecars, read from a
+    /// Prometheus that scrapes them, checked against the rollout's weight in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_split: Option<WasmSplitMetric>,
+}
+
+/// The callers' split, verified where it happens (no Argo equivalent). The filter counts its
+/// per-request weighted decisions per service and subset; Envoy exports them
+/// (`wasmcanary_decision_<ns>_<service>_<subset>_weight`). A measurement
+/// counts those made in `window` (not before the current step began, nor before the weight was
+/// written), summed over every scraped sidecar, and checks the canary's share against the
+/// weight in force with the exact binomial test. `result` is `{canary, stable, total, weight,
+/// expected: [lo, hi], within}`: judge it with `successCondition: result.within`. Sticky and
+/// header-route decisions are not counted (they are not independent draws).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmSplitMetric {
+    /// Prometheus address, e.g. `http://prometheus.istio-system:9090`.
+    pub address: String,
+    /// How far back decisions are counted from each measurement (a Go duration). Default `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Fewer counted decisions than this: no data (an Error measurement). Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// The probability that a correct split is judged outside the weight. Default 1e-6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_alarm_rate: Option<f64>,
+    /// What is measured, set by the controller when it measures (the rollout's service and
+    /// weight in force); never stored.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub target: Option<SplitTarget>,
+}
+
+/// The rollout a [`WasmSplitMetric`] measures, as the controller fills it in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SplitTarget {
+    /// The rollout's namespace.
+    pub namespace: String,
+    /// The Service under rollout.
+    pub service: String,
+    /// The canary weight in force, in basis points.
+    pub weight_bp: u32,
+    /// Since when that weight is in force (the current step's start).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A SkyWalking GraphQL query. `result` is the response's `data`.

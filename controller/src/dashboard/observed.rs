@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use canary_core::metrics::{stat_safe, PREFIX};
 use serde_json::Value;
 
 use super::view::{split_view, ObservedSplitView};
@@ -114,16 +113,18 @@ async fn read_prometheus(url: &str, state: &ClusterState) -> Result<(), String> 
 }
 
 /// The PromQL for the canary decisions per second and all decisions per second of
-/// `service` in `namespace`, summed over every scraped sidecar. Envoy exports the filter's
-/// counter `wasmcustom.wasmcanary.decision.<ns>_<service>.<subset>.<reason>` as
-/// `envoy_wasmcustom_wasmcanary_decision_<ns>_<service>_<subset>_<reason>`.
+/// `service` in `namespace`, summed over every scraped sidecar (names:
+/// [`crate::analysis::provider::decision_metric`]).
 pub fn prometheus_queries(namespace: &str, service: &str) -> (String, String) {
-    let name = format!(
-        "envoy_wasmcustom_{PREFIX}_decision_{}",
-        stat_safe(&format!("{namespace}/{service}")).replace('-', "_")
-    );
-    let query =
-        |subsets: &str| format!("sum(rate({{__name__=~\"{name}_{subsets}_.+\"}}[{RATE_WINDOW}]))");
+    let name = |subsets: &str| {
+        crate::analysis::provider::decision_metric(namespace, service, subsets, ".+")
+    };
+    let query = |subsets: &str| {
+        format!(
+            "sum(rate({{__name__=~\"{}\"}}[{RATE_WINDOW}]))",
+            name(subsets)
+        )
+    };
     (query("canary"), query("(stable|canary)"))
 }
 
@@ -147,11 +148,11 @@ mod tests {
         let (canary, total) = prometheus_queries("bookinfo", "reviews-v2");
         assert_eq!(
             canary,
-            "sum(rate({__name__=~\"envoy_wasmcustom_wasmcanary_decision_bookinfo_reviews_v2_canary_.+\"}[1m]))"
+            "sum(rate({__name__=~\"wasmcanary_decision_bookinfo_reviews_v2_canary_.+\"}[1m]))"
         );
         assert_eq!(
             total,
-            "sum(rate({__name__=~\"envoy_wasmcustom_wasmcanary_decision_bookinfo_reviews_v2_(stable|canary)_.+\"}[1m]))"
+            "sum(rate({__name__=~\"wasmcanary_decision_bookinfo_reviews_v2_(stable|canary)_.+\"}[1m]))"
         );
     }
 

@@ -1,5 +1,6 @@
-//! Names of the Envoy counters the filter defines. Envoy prefixes them with `wasmcustom.`, and
-//! its Prometheus endpoint shows them as `envoy_wasmcustom_...`.
+//! Names of the Envoy counters the filter defines. Envoy prefixes them with `wasmcustom.` in
+//! `/stats`; its Prometheus endpoint shows them as `wasmcanary_...` (a custom stat namespace:
+//! no `envoy_` prefix, the namespace stripped), as a real Prometheus scraping Envoy 1.40 reads.
 
 use crate::decision::{Reason, Subset};
 
