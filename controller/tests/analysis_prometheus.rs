@@ -168,6 +168,12 @@ impl Drop for Env {
 
 impl Env {
     async fn new(ns: &str, mesh: Arc<Mesh>) -> Env {
+        Self::with_stale_caller(ns, mesh, None).await
+    }
+
+    /// [`Env::new`], the istiod stand-in also feeding `stale` the configs that send nothing to
+    /// the canary by weight ([`play_istiod_with_stale_caller`]).
+    async fn with_stale_caller(ns: &str, mesh: Arc<Mesh>, stale: Option<Arc<Mesh>>) -> Env {
         let (plane, client) = support::namespace(ns).await;
         support::reviews_destination_rule(&client, ns).await;
         let (c, n) = (client.clone(), ns.to_owned());
@@ -175,10 +181,11 @@ impl Env {
             tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });
         let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
         let pushed = Arc::new(std::sync::Mutex::new(String::new()));
-        let istiod = tokio::spawn(play_istiod(
+        let istiod = tokio::spawn(play_istiod_with_stale_caller(
             client.clone(),
             ns.to_owned(),
             mesh,
+            stale,
             pushed.clone(),
         ));
         Env {
@@ -199,6 +206,20 @@ impl Env {
             .get("reviews")
             .await
             .unwrap()
+    }
+
+    /// Waits until the first version is Healthy and `prometheus` scrapes every sidecar.
+    async fn healthy_and_scraped(&mut self, prometheus: Prometheus) -> Arc<Prometheus> {
+        self.until("v1 to be stable", |r| {
+            (r.status.as_ref()?.phase == Phase::Healthy).then_some(())
+        })
+        .await;
+        let p = Arc::new(prometheus);
+        let pp = p.clone();
+        tokio::task::spawn_blocking(move || pp.wait_for_target_up())
+            .await
+            .unwrap();
+        p
     }
 
     /// A background task that ended has panicked (the istiod stand-in's assertion that the
@@ -286,17 +307,8 @@ impl Env {
 
 use canary_cluster::kubelet::play_kubelet;
 
-/// What istiod does with a WasmPlugin: its pluginConfig reaches the client sidecar (ECDS).
-async fn play_istiod(
-    client: Client,
-    ns: String,
-    mesh: Arc<Mesh>,
-    accepted: Arc<std::sync::Mutex<String>>,
-) {
-    play_istiod_with_stale_caller(client, ns, mesh, None, accepted).await;
-}
-
-/// [`play_istiod`], and a second caller (`stale`) that gets only the configs sending no
+/// What istiod does with a WasmPlugin: its pluginConfig reaches the client sidecar (ECDS); and,
+/// with a second caller (`stale`), that gets only the configs sending no
 /// request to the canary by weight: a sidecar that lost istiod before the first setWeight
 /// reached it, and keeps deciding with the old config.
 async fn play_istiod_with_stale_caller(
@@ -361,15 +373,7 @@ async fn run_canary(
         &env.rollout_spec("reviews:v1"),
     )
     .await;
-    env.until("v1 to be stable", |r| {
-        (r.status.as_ref()?.phase == Phase::Healthy).then_some(())
-    })
-    .await;
-    let p = Arc::new(prometheus);
-    let pp = p.clone();
-    tokio::task::spawn_blocking(move || pp.wait_for_target_up())
-        .await
-        .unwrap();
+    let p = env.healthy_and_scraped(prometheus).await;
     let load = Load::start(mesh.client_addr);
     env.apply(
         &ApiResource::erase::<CanaryRollout>(&()),
@@ -519,27 +523,7 @@ async fn run_split_check(ns: &str, stale: bool) -> CanaryRollout {
     let prometheus = tokio::task::spawn_blocking(move || Prometheus::start(&scraped))
         .await
         .unwrap();
-    let (plane, client) = support::namespace(ns).await;
-    support::reviews_destination_rule(&client, ns).await;
-    let (c, n) = (client.clone(), ns.to_owned());
-    let controller =
-        tokio::spawn(async move { canary_controller::reconcile::run(c, Some(n)).await });
-    let kubelet = tokio::spawn(play_kubelet(client.clone(), ns.to_owned()));
-    let pushed = Arc::new(std::sync::Mutex::new(String::new()));
-    let istiod = tokio::spawn(play_istiod_with_stale_caller(
-        client.clone(),
-        ns.to_owned(),
-        mesh.clone(),
-        stale_mesh.clone(),
-        pushed.clone(),
-    ));
-    let mut env = Env {
-        _plane: plane,
-        client,
-        ns: ns.to_owned(),
-        tasks: vec![controller, kubelet, istiod],
-        pushed,
-    };
+    let mut env = Env::with_stale_caller(ns, mesh.clone(), stale_mesh.clone()).await;
     apply_split_template(&env, &prometheus.url()).await;
     let spec = |env: &Env, image: &str| {
         let mut r = env.rollout_spec(image);
@@ -553,15 +537,7 @@ async fn run_split_check(ns: &str, stale: bool) -> CanaryRollout {
         &spec(&env, "reviews:v1"),
     )
     .await;
-    env.until("v1 to be stable", |r| {
-        (r.status.as_ref()?.phase == Phase::Healthy).then_some(())
-    })
-    .await;
-    let p = Arc::new(prometheus);
-    let pp = p.clone();
-    tokio::task::spawn_blocking(move || pp.wait_for_target_up())
-        .await
-        .unwrap();
+    let p = env.healthy_and_scraped(prometheus).await;
     let _load = Load::start(mesh.client_addr);
     let _stale_load = stale_mesh.as_ref().map(|m| Load::start(m.client_addr));
     env.apply(

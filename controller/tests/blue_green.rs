@@ -153,6 +153,21 @@ impl Recordings {
         }
     }
 
+    /// Waits until the ReplicaSet of `hash` has been scaled to 0, then until every recording
+    /// caught up.
+    async fn until_scaled_down(&self, hash: &str, what: &str) {
+        let name = format!("reviews-{hash}");
+        self.replica_sets
+            .until(&format!("{what} scaled down"), WAIT, |versions| {
+                versions
+                    .iter()
+                    .find(|v| v.object.name_any() == name && v.object.spec.replicas == Some(0))
+                    .map(|_| ())
+            })
+            .await;
+        self.sync().await;
+    }
+
     async fn sync(&self) {
         self.plugins.sync().await;
         self.rules.sync().await;
@@ -232,15 +247,7 @@ async fn green_is_previewed_by_header_only_switches_after_auto_promotion_seconds
     })
     .await;
     let blue_rs = format!("reviews-{blue}");
-    rec.replica_sets
-        .until("blue scaled down", WAIT, |versions| {
-            versions
-                .iter()
-                .find(|v| v.object.name_any() == blue_rs && v.object.spec.replicas == Some(0))
-                .map(|_| ())
-        })
-        .await;
-    rec.sync().await;
+    rec.until_scaled_down(&blue, "blue").await;
     let plugins = rec.plugins.versions();
     let replica_sets = rec.replica_sets.versions();
     let rules = rec.rules.versions();
@@ -360,16 +367,7 @@ async fn a_failing_pre_promotion_analysis_switches_nothing() {
                 .flatten()
         })
         .await;
-    let green_rs = format!("reviews-{green}");
-    rec.replica_sets
-        .until("green scaled down", WAIT, |versions| {
-            versions
-                .iter()
-                .find(|v| v.object.name_any() == green_rs && v.object.spec.replicas == Some(0))
-                .map(|_| ())
-        })
-        .await;
-    rec.sync().await;
+    rec.until_scaled_down(&green, "green").await;
     assert!(
         rec.plugins
             .versions()
