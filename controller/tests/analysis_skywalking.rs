@@ -22,7 +22,7 @@ use canary_controller::analysis::{AnalysisPhase, MetricResult};
 use canary_controller::crd::{CanaryRollout, Phase};
 use canary_controller::reconcile::wasm_plugin_resource;
 use canary_core::PluginConfig;
-use chrono::{NaiveDateTime, Timelike};
+use chrono::{NaiveDateTime, Timelike, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::Client;
@@ -559,6 +559,40 @@ impl Drop for Traffic {
     }
 }
 
+/// Requests through `addr` on `connections` keep-alive connections until dropped (each waits
+/// for its answer: bounded by the app's pace).
+struct GatewayLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl GatewayLoad {
+    fn start(addr: std::net::SocketAddr, connections: usize) -> GatewayLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut http = wasm_canary_e2e::http::Client::new(addr);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = http.get("reviews", "/", &[]);
+                    }
+                })
+            })
+            .collect();
+        GatewayLoad { stop, threads }
+    }
+}
+
+impl Drop for GatewayLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Waits (at most 10 minutes) until the canary is promoted or aborted; the status then.
 async fn until_ended(env: &Env, what: &str) -> canary_controller::crd::CanaryRolloutStatus {
     let deadline = Duration::from_secs(600);
@@ -581,9 +615,10 @@ async fn until_ended(env: &Env, what: &str) -> canary_controller::crd::CanaryRol
 }
 
 /// The fixture's template, unchanged but for `interval: 1m`, against a real SkyWalking OAP
-/// (`make oap-build`) fed with the canaries' requests: a fast canary (50 ms, apdex 10000) is
-/// promoted, a slow one (3 s, frustrated: apdex 0) is aborted at its fourth failed
-/// measurement. About 5 minutes: the real one-minute granularity.
+/// (`make oap-build`) fed with the canaries' requests: a fast canary (50 ms, apdex 10000,
+/// reported as segments) is promoted; a slow one (1 s, tolerating: apdex 5000), whose requests
+/// go through an Envoy sending access logs to OAP as in the seed's mesh, is aborted at its
+/// fourth failed measurement. About 6 minutes: the real one-minute granularity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn against_a_real_oap_the_fixture_promotes_a_fast_canary_and_aborts_a_slow_one() {
     const FAST: &str = "canary|reviews|analysis-oap-fast|cluster-1|-";
@@ -596,7 +631,15 @@ async fn against_a_real_oap_the_fixture_promotes_a_fast_canary_and_aborts_a_slow
             .unwrap(),
     );
     let _fast_traffic = Traffic::start(oap.clone(), FAST, 50);
-    let _slow_traffic = Traffic::start(oap.clone(), SLOW, 3_000);
+    // The slow canary the seed's way: its requests go through an Envoy that sends its access
+    // logs to OAP (ALS, mx-mesh); the app answers in 1 s (tolerating: apdex 5000).
+    let gateway = support::oap::AlsGateway::start(
+        &oap,
+        "analysis-oap-slow",
+        "canary",
+        Duration::from_secs(1),
+    );
+    let _slow_traffic = GatewayLoad::start(gateway.addr, 4);
     let fast = Env::new("analysis-oap-fast").await;
     let slow = Env::new("analysis-oap-slow").await;
     let url = oap.url();
@@ -605,6 +648,17 @@ async fn against_a_real_oap_the_fixture_promotes_a_fast_canary_and_aborts_a_slow
         slow.fixture_with(&url, false, &REAL, SLOW)
     );
     let v1 = fast.rollout().await.status.unwrap().stable_hash.unwrap();
+    // The analysis starts a pause (1 minute) after the canary and measures every minute: start
+    // the canaries at 15-30 s into a minute, so every measurement falls mid-minute. One taken in
+    // a minute's first seconds reads that minute as 0 until OAP has written it (every
+    // persistentPeriod), failing even a perfect canary (tests/oap/README.md).
+    let second = u64::from(Utc::now().second());
+    let wait = match second {
+        0..15 => 15 - second,
+        15..=30 => 0,
+        _ => 75 - second,
+    };
+    tokio::time::sleep(Duration::from_secs(wait)).await; // wall-clock alignment, not readiness
     fast.set_image("reviews:v2").await;
     slow.set_image("reviews:v2").await;
     let (promoted, aborted) = tokio::join!(
@@ -643,8 +697,16 @@ async fn against_a_real_oap_the_fixture_promotes_a_fast_canary_and_aborts_a_slow
             .collect()
     };
     for m in &run.metrics[0].measurements {
-        assert_eq!(points(&m.value), [0, 0, 0, 0], "{m:#?}");
+        let p = points(&m.value);
+        assert!(p.len() == 4 && p.iter().all(|v| *v < 9_900), "{m:#?}");
     }
+    // The access logs reached OAP and drove the canary's apdex to "tolerating".
+    let last = points(&run.metrics[0].measurements.last().unwrap().value);
+    assert!(
+        last.contains(&5_000),
+        "the slow canary's apdex from its access logs: {last:?}"
+    );
+    assert!(gateway.app.served() > 100, "{}", gateway.app.served());
     let fast_run = &promoted.analysis_runs[0].metrics[0];
     let successes: Vec<&_> = fast_run
         .measurements

@@ -2,7 +2,8 @@
 //! `make oap-build`) with the project's own minimal configuration (`tests/oap/config`): H2 in
 //! memory, GraphQL query, the trace receiver, one OAL line (`service_apdex`). Every listener is
 //! on 127.0.0.1 at free ports; started and awaited (GraphQL answering) by [`Oap::start`], killed
-//! when dropped. Fed with SkyWalking segments over HTTP ([`Oap::send_segments`]).
+//! when dropped. Fed with SkyWalking segments over HTTP ([`Oap::send_segments`]), or by Envoy
+//! access logs (ALS) on its gRPC port ([`AlsGateway`]), as the seed's mesh feeds it.
 #![allow(dead_code, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct Oap {
     dir: tempfile::TempDir,
     /// The REST port: GraphQL (`/graphql`) and the segment receiver (`/v3/segments`).
     pub rest: SocketAddr,
+    /// The gRPC port: Envoy's access log service (ALS), analysed by `mx-mesh`.
+    pub grpc: SocketAddr,
 }
 
 impl Drop for Oap {
@@ -82,6 +85,7 @@ impl Oap {
             child,
             dir,
             rest: SocketAddr::from(([127, 0, 0, 1], rest)),
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
         };
         let start = Instant::now();
         loop {
@@ -166,5 +170,98 @@ impl Oap {
     pub fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("oap.log")).unwrap_or_default();
         wasm_canary_e2e::tail(&log, lines)
+    }
+}
+
+/// An Envoy in front of a version's app, as the seed's mesh has a proxy there, sending its
+/// access logs to OAP (ALS): node id `router~...` (the role OAP's `mx-mesh` analyzer makes
+/// service metrics for), node metadata naming the service (`service.istio.io/canonical-*`
+/// labels, namespace, cluster), and a filter-state object in each entry (`mx-mesh` skips an
+/// entry without one). OAP names the service `<revision>|<service>|<namespace>|cluster-1|-`.
+pub struct AlsGateway {
+    pub envoy: wasm_canary_e2e::envoy::Envoy,
+    pub app: wasm_canary_e2e::app::App,
+    /// Where requests enter the gateway.
+    pub addr: SocketAddr,
+}
+
+impl AlsGateway {
+    /// Starts `revision`'s app (answering after `latency`) behind a gateway logging to `oap`.
+    pub fn start(oap: &Oap, namespace: &str, revision: &str, latency: Duration) -> AlsGateway {
+        let app = wasm_canary_e2e::app::App::start(revision).unwrap();
+        app.set_delay(latency);
+        let node_id =
+            format!("router~127.0.0.1~gw-{revision}.{namespace}~{namespace}.svc.cluster.local");
+        let cluster = |name: &str, addr: SocketAddr, http2: bool| {
+            let mut c = json!({
+                "name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}}}]}]}
+            });
+            if http2 {
+                c["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                });
+            }
+            c
+        };
+        let bootstrap = json!({
+            "node": {"id": node_id, "cluster": format!("gw.{namespace}"), "metadata": {
+                "NAME": format!("gw-{revision}"), "NAMESPACE": namespace, "CLUSTER_ID": "cluster-1",
+                "LABELS": {"service.istio.io/canonical-name": "reviews",
+                           "service.istio.io/canonical-revision": revision}
+            }},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "in",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "in",
+                            "access_log": [{"name": "envoy.access_loggers.http_grpc", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                                "common_config": {
+                                    "log_name": "als", "transport_api_version": "V3",
+                                    "grpc_service": {"envoy_grpc": {"cluster_name": "oap"}},
+                                    "filter_state_objects_to_log": ["wasmcanary.gateway"]
+                                }
+                            }}],
+                            "http_filters": [
+                                {"name": "envoy.filters.http.set_filter_state", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+                                    "on_request_headers": [{"object_key": "wasmcanary.gateway", "factory_key": "envoy.string",
+                                        "format_string": {"text_format_source": {"inline_string": "reviews"}}}]
+                                }},
+                                {"name": "envoy.filters.http.router", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                            ],
+                            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                                {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "30s"}}
+                            ]}]}
+                        }
+                    }]}]
+                }],
+                "clusters": [cluster("oap", oap.grpc, true), cluster("app", app.addr, false)]
+            }
+        });
+        let options = wasm_canary_e2e::envoy::EnvoyOptions {
+            service_node: Some(node_id),
+            ..wasm_canary_e2e::envoy::EnvoyOptions::default()
+        };
+        let envoy = wasm_canary_e2e::envoy::Envoy::start(
+            &format!("gw-{revision}"),
+            &bootstrap.to_string(),
+            &options,
+            |_| Ok(()),
+        )
+        .unwrap();
+        let addr = envoy.listener("in").unwrap();
+        AlsGateway { envoy, app, addr }
     }
 }

@@ -19,6 +19,8 @@ struct State {
     stop: AtomicBool,
     status: AtomicU16,
     served: AtomicU64,
+    /// Milliseconds each response waits before it is sent (a slow version).
+    delay_ms: AtomicU64,
 }
 
 impl App {
@@ -29,6 +31,7 @@ impl App {
             stop: AtomicBool::new(false),
             status: AtomicU16::new(200),
             served: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let (name_owned, st) = (name.to_owned(), state.clone());
         thread::Builder::new()
@@ -55,6 +58,12 @@ impl App {
     /// Makes every later response use this status (e.g. 500 for a failing canary).
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::Relaxed);
+    }
+
+    /// Makes every later response wait `delay` before it is sent (a slow version).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn served(&self) -> u64 {
@@ -117,6 +126,10 @@ fn serve(conn: TcpStream, name: &str, state: &State) {
             if reader.read_exact(&mut body).is_err() {
                 return;
             }
+        }
+        let delay = state.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay)); // the version's own answer time
         }
         let status = state.status.load(Ordering::Relaxed);
         let body = format!("{name}\n");
