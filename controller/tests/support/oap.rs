@@ -66,7 +66,11 @@ impl Oap {
         let [rest, grpc] = canary_cluster::ports::free_loopback_ports::<2>().unwrap();
         let log = std::fs::File::create(dir.path().join("oap.log")).unwrap();
         let child = Command::new("java")
-            .args(["-Xms256m", "-Xmx1g", "-XX:+UseSerialGC", "-cp"])
+            .args(["-Xms256m", "-Xmx1g", "-XX:+UseSerialGC"])
+            // Native libraries the JVM unpacks (brotli4j, netty) go in this OAP's folder, which
+            // the test removes, not in /tmp.
+            .arg(format!("-Djava.io.tmpdir={}", dir.path().display()))
+            .arg("-cp")
             .arg(format!("{}:{}/*", config.display(), lib.display()))
             .arg("org.apache.skywalking.oap.server.starter.OAPServerStartUp")
             .current_dir(dir.path())
