@@ -117,14 +117,7 @@ impl Seed {
 
     /// The seed with its steps replaced by `steps` (when given).
     async fn start_with_steps(steps: Option<Value>) -> Seed {
-        let plane = ControlPlane::start().await.unwrap();
-        let client = plane.client().await.unwrap();
-        support::install_controller_crds(&plane).await;
-        // The seed's Istio objects are labelled for the control plane revision `tsb`
-        // (Tetrate's); run istiod as that revision, as the seed's cluster does.
-        let istiod = Istiod::start_revision(&plane, &client, "tsb")
-            .await
-            .unwrap();
+        let (plane, client, istiod) = support::mesh_seed::plane_with_seed_istiod().await;
         let mesh = Bookinfo::start(&plane, &client, &istiod, NS, &[])
             .await
             .unwrap();

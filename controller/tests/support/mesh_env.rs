@@ -45,14 +45,7 @@ impl MeshEnv {
     /// kubelet for each, the controller, and the seed's ServiceAccounts. The rollouts and
     /// their Istio objects are the test's to [`MeshEnv::apply`].
     pub async fn start(services: &[&str]) -> MeshEnv {
-        let plane = ControlPlane::start().await.unwrap();
-        let client = plane.client().await.unwrap();
-        super::install_controller_crds(&plane).await;
-        // The seed's Istio objects are labelled for the control plane revision `tsb`
-        // (Tetrate's); run istiod as that revision, as the seed's cluster does.
-        let istiod = Istiod::start_revision(&plane, &client, "tsb")
-            .await
-            .unwrap();
+        let (plane, client, istiod) = super::mesh_seed::plane_with_seed_istiod().await;
         let more: Vec<&str> = services
             .iter()
             .copied()

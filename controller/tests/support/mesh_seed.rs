@@ -34,6 +34,19 @@ pub fn yaml_documents(text: &str) -> Vec<Value> {
 
 /// The controller as the shipped Deployment runs it, but as a local process: the shipped
 /// namespace, ServiceAccount and RBAC applied, and a kubeconfig holding that account's token.
+/// A control plane with the controller's CRDs and istiod running as revision `tsb`: the seed's
+/// Istio objects are labelled for Tetrate's control plane revision, and istiod runs as that
+/// revision, as the seed's cluster does.
+pub async fn plane_with_seed_istiod() -> (ControlPlane, kube::Client, canary_mesh::Istiod) {
+    let plane = ControlPlane::start().await.unwrap();
+    let client = plane.client().await.unwrap();
+    super::install_controller_crds(&plane).await;
+    let istiod = canary_mesh::Istiod::start_revision(&plane, &client, "tsb")
+        .await
+        .unwrap();
+    (plane, client, istiod)
+}
+
 pub async fn start_controller(plane: &ControlPlane, client: &kube::Client) -> OwnedProcess {
     let dir = tempfile::tempdir().unwrap();
     let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
