@@ -305,16 +305,8 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
         move |namespace: Option<String>, name: String| referring(namespace, name, refers)
     };
     let for_deployment = by(|r, name| r.spec.workload_ref.as_ref().is_some_and(|w| w.name == name));
-    let for_destination_rule = by(|r, name| {
-        r.spec
-            .strategy
-            .effective()
-            .traffic_routing
-            .wasm
-            .destination_rule
-            .name
-            == name
-    });
+    let for_destination_rule =
+        by(|r, name| r.spec.strategy.routing().destination_rule.name == name);
     let for_template = by(|r, name| references_template(r, name, false));
     let for_cluster_template = by(|r, name| references_template(r, name, true));
     let controller = match shutdown {
@@ -640,9 +632,7 @@ async fn apply_preview_service(
     let Some(name) = rollout
         .spec
         .strategy
-        .blue_green
-        .as_ref()
-        .filter(|_| rollout.spec.strategy.canary.is_none())
+        .blue_green_only()
         .and_then(|bg| bg.preview_service.as_deref())
     else {
         return Ok(None);
@@ -1114,10 +1104,11 @@ async fn apply_replica_sets(
         let rs_name = format!("{name}-{hash}");
         let cached = caches.map(|c| c.replica_set(&ns, &rs_name));
         if hash == template_hash {
+            let strategy = rollout.spec.strategy.effective();
             let role = if plan.canary.as_deref() == Some(hash) {
-                rollout.spec.strategy.effective().canary_metadata.clone()
+                strategy.canary_metadata.clone()
             } else {
-                rollout.spec.strategy.effective().stable_metadata.clone()
+                strategy.stable_metadata.clone()
             };
             let rs = replica_set(rollout, template, hash, *replicas, role.as_ref())?;
             // Nothing to write when the ReplicaSet already holds everything the apply would

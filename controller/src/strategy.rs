@@ -126,26 +126,46 @@ pub fn compile(bg: &BlueGreenStrategy) -> (CanaryStrategy, Vec<BlueGreenStep>) {
 }
 
 impl RolloutStrategy {
-    /// The canary strategy the step engine runs (see the module documentation). With neither
-    /// strategy set (which validation reports), an empty one.
-    pub fn effective(&self) -> Cow<'_, CanaryStrategy> {
+    /// The blue-green strategy, when it is the one that runs (not beside a canary one, which
+    /// validation refuses).
+    pub fn blue_green_only(&self) -> Option<&BlueGreenStrategy> {
+        self.blue_green.as_ref().filter(|_| self.canary.is_none())
+    }
+
+    /// The canary strategy the step engine runs (see the module documentation), and for a
+    /// blue-green rollout what each of its steps is (empty for a canary). With neither strategy
+    /// set (which validation reports), an empty one.
+    pub fn compiled(&self) -> (Cow<'_, CanaryStrategy>, Vec<BlueGreenStep>) {
         match (&self.canary, &self.blue_green) {
-            (Some(canary), _) => Cow::Borrowed(canary),
-            (None, Some(bg)) => Cow::Owned(compile(bg).0),
-            (None, None) => Cow::Owned(CanaryStrategy::default()),
+            (Some(canary), _) => (Cow::Borrowed(canary), Vec::new()),
+            (None, Some(bg)) => {
+                let (canary, kinds) = compile(bg);
+                (Cow::Owned(canary), kinds)
+            }
+            (None, None) => (Cow::Owned(CanaryStrategy::default()), Vec::new()),
         }
+    }
+
+    /// The canary strategy the step engine runs ([`RolloutStrategy::compiled`]).
+    pub fn effective(&self) -> Cow<'_, CanaryStrategy> {
+        self.compiled().0
+    }
+
+    /// What each effective step of a blue-green rollout is (empty for a canary).
+    pub fn blue_green_steps(&self) -> Vec<BlueGreenStep> {
+        self.compiled().1
     }
 
     /// What the effective step `index` is, for a blue-green rollout.
     pub fn blue_green_step(&self, index: usize) -> Option<BlueGreenStep> {
-        let bg = self.blue_green.as_ref().filter(|_| self.canary.is_none())?;
-        compile(bg).1.get(index).copied()
+        self.blue_green_steps().get(index).copied()
     }
 
     /// Where step `index` is written in the spec, for messages: `steps[i]`, or the blue-green
-    /// field it comes from.
-    pub fn step_path(&self, index: usize) -> String {
-        self.blue_green_step(index)
+    /// field it comes from (`kinds`: [`RolloutStrategy::blue_green_steps`]).
+    pub fn step_path(kinds: &[BlueGreenStep], index: usize) -> String {
+        kinds
+            .get(index)
             .map_or_else(|| format!("steps[{index}]"), |s| s.path().to_owned())
     }
 

@@ -115,8 +115,7 @@ impl PluginTarget {
 
 /// The callers of a rollout, by namespace: `(namespace, selector)`.
 fn callers_of(rollout: &CanaryRollout) -> Vec<(String, Option<BTreeMap<String, String>>)> {
-    let strategy = rollout.spec.strategy.effective();
-    let routing = &strategy.traffic_routing.wasm;
+    let routing = rollout.spec.strategy.routing();
     if routing.callers.is_empty() {
         vec![(
             rollout.namespace().unwrap_or_default(),
@@ -176,8 +175,7 @@ pub fn may_write_into(
 /// it runs at most one filter; and callers with disjoint selectors (`app: a`, `app: b`) get
 /// separate WasmPlugins, so a step of one rollout is pushed only to its own callers.
 pub fn targets(rollout: &CanaryRollout, all: &[Arc<CanaryRollout>]) -> Vec<PluginTarget> {
-    let strategy = rollout.spec.strategy.effective();
-    let routing = &strategy.traffic_routing.wasm;
+    let routing = rollout.spec.strategy.routing();
     let mut targets: Vec<PluginTarget> = callers_of(rollout)
         .into_iter()
         .map(|(namespace, selector)| {
@@ -300,8 +298,7 @@ fn selector_hash(labels: &BTreeMap<String, String>) -> String {
 
 /// The rollout's entry in `pluginConfig.services` for a traffic plan.
 pub fn service_entry(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic) -> CanaryService {
-    let strategy = rollout.spec.strategy.effective();
-    let routing = &strategy.traffic_routing.wasm;
+    let routing = rollout.spec.strategy.routing();
     let sticky = routing
         .sticky
         .as_ref()
@@ -384,8 +381,7 @@ pub fn wasm_plugin(
     traffic: &Traffic,
     ownership: &WasmPluginOwnership,
 ) -> Value {
-    let strategy = rollout.spec.strategy.effective();
-    let routing = &strategy.traffic_routing.wasm;
+    let routing = rollout.spec.strategy.routing();
     let ns = rollout.namespace().unwrap_or_default();
     let plugin_config = plugin_config(rollout, &ns, traffic).to_json_value();
     let mut metadata = json!({"name": target.name, "namespace": target.namespace});

@@ -434,8 +434,7 @@ pub async fn apply_traffic(
         }
     }
     let wp_name = plugin_names.clone();
-    let strategy = rollout.spec.strategy.effective();
-    let dr_name = &strategy.traffic_routing.wasm.destination_rule.name;
+    let dr_name = &rollout.spec.strategy.routing().destination_rule.name;
     // The WasmPlugins carry the plan's weight and header routes (written just now or already).
     let filter_holds_plan = lowering || writes.iter().all(|w| w.in_place);
     let dr_problem = |message: String| {

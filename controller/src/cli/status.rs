@@ -144,11 +144,12 @@ pub fn render(
     if let Some(m) = &status.message {
         out.push(format!("Message:    {m}"));
     }
+    let blue_green = rollout.spec.strategy.blue_green_only();
     out.push(format!(
         "Weight:     {} {} to {}",
         weight_bar(status.canary_weight, 30),
         format_weight(status.canary_weight),
-        if rollout.spec.strategy.canary.is_none() && rollout.spec.strategy.blue_green.is_some() {
+        if blue_green.is_some() {
             "green"
         } else {
             "canary"
@@ -166,16 +167,14 @@ pub fn render(
         hash.as_ref()
             .and_then(|h| replica_sets.iter().find(|rs| &rs_hash(rs) == h))
     };
-    let blue_green =
-        rollout.spec.strategy.canary.is_none() && rollout.spec.strategy.blue_green.is_some();
     // Blue-green: blue is the stable version, green the new one; which one users get (active)
     // is what the filter's weight says.
-    let (stable_label, canary_label) = if blue_green {
+    let (stable_label, canary_label) = if blue_green.is_some() {
         ("Blue:", "Green:")
     } else {
         ("Stable:", "Canary:")
     };
-    if blue_green {
+    if let Some(bg) = blue_green {
         let active = match (&status.canary_hash, status.canary_weight) {
             (Some(green), 10_000) if !status.aborted => format!("green {green}"),
             _ => format!("blue {}", status.stable_hash.as_deref().unwrap_or("-")),
@@ -192,12 +191,8 @@ pub fn render(
                 } else {
                     ""
                 },
-                rollout
-                    .spec
-                    .strategy
-                    .blue_green
-                    .as_ref()
-                    .and_then(|bg| bg.preview_service.as_deref())
+                bg.preview_service
+                    .as_deref()
                     .map(|s| format!(" (Service {s})"))
                     .unwrap_or_default()
             ),
@@ -255,13 +250,14 @@ pub fn render(
         .current_step_index
         .and_then(|i| usize::try_from(i).ok());
     let running = status.canary_hash.is_some();
+    let kinds = rollout.spec.strategy.blue_green_steps();
     for (i, step) in steps.iter().enumerate() {
         let (mark, state) = match current {
             Some(c) if running && i < c => ("  ", "done"),
             Some(c) if running && i == c => ("->", "current"),
             _ => ("  ", ""),
         };
-        let described = match rollout.spec.strategy.blue_green_step(i) {
+        let described = match kinds.get(i) {
             Some(bg) => format!("{}: {}", bg.label(), describe_step(step)),
             None => describe_step(step),
         };

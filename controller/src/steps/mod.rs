@@ -300,10 +300,11 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
             }
         }
     }
+    let kinds = spec.strategy.blue_green_steps();
     for (i, step) in canary.steps.iter().enumerate() {
-        let at = spec.strategy.step_path(i);
+        let at = crate::crd::RolloutStrategy::step_path(&kinds, i);
         // Where a header route's fields are: `steps[i].setHeaderRoute`, or the blue-green field.
-        let route_at = match spec.strategy.blue_green_step(i) {
+        let route_at = match kinds.get(i) {
             Some(_) => at.clone(),
             None => format!("{at}.setHeaderRoute"),
         };
@@ -477,10 +478,11 @@ pub fn validate_analysis_not_started(
     {
         check("spec.strategy.canary.analysis".into(), a, false)?;
     }
+    let kinds = spec.strategy.blue_green_steps();
     for (i, step) in canary.steps.iter().enumerate() {
         let index = i32::try_from(i).ok();
         if let Some(a) = step.analysis.as_ref().filter(|_| !started.contains(&index)) {
-            let at = match spec.strategy.blue_green_step(i) {
+            let at = match kinds.get(i) {
                 Some(bg) => bg.path().to_owned(),
                 None => format!("steps[{i}].analysis"),
             };
@@ -516,9 +518,11 @@ pub fn plan(spec: &CanaryRolloutSpec, current: &CanaryRolloutStatus, obs: &Obser
     // A request equal to the one last acted on is that one, seen again because the controller
     // stopped before removing the annotation: it is not acted on twice, only removed again.
     let repeated = obs.promote_request.is_some() && obs.promote_request == current.promote_handled;
+    let (strategy, blue_green_steps) = spec.strategy.compiled();
     let mut p = Planner {
         spec,
-        strategy: spec.strategy.effective(),
+        strategy,
+        blue_green_steps,
         obs,
         promote: if repeated { None } else { obs.promote },
         status: current.clone(),
@@ -606,6 +610,8 @@ struct Planner<'a> {
     spec: &'a CanaryRolloutSpec,
     /// What the steps run: the canary strategy, or the steps of the blue-green one.
     strategy: std::borrow::Cow<'a, crate::crd::CanaryStrategy>,
+    /// For a blue-green rollout, what each step is.
+    blue_green_steps: Vec<crate::strategy::BlueGreenStep>,
     obs: &'a Observed,
     /// The promote request not yet acted on, if any.
     promote: Option<Promote>,
@@ -624,10 +630,7 @@ impl Planner<'_> {
 
     /// Blue-green: the green pods to run from the start (`previewReplicaCount`, default all).
     fn preview_floor(&self) -> Option<i32> {
-        let bg = self.spec.strategy.blue_green.as_ref()?;
-        if self.spec.strategy.canary.is_some() {
-            return None;
-        }
+        let bg = self.spec.strategy.blue_green_only()?;
         let r = self.replicas();
         Some(bg.preview_replica_count.unwrap_or(r).clamp(0, r))
     }
@@ -857,8 +860,8 @@ impl Planner<'_> {
                     );
                     self.status.current_step_index = Some(index as i32 + 1);
                     self.status.step_started_at = Some(rfc3339(now));
-                    if self.spec.strategy.blue_green_step(index)
-                        == Some(crate::strategy::BlueGreenStep::Switch)
+                    if self.blue_green_steps.get(index)
+                        == Some(&crate::strategy::BlueGreenStep::Switch)
                     {
                         // The switch is the filter's: every caller at 100% first, written in
                         // this reconcile; what follows (the post-promotion analysis, or the
