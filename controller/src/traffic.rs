@@ -16,15 +16,17 @@ use serde_json::{json, Value};
 use canary_core::config::{DEFAULT_DECISION_HEADER, POD_TEMPLATE_HASH_LABEL};
 use canary_core::{CanaryService, HeaderRoute, PluginConfig, RequestMatch, StickyKey, StringMatch};
 
-use crate::crd::{CanaryRollout, SetHeaderRoute, WasmTrafficRouting};
+use crate::crd::{CanaryRollout, RolloutStrategy, SetHeaderRoute};
 use crate::steps::Traffic;
 use crate::FIELD_MANAGER;
 
-/// The hosts a Service answers to inside the cluster, plus any extra ones configured.
-pub fn service_hosts(routing: &WasmTrafficRouting, namespace: &str) -> Vec<String> {
-    let s = &routing.service;
+/// The hosts the rollout's Service answers to inside the cluster (a blue-green rollout's is its
+/// `activeService`: [`crate::crd::RolloutStrategy::service`]), plus any extra ones configured.
+pub fn service_hosts(strategy: &RolloutStrategy, namespace: &str) -> Vec<String> {
+    let s = strategy.service();
+    let routing = strategy.routing();
     let mut hosts = vec![
-        s.clone(),
+        s.to_string(),
         format!("{s}.{namespace}"),
         format!("{s}.{namespace}.svc"),
         format!("{s}.{namespace}.svc.cluster.local"),
@@ -309,7 +311,7 @@ pub fn service_entry(rollout: &CanaryRollout, namespace: &str, traffic: &Traffic
         });
     CanaryService {
         name: service_key(rollout, namespace),
-        hosts: service_hosts(routing, namespace),
+        hosts: service_hosts(&rollout.spec.strategy, namespace),
         canary_weight: traffic.canary_weight,
         stable_hash: Some(traffic.stable_hash.clone()),
         canary_hash: Some(traffic.canary_hash.clone()),

@@ -262,6 +262,13 @@ async fn green_is_previewed_by_header_only_switches_after_auto_promotion_seconds
         0,
         "users stay on blue"
     );
+    // The filter covers activeService's hosts (trafficRouting.wasm.service is left out).
+    let hosts = &config_of(&preview.object).unwrap().services[0].hosts;
+    let wanted = [
+        "reviews".to_owned(),
+        format!("reviews.{}.svc.cluster.local", env.ns),
+    ];
+    assert!(wanted.iter().all(|h| hosts.contains(h)), "{hosts:?}");
     let green_then = replica_set_of(&replica_sets, &green, preview.resource_version).unwrap();
     assert_eq!(green_then.spec.replicas, Some(1), "previewReplicaCount");
     assert!(
