@@ -27,9 +27,21 @@ pub struct ModeResult {
     /// The (c) filter's decision counters for the target service: (stable, canary); `None`
     /// when (c) was not run.
     pub decisions: Option<(u64, u64)>,
+    /// `--paired`: the variants measured side by side with a base.
+    pub paired: Vec<Paired>,
     /// 1-minute load average before and after the mode's runs.
     pub load_before: f64,
     pub load_after: f64,
+}
+
+/// One variant loaded at the same time as a base variant (`--paired`), both Envoys sharing the
+/// Envoy CPU: the per-rep differences of CPU per request.
+#[derive(Debug, Clone)]
+pub struct Paired {
+    pub variant: Variant,
+    pub base: Variant,
+    /// `variant` minus `base`, Envoy CPU us per request, one per rep.
+    pub diffs: Vec<f64>,
 }
 
 /// The machine and build the numbers come from.
@@ -181,6 +193,31 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
         s,
         "Written by `make bench` (`tests/e2e/src/bin/bench.rs`); how to read it: `bench/README.md`.\n"
     );
+    headline_section(&mut s, modes);
+    scale_section(&mut s, modes);
+    paired_section(&mut s, modes);
+    request_path_section(&mut s, path);
+    setup_section(&mut s, ctx, modes);
+    s
+}
+
+/// The headline table needs every one of (a), (b), (c), (c'), (d); a run of fewer (`--variants`)
+/// leaves it out rather than print NaN.
+fn headline_section(s: &mut String, modes: &[ModeResult]) {
+    let needed = [
+        Variant::NoFilter,
+        Variant::NoopWasm,
+        Variant::Canary,
+        Variant::CanaryWriteAll,
+        Variant::NativeWeighted,
+    ];
+    let modes: Vec<&ModeResult> = modes
+        .iter()
+        .filter(|m| needed.iter().all(|v| m.ran(*v)))
+        .collect();
+    if modes.is_empty() {
+        return;
+    }
     let _ = writeln!(s, "## Headline\n");
     let _ = writeln!(
         s,
@@ -214,9 +251,9 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
         s,
         "\nRatios are of median throughput; CPU differences are of median Envoy CPU per request.\n"
     );
+}
 
-    scale_section(&mut s, modes);
-    request_path_section(&mut s, path);
+fn setup_section(s: &mut String, ctx: &Context, modes: &[ModeResult]) {
     let _ = writeln!(s, "## Setup\n");
     let _ = writeln!(s, "- Date: {}", ctx.date);
     let _ = writeln!(
@@ -370,7 +407,6 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
         }
         let _ = writeln!(s);
     }
-    s
 }
 
 /// The issue-12 goals: one filter for every rollout must cost about the same with 200 services
@@ -430,6 +466,41 @@ fn scale_section(s: &mut String, modes: &[ModeResult]) {
         s,
         "\nGoals (issue 12): c200/c1 CPU per request at most 1.1; u − b at most +0.3 us. CPU is the whole Envoy's per request, so the ratio includes Envoy's own work.\n"
     );
+}
+
+fn paired_section(s: &mut String, modes: &[ModeResult]) {
+    if modes.iter().all(|m| m.paired.is_empty()) {
+        return;
+    }
+    let _ = writeln!(s, "## Side by side (`--paired`)\n");
+    let _ = writeln!(
+        s,
+        "Each variant's Envoy loaded at the same time as the base's, both on the Envoy CPU: the difference of their CPU per request in each rep, so a drift in machine speed cancels out.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| mode | difference | CPU us/request, median (per-rep range) | reps |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    for m in modes {
+        for p in &m.paired {
+            let (lo, hi) = min_max(&p.diffs);
+            let _ = writeln!(
+                s,
+                "| {} | ({}) {} − ({}) {} | **{:+.2}** ({:+.2}–{:+.2}) | {} |",
+                m.mode.as_str(),
+                p.variant.letter(),
+                p.variant.label(),
+                p.base.letter(),
+                p.base.label(),
+                median(&p.diffs),
+                lo,
+                hi,
+                p.diffs.len()
+            );
+        }
+    }
+    let _ = writeln!(s);
 }
 
 fn request_path_section(s: &mut String, path: &RequestPath) {

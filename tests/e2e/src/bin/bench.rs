@@ -43,6 +43,11 @@ Options:
                       variants were not run are left out of the report.
   --envoy-cpu N       CPU the Envoy under test is pinned to (default 0)
   --load-cpu N        CPU of wrk and of the upstream Envoy (default 1)
+  --paired LETTER     also measure every other variant side by side with this one (e.g.
+                      `--paired b`): in each rep the two Envoys share the Envoy CPU and
+                      are loaded at the same time, so a change in machine speed hits both
+                      alike; reported as per-rep CPU/request differences. Fine differences
+                      (tenths of a microsecond) need this on a machine whose speed drifts
   --noop PATH         the no-op filter (default
                       target/wasm32-wasip1/wasm-release/wasm_canary_noop_filter.wasm)
   -h, --help          this text
@@ -64,6 +69,7 @@ struct Args {
     envoy_cpu: u32,
     load_cpu: u32,
     noop: PathBuf,
+    paired: Option<Variant>,
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
@@ -79,6 +85,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         envoy_cpu: 0,
         load_cpu: 1,
         noop: root.join("target/wasm32-wasip1/wasm-release/wasm_canary_noop_filter.wasm"),
+        paired: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +102,13 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             "--envoy-cpu" => a.envoy_cpu = value()?.parse().context("--envoy-cpu")?,
             "--load-cpu" => a.load_cpu = value()?.parse().context("--load-cpu")?,
             "--noop" => a.noop = PathBuf::from(value()?),
+            "--paired" => {
+                let v = value()?;
+                a.paired = Some(
+                    Variant::from_letter(v.trim())
+                        .with_context(|| format!("unknown variant {v:?}; see --help"))?,
+                )
+            }
             "--modes" => {
                 a.modes = value()?
                     .split(',')
@@ -122,6 +136,14 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         "--reps and --secs must be at least 1"
     );
     anyhow::ensure!(!a.variants.is_empty(), "--variants names no variant");
+    if let Some(base) = a.paired {
+        anyhow::ensure!(
+            a.variants.contains(&base) && a.variants.len() >= 2,
+            "--paired {} needs ({}) and another variant in --variants (make bench: BENCH_PAIRED= runs without pairing)",
+            base.letter(),
+            base.letter()
+        );
+    }
     Ok(Some(a))
 }
 
@@ -186,7 +208,9 @@ fn main() -> anyhow::Result<()> {
         target_host: topology::target_host(),
     };
     let variants = args.variants.len() as u64;
-    let per_mode = variants * (args.reps as u64 * args.secs + args.warmup);
+    let paired_runs = if args.paired.is_some() { variants - 1 } else { 0 };
+    let per_mode = variants * (args.reps as u64 * args.secs + args.warmup)
+        + paired_runs * args.reps as u64 * args.secs;
     eprintln!(
         "bench: {} mode(s) x {variants} variants x {} reps x {} s (+{} s warm-up each): about {} s",
         args.modes.len(),
@@ -343,6 +367,10 @@ fn run_mode(
             samples[i].push(sample);
         }
     }
+    let paired = match args.paired {
+        Some(base) => paired_runs(mode, base, variants, &envoys, &addrs, &loads, args.reps)?,
+        None => Vec::new(),
+    };
     let load_after = load_average();
     let rss_bytes = envoys
         .iter()
@@ -355,9 +383,79 @@ fn run_mode(
         samples,
         rss_bytes,
         decisions,
+        paired,
         load_before,
         load_after,
     })
+}
+
+/// `--paired`: each variant loaded at the same time as `base`, both Envoys on the one Envoy CPU
+/// (the scheduler shares it), `reps` times. What the machine's speed does to one run it does to
+/// the other, so the per-rep difference of CPU per request is steady where the difference of two
+/// runs seconds apart is not.
+fn paired_runs(
+    mode: Mode,
+    base: Variant,
+    variants: &[Variant],
+    envoys: &[Envoy],
+    addrs: &[std::net::SocketAddr],
+    loads: &[wrk::Load],
+    reps: usize,
+) -> anyhow::Result<Vec<report::Paired>> {
+    let b = variants
+        .iter()
+        .position(|v| *v == base)
+        .context("the paired base did not run")?;
+    let mut out: Vec<report::Paired> = variants
+        .iter()
+        .filter(|v| **v != base)
+        .map(|&variant| report::Paired {
+            variant,
+            base,
+            diffs: Vec::new(),
+        })
+        .collect();
+    for rep in 0..reps {
+        for p in &mut out {
+            let i = variants
+                .iter()
+                .position(|v| *v == p.variant)
+                .context("a paired variant did not run")?;
+            let before = (envoys[b].cpu_seconds()?, envoys[i].cpu_seconds()?);
+            let (rb, ri) = std::thread::scope(|s| {
+                let base_run = s.spawn(|| wrk::run(&loads[b], addrs[b]));
+                let run = wrk::run(&loads[i], addrs[i]);
+                (base_run.join(), run)
+            });
+            let rb = rb.map_err(|_| anyhow::anyhow!("the paired wrk thread panicked"))??;
+            let ri = ri?;
+            let cpu_b = envoys[b].cpu_seconds()? - before.0;
+            let cpu_i = envoys[i].cpu_seconds()? - before.1;
+            anyhow::ensure!(
+                rb.errors == 0 && ri.errors == 0 && rb.requests > 0 && ri.requests > 0,
+                "paired ({}) and ({}): {} and {} failed requests in rep {}",
+                p.variant.letter(),
+                base.letter(),
+                ri.errors,
+                rb.errors,
+                rep + 1
+            );
+            let diff = cpu_i * 1e6 / ri.requests as f64 - cpu_b * 1e6 / rb.requests as f64;
+            eprintln!(
+                "bench: {} paired rep {}/{} ({}) − ({}) {:+.2} us CPU/req ({:.0} and {:.0} req/s)",
+                mode.as_str(),
+                rep + 1,
+                reps,
+                p.variant.letter(),
+                base.letter(),
+                diff,
+                ri.requests_per_second,
+                rb.requests_per_second
+            );
+            p.diffs.push(diff);
+        }
+    }
+    Ok(out)
 }
 
 /// The target service's (stable, canary) decision counters. The filter may publish its counts
