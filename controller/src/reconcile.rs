@@ -10,7 +10,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PartialObjectMeta, Patch,
+    PatchParams,
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -208,6 +209,12 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
         ),
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
+    // Metadata only (`PartialObjectMeta`): a change of any field bumps the resourceVersion, and
+    // nothing of a Service is kept in memory.
+    let services: Api<PartialObjectMeta<Service>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let metrics = ctx.metrics.clone();
     // Each cache is filled by the watch that triggers reconciles: the reflector stores a change
     // before the trigger passes it on.
@@ -308,6 +315,13 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
     let for_destination_rule =
         by(|r, name| r.spec.strategy.routing().destination_rule.name == name);
     let for_template = by(|r, name| references_template(r, name, false));
+    let for_preview_service = by(|r, name| {
+        r.spec
+            .strategy
+            .blue_green_only()
+            .and_then(|bg| bg.preview_service.as_deref())
+            == Some(name)
+    });
     let for_cluster_template = by(|r, name| references_template(r, name, true));
     let controller = match shutdown {
         Some(shutdown) => controller.graceful_shutdown_on(shutdown),
@@ -326,6 +340,14 @@ async fn run_controller(ctx: Arc<Context>, namespace: Option<String>, shutdown: 
             destination_rule_changes,
             move |d: DynamicObject| for_destination_rule(d.namespace(), d.name_any()),
             destination_rule_resource(),
+        )
+        // A user's edit of a blue-green previewService (its selector pointed elsewhere) is taken
+        // back at once, not at the next resync.
+        .watches_stream(
+            watcher(services, watcher::Config::default())
+                .default_backoff()
+                .touched_objects(),
+            move |s: PartialObjectMeta<Service>| for_preview_service(s.namespace(), s.name_any()),
         )
         // A template fixed (or broken) is planned with at once.
         .watches(

@@ -3,7 +3,8 @@
 //! switch after `autoPromotionSeconds` and only once green has all its pods, the
 //! DestinationRule after the filter, blue scaled down only after `scaleDownDelaySeconds`; pre-
 //! and post-promotion analysis deciding; abort at every phase returning every caller to blue, at
-//! once even while a metric provider is slow to answer.
+//! once even while a metric provider is slow to answer; a preview Service someone else pointed
+//! elsewhere taken back at once.
 //! Every ordering claim is judged on recordings of every stored version (`support::versions`).
 #![allow(
     clippy::unwrap_used,
@@ -21,39 +22,15 @@ use canary_controller::crd::Phase;
 use canary_core::PluginConfig;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use support::http_stub::{HttpStub, Reply};
-use support::rollout_env::{platform_applies, RolloutEnv, WAIT};
+use support::rollout_env::{blue_green_rollout, platform_applies, RolloutEnv, WAIT};
 use support::traffic::subset_hash_of;
 use support::versions::{as_of, Recording, Version};
 
 const PREVIEW_SERVICE: &str = "reviews-preview";
-
-/// Rollout `reviews`, blue-green: 2 replicas, `image`, the controller's WasmPlugin for callers
-/// `app: productpage`, the DestinationRule `reviews`; `blue_green` adds to Argo's fields.
-fn rollout(ns: &str, image: &str, blue_green: Value) -> Value {
-    let mut rollout = support::rollout_env::rollout(ns, image, json!([]));
-    let routing = rollout["spec"]["strategy"]["canary"]["trafficRouting"].take();
-    let mut strategy = json!({
-        "activeService": "reviews",
-        "scaleDownDelaySeconds": 2,
-        "abortScaleDownDelaySeconds": 2,
-        "trafficRouting": routing
-    });
-    // The service is activeService's: left out, as a user of blueGreen would.
-    strategy["trafficRouting"]["wasm"]
-        .as_object_mut()
-        .unwrap()
-        .remove("service");
-    strategy
-        .as_object_mut()
-        .unwrap()
-        .extend(blue_green.as_object().unwrap().clone());
-    rollout["spec"]["strategy"] = json!({ "blueGreen": strategy });
-    rollout
-}
 
 fn preview_route() -> Value {
     json!({"match": [{"headerName": "x-preview", "headerValue": {"exact": "yes"}}]})
@@ -180,7 +157,7 @@ async fn green_is_previewed_by_header_only_switches_after_auto_promotion_seconds
 ) {
     let env = RolloutEnv::new("bg-preview").await;
     create_preview_service(&env).await;
-    let spec = rollout(
+    let spec = blue_green_rollout(
         &env.ns,
         "reviews:v1",
         json!({
@@ -358,7 +335,7 @@ async fn a_failing_pre_promotion_analysis_switches_nothing() {
     let env = RolloutEnv::new("bg-pre-fails").await;
     let stub = provider().await;
     apply_template(&env, "bad", &format!("{}/bad", stub.url), 1).await;
-    let spec = rollout(
+    let spec = blue_green_rollout(
         &env.ns,
         "reviews:v1",
         json!({"previewHeaderRoute": preview_route(), "prePromotionAnalysis": analysis("bad")}),
@@ -399,7 +376,7 @@ async fn a_failing_post_promotion_analysis_switches_every_caller_back_to_blue_st
     let stub = provider().await;
     apply_template(&env, "good", &format!("{}/good", stub.url), 1).await;
     apply_template(&env, "bad", &format!("{}/bad", stub.url), 2).await;
-    let spec = rollout(
+    let spec = blue_green_rollout(
         &env.ns,
         "reviews:v1",
         json!({
@@ -458,7 +435,7 @@ async fn abort_at_every_phase_returns_every_caller_to_blue() {
     // 5 measurements a second apart: a window of 4 s to abort in.
     apply_template(&env, "pre", &format!("{}/good", stub.url), 5).await;
     apply_template(&env, "post", &format!("{}/good", stub.url), 60).await;
-    let spec = rollout(
+    let spec = blue_green_rollout(
         &env.ns,
         "reviews:v1",
         json!({
@@ -569,7 +546,7 @@ async fn an_abort_while_the_post_promotion_provider_is_slow_to_answer_switches_b
         &template,
     )
     .await;
-    let spec = rollout(
+    let spec = blue_green_rollout(
         &env.ns,
         "reviews:v1",
         json!({"postPromotionAnalysis": analysis("slow")}),
@@ -621,4 +598,84 @@ async fn an_abort_while_the_post_promotion_provider_is_slow_to_answer_switches_b
         1,
         "measured once, the measurement dropped"
     );
+}
+
+/// Another manager (`kubectl edit`, someone's apply) points the preview Service back at blue
+/// while green waits for a promote: the controller, which watches the Service, points it at green
+/// again at once, not at the next resync a minute later; and after an abort the preview is blue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_service_pointed_elsewhere_by_someone_else_is_taken_back_at_once() {
+    let env = RolloutEnv::new("bg-svc-edit").await;
+    create_preview_service(&env).await;
+    let spec = blue_green_rollout(
+        &env.ns,
+        "reviews:v1",
+        json!({
+            "previewService": PREVIEW_SERVICE,
+            "previewHeaderRoute": preview_route(),
+            "autoPromotionEnabled": false
+        }),
+    );
+    let blue = env.healthy_on_first_version(&spec).await;
+    env.set_image("reviews:v2").await;
+    let green = env
+        .until("green waiting for a promote", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Paused)
+                .then(|| s.canary_hash.clone())
+                .flatten()
+        })
+        .await;
+    let until_selects = |hash: String, within: Duration| {
+        let env = &env;
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let now = preview_selects(env).await;
+                if now.as_deref() == Some(hash.as_str()) {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < within,
+                    "the preview Service still selects {now:?}, not {hash}, after {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until_selects(green.clone(), WAIT).await;
+
+    let services = Api::<Service>::namespaced(env.client.clone(), &env.ns);
+    for (round, manager) in ["kubectl-edit", "someones-apply"].into_iter().enumerate() {
+        let edit = json!({"spec": {"selector": {"rollouts-pod-template-hash": blue}}});
+        let params = PatchParams {
+            field_manager: Some(manager.into()),
+            ..PatchParams::default()
+        };
+        if round == 0 {
+            services
+                .patch(PREVIEW_SERVICE, &params, &Patch::Merge(&edit))
+                .await
+                .unwrap();
+        } else {
+            let mut body = edit.clone();
+            body["apiVersion"] = json!("v1");
+            body["kind"] = json!("Service");
+            body["metadata"] = json!({"name": PREVIEW_SERVICE});
+            services
+                .patch(PREVIEW_SERVICE, &params.force(), &Patch::Apply(&body))
+                .await
+                .unwrap();
+        }
+        // The resync is 60 s: 15 s leaves a loaded machine room and still fails without the watch.
+        let took = until_selects(green.clone(), Duration::from_secs(15)).await;
+        eprintln!("{manager}'s edit taken back after {took:?}");
+    }
+    // The rollout itself did not move.
+    let s = env.rollout().await.status.unwrap();
+    assert_eq!(s.phase, Phase::Paused);
+    assert_eq!(s.canary_hash.as_deref(), Some(green.as_str()));
+
+    env.patch_spec(json!({"abort": true})).await;
+    until_selects(blue.clone(), WAIT).await;
 }

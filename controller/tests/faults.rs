@@ -1,6 +1,6 @@
 //! The controller under faults, on a real API server: failed writes (500 and 409 bursts), a
 //! kube-apiserver and an etcd killed and restarted mid-rollout, and the controller itself
-//! SIGKILLed at random points twenty times. After each, the rollout resumes where it stood: every
+//! SIGKILLed at random points twenty times (and through a blue-green release). After each, the rollout resumes where it stood: every
 //! step's weight reaches the filter once, in order, none is skipped or run twice, and after an
 //! abort the canary is never exposed again.
 #![allow(
@@ -21,14 +21,15 @@ use canary_cluster::ControlPlane;
 use canary_controller::crd::Phase;
 use canary_controller::reconcile::PROMOTE_ANNOTATION;
 use http::Method;
-use kube::api::DynamicObject;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::api::{Api, DynamicObject};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use support::api_faults::{self, is_write, Faults};
 use support::owned_process::{controller_command, OwnedProcess};
-use support::rollout_env::{rollout, RolloutEnv, WAIT};
-use support::traffic::weight_sequence;
-use support::versions::Recording;
+use support::rollout_env::{blue_green_rollout, rollout, RolloutEnv, WAIT};
+use support::traffic::{routed_service, subset_hash_of, weight_sequence};
+use support::versions::{as_of, Recording};
 
 /// Records every version of the client WasmPlugin the rollout `reviews` writes.
 async fn record_filter(env: &RolloutEnv) -> Recording<DynamicObject> {
@@ -268,4 +269,113 @@ async fn a_controller_sigkilled_twenty_times_at_random_points_skips_no_step_and_
         "after the abort the canary is never exposed again: {seen:?}"
     );
     assert_eq!(seen.last(), Some(&0));
+}
+
+/// A blue-green release under the same kills: the controller binary SIGKILLed at random points
+/// from the new version until its promotion. Every caller still moves from blue to green in ONE switch
+/// (weight 0, 100%, then 0 with green as stable: never back and forth), the switch comes only
+/// once green has all its pods, blue keeps all of its pods until the DestinationRule has moved,
+/// and the release ends promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_sigkilled_through_a_blue_green_release_switches_once_and_promotes() {
+    let env = RolloutEnv::without_controller("fault-sigkill-bg").await;
+    env.apply_rollout(&blue_green_rollout(
+        &env.ns,
+        "reviews:v1",
+        json!({
+            "previewHeaderRoute": {"match": [{"headerName": "x-preview", "headerValue": {"exact": "yes"}}]},
+            "autoPromotionSeconds": 2
+        }),
+    ))
+    .await;
+    let blue = {
+        let _controller = start_controller_process(&env);
+        env.until("blue stable", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Healthy)
+                .then(|| s.stable_hash.clone())
+                .flatten()
+        })
+        .await
+    };
+    let filter = record_filter(&env).await;
+    let replica_sets =
+        Recording::<ReplicaSet>::start(Api::namespaced(env.client.clone(), &env.ns), "", "").await;
+    let rules = Recording::<DynamicObject>::start(env.destination_rules(), "", "").await;
+    env.set_image("reviews:v2").await;
+
+    // Kill it again and again until the release is promoted and blue scaled down: lives of
+    // 0-0.8 s, so kills land in the preview, the auto-promotion wait (2 s, which a restart must
+    // not start over), the switch, the promotion and blue's scale-down delay (2 s, likewise).
+    let mut delays = Delays(0xb16e_2026);
+    let promoted = |s: &canary_controller::crd::CanaryRolloutStatus| {
+        (s.phase == Phase::Healthy
+            && s.stable_hash.as_deref() != Some(blue.as_str())
+            && s.scale_downs.is_empty())
+        .then(|| s.stable_hash.clone())
+        .flatten()
+    };
+    let mut kills = 0;
+    let mut green = None;
+    while green.is_none() {
+        assert!(
+            kills < 40,
+            "not promoted and scaled down after {kills} kills"
+        );
+        let controller = start_controller_process(&env);
+        tokio::time::sleep(delays.next(Duration::from_millis(800))).await;
+        drop(controller);
+        kills += 1;
+        let s = env.rollout().await.status.unwrap_or_default();
+        eprintln!(
+            "kill {kills}: {:?} at step {:?}, weight {}, scale-downs pending {}",
+            s.phase,
+            s.current_step_index,
+            s.canary_weight,
+            s.scale_downs.len()
+        );
+        green = promoted(&s);
+    }
+    let green = green.unwrap();
+    assert!(kills >= 5, "only {kills} kills through the release");
+    let blue_rs = format!("reviews-{blue}");
+    filter.sync().await;
+    replica_sets.sync().await;
+    rules.sync().await;
+    let plugins = filter.versions();
+    let seen = weight_sequence(&plugins);
+    assert_eq!(seen, [0, 10_000, 0], "one switch, never back and forth");
+    let switch = plugins
+        .iter()
+        .find(|v| routed_service(&v.object).canary_weight == 10_000)
+        .unwrap();
+    assert_eq!(
+        routed_service(&switch.object).canary_hash.as_deref(),
+        Some(green.as_str()),
+        "the switch sends every caller to green"
+    );
+    let sets = replica_sets.versions();
+    let green_at_switch = as_of(&sets, &format!("reviews-{green}"), switch.resource_version)
+        .expect("green's ReplicaSet before the switch");
+    assert_eq!(
+        green_at_switch
+            .object
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas),
+        Some(2),
+        "the switch waits for all of green's pods"
+    );
+    let rule_switch = rules
+        .versions()
+        .into_iter()
+        .find(|v| subset_hash_of(&v.object, "stable").as_deref() == Some(green.as_str()))
+        .expect("a DestinationRule version with green as stable");
+    assert!(
+        sets.iter()
+            .filter(|v| v.object.name_any() == blue_rs
+                && v.resource_version < rule_switch.resource_version)
+            .all(|v| v.object.spec.replicas == Some(2)),
+        "blue kept all its pods until the DestinationRule moved"
+    );
 }

@@ -268,6 +268,30 @@ pub fn rollout(ns: &str, image: &str, steps: Value) -> Value {
     })
 }
 
+/// Rollout `reviews`, blue-green: 2 replicas, `image`, the controller's WasmPlugin for callers
+/// `app: productpage`, the DestinationRule `reviews`; `blue_green` adds to Argo's fields.
+pub fn blue_green_rollout(ns: &str, image: &str, blue_green: Value) -> Value {
+    let mut rollout = rollout(ns, image, json!([]));
+    let routing = rollout["spec"]["strategy"]["canary"]["trafficRouting"].take();
+    let mut strategy = json!({
+        "activeService": "reviews",
+        "scaleDownDelaySeconds": 2,
+        "abortScaleDownDelaySeconds": 2,
+        "trafficRouting": routing
+    });
+    // The service is activeService's: left out, as a user of blueGreen would.
+    strategy["trafficRouting"]["wasm"]
+        .as_object_mut()
+        .unwrap()
+        .remove("service");
+    strategy
+        .as_object_mut()
+        .unwrap()
+        .extend(blue_green.as_object().unwrap().clone());
+    rollout["spec"]["strategy"] = json!({ "blueGreen": strategy });
+    rollout
+}
+
 /// The platform team server-side applies `object` (named in its metadata) through `api`.
 pub async fn platform_applies<K>(api: &Api<K>, object: &Value)
 where
