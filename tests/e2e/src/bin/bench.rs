@@ -208,7 +208,11 @@ fn main() -> anyhow::Result<()> {
         target_host: topology::target_host(),
     };
     let variants = args.variants.len() as u64;
-    let paired_runs = if args.paired.is_some() { variants - 1 } else { 0 };
+    let paired_runs = if args.paired.is_some() {
+        variants - 1
+    } else {
+        0
+    };
     let per_mode = variants * (args.reps as u64 * args.secs + args.warmup)
         + paired_runs * args.reps as u64 * args.secs;
     eprintln!(
