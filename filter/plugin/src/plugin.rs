@@ -19,6 +19,10 @@
 //! only when the client sent one.
 //! server mode: one request header write, one response header write (removals without a
 //! valid pod-template-hash label).
+//!
+//! `make wasm` exports only the callbacks implemented here (`filter/prune_exports.py`, KEEP):
+//! Envoy then skips `proxy_on_log`, `proxy_on_response_body` and the others on every request.
+//! A callback implemented here later must be added to KEEP, or the host never calls it.
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
