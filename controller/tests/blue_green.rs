@@ -89,6 +89,22 @@ async fn preview_selects(env: &RolloutEnv) -> Option<String> {
         .cloned()
 }
 
+/// Polls (bounded by `within`) until the preview Service selects `hash`; how long it took.
+async fn until_preview_selects(env: &RolloutEnv, hash: &str, within: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let now = preview_selects(env).await;
+        if now.as_deref() == Some(hash) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "the preview Service still selects {now:?}, not {hash}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn config_of(plugin: &DynamicObject) -> Option<PluginConfig> {
     PluginConfig::from_value(&plugin.data["spec"]["pluginConfig"]).ok()
 }
@@ -168,21 +184,9 @@ async fn green_is_previewed_by_header_only_switches_after_auto_promotion_seconds
         }),
     );
     let blue = env.healthy_on_first_version(&spec).await;
-    // Polled (bounded): the preview Service is written in the reconcile that made blue Healthy
-    // or the next one.
-    let mut selects = None;
-    for _ in 0..600 {
-        selects = preview_selects(&env).await;
-        if selects.as_deref() == Some(blue.as_str()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        selects.as_deref(),
-        Some(blue.as_str()),
-        "no green yet: preview is blue"
-    );
+    // No green yet: preview is blue. The preview Service is written in the reconcile that made
+    // blue Healthy or the next one.
+    until_preview_selects(&env, &blue, WAIT).await;
 
     let rec = Recordings::start(&env).await;
     env.set_image("reviews:v2").await;
@@ -626,24 +630,7 @@ async fn a_preview_service_pointed_elsewhere_by_someone_else_is_taken_back_at_on
                 .flatten()
         })
         .await;
-    let until_selects = |hash: String, within: Duration| {
-        let env = &env;
-        async move {
-            let start = std::time::Instant::now();
-            loop {
-                let now = preview_selects(env).await;
-                if now.as_deref() == Some(hash.as_str()) {
-                    return start.elapsed();
-                }
-                assert!(
-                    start.elapsed() < within,
-                    "the preview Service still selects {now:?}, not {hash}, after {within:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    until_selects(green.clone(), WAIT).await;
+    until_preview_selects(&env, &green, WAIT).await;
 
     let services = Api::<Service>::namespaced(env.client.clone(), &env.ns);
     for (round, manager) in ["kubectl-edit", "someones-apply"].into_iter().enumerate() {
@@ -668,7 +655,7 @@ async fn a_preview_service_pointed_elsewhere_by_someone_else_is_taken_back_at_on
                 .unwrap();
         }
         // The resync is 60 s: 15 s leaves a loaded machine room and still fails without the watch.
-        let took = until_selects(green.clone(), Duration::from_secs(15)).await;
+        let took = until_preview_selects(&env, &green, Duration::from_secs(15)).await;
         eprintln!("{manager}'s edit taken back after {took:?}");
     }
     // The rollout itself did not move.
@@ -677,5 +664,5 @@ async fn a_preview_service_pointed_elsewhere_by_someone_else_is_taken_back_at_on
     assert_eq!(s.canary_hash.as_deref(), Some(green.as_str()));
 
     env.patch_spec(json!({"abort": true})).await;
-    until_selects(blue.clone(), WAIT).await;
+    until_preview_selects(&env, &blue, WAIT).await;
 }

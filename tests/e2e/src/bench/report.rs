@@ -201,20 +201,28 @@ pub fn markdown(ctx: &Context, modes: &[ModeResult], path: &RequestPath) -> Stri
     s
 }
 
+/// The modes in which every one of `needed` ran: a table left without one of its variants
+/// (`--variants`) is left out rather than printed with NaN.
+fn that_ran<'a>(modes: &'a [ModeResult], needed: &[Variant]) -> Vec<&'a ModeResult> {
+    modes
+        .iter()
+        .filter(|m| needed.iter().all(|v| m.ran(*v)))
+        .collect()
+}
+
 /// The headline table needs every one of (a), (b), (c), (c'), (d); a run of fewer (`--variants`)
 /// leaves it out rather than print NaN.
 fn headline_section(s: &mut String, modes: &[ModeResult]) {
-    let needed = [
-        Variant::NoFilter,
-        Variant::NoopWasm,
-        Variant::Canary,
-        Variant::CanaryWriteAll,
-        Variant::NativeWeighted,
-    ];
-    let modes: Vec<&ModeResult> = modes
-        .iter()
-        .filter(|m| needed.iter().all(|v| m.ran(*v)))
-        .collect();
+    let modes = that_ran(
+        modes,
+        &[
+            Variant::NoFilter,
+            Variant::NoopWasm,
+            Variant::Canary,
+            Variant::CanaryWriteAll,
+            Variant::NativeWeighted,
+        ],
+    );
     if modes.is_empty() {
         return;
     }
@@ -413,17 +421,16 @@ fn setup_section(s: &mut String, ctx: &Context, modes: &[ModeResult]) {
 /// as with 1 (c200/c1 <= 1.1), and a host no rollout covers must cost next to nothing over the
 /// no-op filter (u − b <= +0.3 us).
 fn scale_section(s: &mut String, modes: &[ModeResult]) {
-    let needed = [
-        Variant::NoFilter,
-        Variant::NoopWasm,
-        Variant::CanaryOneService,
-        Variant::CanaryManyServices,
-        Variant::Uncovered,
-    ];
-    let modes: Vec<&ModeResult> = modes
-        .iter()
-        .filter(|m| needed.iter().all(|v| m.ran(*v)))
-        .collect();
+    let modes = that_ran(
+        modes,
+        &[
+            Variant::NoFilter,
+            Variant::NoopWasm,
+            Variant::CanaryOneService,
+            Variant::CanaryManyServices,
+            Variant::Uncovered,
+        ],
+    );
     if modes.is_empty() {
         return;
     }
