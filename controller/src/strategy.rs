@@ -151,18 +151,8 @@ impl RolloutStrategy {
         self.compiled().0
     }
 
-    /// What each effective step of a blue-green rollout is (empty for a canary).
-    pub fn blue_green_steps(&self) -> Vec<BlueGreenStep> {
-        self.compiled().1
-    }
-
-    /// What the effective step `index` is, for a blue-green rollout.
-    pub fn blue_green_step(&self, index: usize) -> Option<BlueGreenStep> {
-        self.blue_green_steps().get(index).copied()
-    }
-
     /// Where step `index` is written in the spec, for messages: `steps[i]`, or the blue-green
-    /// field it comes from (`kinds`: [`RolloutStrategy::blue_green_steps`]).
+    /// field it comes from (`kinds`: the second half of [`RolloutStrategy::compiled`]).
     pub fn step_path(kinds: &[BlueGreenStep], index: usize) -> String {
         kinds
             .get(index)

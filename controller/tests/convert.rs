@@ -482,9 +482,9 @@ fn an_argo_blue_green_rollout_converts_with_its_fields_and_the_mesh_objects_it_n
     assert!(bg.pre_promotion_analysis.is_some());
     // What the controller runs: the analysis, the wait for a promote, the switch.
     steps::validate(&r.spec).unwrap();
-    let labels: Vec<&str> = (0..r.spec.strategy.effective().steps.len())
-        .map(|i| r.spec.strategy.blue_green_step(i).unwrap().label())
-        .collect();
+    let (compiled, kinds) = r.spec.strategy.compiled();
+    assert_eq!(kinds.len(), compiled.steps.len());
+    let labels: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
     assert_eq!(
         labels,
         ["pre-promotion analysis", "auto-promotion", "switch"]

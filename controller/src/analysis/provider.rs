@@ -268,21 +268,13 @@ async fn query(metric: &Metric, now: DateTime<Utc>) -> Result<(Value, bool), Str
             .timeout
             .unwrap_or(DEFAULT_PROMETHEUS_TIMEOUT_SECONDS)
             .max(1);
-        let url = format!(
-            "{}/api/v1/query?query={}&time={}&timeout={timeout}s",
-            prom.address.trim_end_matches('/'),
-            percent_encode(&prom.query),
-            now.timestamp_millis() as f64 / 1000.0,
-        );
-        let answer = call(
-            "GET",
-            &url,
-            &[],
-            None,
+        return prometheus_query(
+            &prom.address,
+            &prom.query,
+            Some(now),
             Duration::from_secs(timeout.unsigned_abs()),
         )
-        .await?;
-        return prometheus_result(&answer);
+        .await;
     }
     if let Some(web) = &p.web {
         web.check()?;
@@ -360,43 +352,43 @@ async fn wasm_split(
         from = since;
     }
     let timeout = Duration::from_secs(DEFAULT_PROMETHEUS_TIMEOUT_SECONDS.unsigned_abs());
-    let count = |subset: &'static str| {
-        let query = format!(
+    let query = |subset| {
+        format!(
             "sum({})",
             decision_metric(&target.namespace, &target.service, subset, "weight")
-        );
+        )
+    };
+    let (canary_query, stable_query) = (query("canary"), query("stable"));
+    // The summed counter at an instant (0 when no sidecar has counted yet).
+    let sum_at = |query: &str, at: DateTime<Utc>| {
+        let query = query.to_owned();
         async move {
-            let at = |t: DateTime<Utc>| {
-                let query = query.clone();
-                async move {
-                    let url = format!(
-                        "{}/api/v1/query?query={}&time={}",
-                        split.address.trim_end_matches('/'),
-                        percent_encode(&query),
-                        t.timestamp_millis() as f64 / 1000.0
-                    );
-                    let answer = call("GET", &url, &[], None, timeout).await?;
-                    let (result, _) = prometheus_result(&answer)?;
-                    Ok::<f64, String>(
-                        result
-                            .as_array()
-                            .and_then(|a| a.first())
-                            .and_then(Value::as_f64)
-                            .unwrap_or(0.0),
-                    )
-                }
-            };
-            let (before, after) = (at(from).await?, at(now).await?);
-            if after < before {
-                return Err(format!(
-                    "the {subset} decision counters went down ({before} -> {after}): a sidecar restarted in the window"
-                ));
-            }
-            Ok::<u64, String>((after - before).round() as u64)
+            let (result, _) = prometheus_query(&split.address, &query, Some(at), timeout).await?;
+            Ok::<f64, String>(
+                result
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0),
+            )
         }
     };
-    let canary = count("canary").await?;
-    let stable = count("stable").await?;
+    let (canary_from, canary_now, stable_from, stable_now) = tokio::try_join!(
+        sum_at(&canary_query, from),
+        sum_at(&canary_query, now),
+        sum_at(&stable_query, from),
+        sum_at(&stable_query, now),
+    )?;
+    let increase = |subset: &str, before: f64, after: f64| {
+        if after < before {
+            return Err(format!(
+                "the {subset} decision counters went down ({before} -> {after}): a sidecar restarted in the window"
+            ));
+        }
+        Ok((after - before).round() as u64)
+    };
+    let canary = increase("canary", canary_from, canary_now)?;
+    let stable = increase("stable", stable_from, stable_now)?;
     let total = canary + stable;
     let p = f64::from(target.weight_bp) / f64::from(canary_core::config::BASIS_POINTS);
     let alpha = split
@@ -415,15 +407,20 @@ async fn wasm_split(
     Ok((result, no_data))
 }
 
-/// One Prometheus instant query at `address` (`/api/v1/query`, evaluated now), its answer
-/// shaped as for analysis ([`prometheus_result`]). For the dashboard's observed split.
+/// One Prometheus instant query at `address` (`/api/v1/query`, evaluated `at`, or now), its
+/// answer shaped as for analysis ([`prometheus_result`]): the `prometheus` provider, `wasmSplit`
+/// and the dashboard's observed split.
 pub async fn prometheus_query(
     address: &str,
     query: &str,
+    at: Option<DateTime<Utc>>,
     timeout: Duration,
 ) -> Result<(Value, bool), String> {
+    let time = at
+        .map(|t| format!("&time={}", t.timestamp_millis() as f64 / 1000.0))
+        .unwrap_or_default();
     let url = format!(
-        "{}/api/v1/query?query={}&timeout={}s",
+        "{}/api/v1/query?query={}{time}&timeout={}s",
         address.trim_end_matches('/'),
         percent_encode(query),
         timeout.as_secs().max(1)

@@ -122,7 +122,7 @@ pub fn render(
     let name = rollout.name_any();
     let ns = rollout.namespace().unwrap_or_default();
     let status = rollout.status.clone().unwrap_or_default();
-    let strategy = rollout.spec.strategy.effective();
+    let (strategy, kinds) = rollout.spec.strategy.compiled();
     let steps = &strategy.steps;
     out.push(format!("Rollout:    {name} (namespace {ns})"));
     let mut phase = phase_name(status.phase).to_owned();
@@ -250,7 +250,6 @@ pub fn render(
         .current_step_index
         .and_then(|i| usize::try_from(i).ok());
     let running = status.canary_hash.is_some();
-    let kinds = rollout.spec.strategy.blue_green_steps();
     for (i, step) in steps.iter().enumerate() {
         let (mark, state) = match current {
             Some(c) if running && i < c => ("  ", "done"),

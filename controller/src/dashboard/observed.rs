@@ -95,8 +95,8 @@ async fn read_prometheus(url: &str, state: &ClusterState) -> Result<(), String> 
         let (canary_q, total_q) = prometheus_queries(&key.0, &service);
         let timeout = Duration::from_secs(5);
         let read = async {
-            let canary = prometheus_query(url, &canary_q, timeout).await?;
-            let total = prometheus_query(url, &total_q, timeout).await?;
+            let canary = prometheus_query(url, &canary_q, None, timeout).await?;
+            let total = prometheus_query(url, &total_q, None, timeout).await?;
             Ok::<_, String>((rate_of(&canary.0), rate_of(&total.0)))
         }
         .await;

@@ -283,7 +283,7 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
         }
     }
     validate_strategy(spec)?;
-    let canary = spec.strategy.effective();
+    let (canary, kinds) = spec.strategy.compiled();
     if let Some(a) = &canary.analysis {
         if a.templates.is_empty() {
             return Err(
@@ -300,7 +300,6 @@ pub fn validate(spec: &CanaryRolloutSpec) -> Result<(), String> {
             }
         }
     }
-    let kinds = spec.strategy.blue_green_steps();
     for (i, step) in canary.steps.iter().enumerate() {
         let at = crate::crd::RolloutStrategy::step_path(&kinds, i);
         // Where a header route's fields are: `steps[i].setHeaderRoute`, or the blue-green field.
@@ -456,7 +455,7 @@ pub fn validate_analysis_not_started(
     fields: &RolloutFields,
     started: &[Option<i32>],
 ) -> Result<(), String> {
-    let canary = spec.strategy.effective();
+    let (canary, kinds) = spec.strategy.compiled();
     let check = |where_: String, a: &RolloutAnalysis, finite: bool| -> Result<(), String> {
         let resolved = resolve(a, templates, "stable", "canary", fields)
             .map_err(|e| format!("{where_}: {e}"))?;
@@ -478,7 +477,6 @@ pub fn validate_analysis_not_started(
     {
         check("spec.strategy.canary.analysis".into(), a, false)?;
     }
-    let kinds = spec.strategy.blue_green_steps();
     for (i, step) in canary.steps.iter().enumerate() {
         let index = i32::try_from(i).ok();
         if let Some(a) = step.analysis.as_ref().filter(|_| !started.contains(&index)) {

@@ -32,8 +32,6 @@ pub fn yaml_documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The controller as the shipped Deployment runs it, but as a local process: the shipped
-/// namespace, ServiceAccount and RBAC applied, and a kubeconfig holding that account's token.
 /// A control plane with the controller's CRDs and istiod running as revision `tsb`: the seed's
 /// Istio objects are labelled for Tetrate's control plane revision, and istiod runs as that
 /// revision, as the seed's cluster does.
@@ -47,6 +45,8 @@ pub async fn plane_with_seed_istiod() -> (ControlPlane, kube::Client, canary_mes
     (plane, client, istiod)
 }
 
+/// The controller as the shipped Deployment runs it, but as a local process: the shipped
+/// namespace, ServiceAccount and RBAC applied, and a kubeconfig holding that account's token.
 pub async fn start_controller(plane: &ControlPlane, client: &kube::Client) -> OwnedProcess {
     let dir = tempfile::tempdir().unwrap();
     let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
