@@ -377,15 +377,41 @@ async fn blue_green_previews_green_to_testers_only_switches_every_user_on_promot
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let switched = Instant::now();
-    until_served_after(&users, switched, 100, "users after the switch to v3").await;
-    assert!(
-        users
+    // The config dump shows what Envoy's main thread accepted; its worker applies it a moment
+    // later, and a request sent before may still be in flight. The switch is in force for the
+    // users' connection (one keep-alive connection, on one worker; one request at a time) from
+    // their first response by v3: from then on, every response is v3's.
+    let start = Instant::now();
+    let switched = loop {
+        let first_v3 = users
             .seen()
             .iter()
-            .filter(|s| s.at > switched)
+            .find(|s| s.at > promoted_again_at && s.hash.as_deref() == Some(v3.as_str()))
+            .map(|s| s.at);
+        if let Some(at) = first_v3 {
+            break at;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no user reached v3 though the caller runs weight 100%"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    until_served_after(&users, switched, 100, "users after the switch to v3").await;
+    let after_switch: Vec<Seen> = users
+        .seen()
+        .into_iter()
+        .filter(|s| s.at > switched)
+        .collect();
+    assert!(
+        after_switch
+            .iter()
             .all(|s| s.hash.as_deref() == Some(v3.as_str())),
-        "every user on v3 after the switch"
+        "every user on v3 after their first response by v3: {:?}",
+        after_switch.iter().fold(BTreeMap::new(), |mut n, s| {
+            *n.entry(s.hash.clone()).or_insert(0) += 1;
+            n
+        })
     );
 
     let aborted_at = Instant::now();
