@@ -27,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use support::rollout_env::{platform_applies, rollout, RolloutEnv, WAIT};
+use support::versions::Recording;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A write the controller must make on a resync-free path (a promote, an abort) is visible well
@@ -519,32 +520,29 @@ fn short_pauses() -> Value {
 }
 
 /// Runs v2 through [`short_pauses`] and returns, for every step index the status showed, the
-/// `stepStartedAt` it showed with it.
+/// `stepStartedAt` it showed with it. Every stored version of the rollout is recorded (a
+/// watch), so a step shown for 500 ms is seen however slow the test is.
 async fn step_starts_through_short_pauses(env: &RolloutEnv) -> BTreeMap<i32, String> {
     env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", short_pauses()))
         .await;
+    let versions = Recording::start(env.rollouts(), "", "metadata.name=reviews").await;
     env.set_image("reviews:v2").await;
-    let mut starts = BTreeMap::new();
-    let start = tokio::time::Instant::now();
-    loop {
-        let s = env.rollout().await.status.unwrap_or_default();
-        if let (Some(i), Some(at), true) = (
-            s.current_step_index,
-            s.step_started_at.clone(),
-            s.canary_hash.is_some(),
-        ) {
-            starts.entry(i).or_insert(at);
-            if i == 7 {
-                return starts;
+    versions
+        .until("the last pause", WAIT, |versions| {
+            let mut starts = BTreeMap::new();
+            for v in versions {
+                let s = v.object.status.clone().unwrap_or_default();
+                if let (Some(i), Some(at), true) = (
+                    s.current_step_index,
+                    s.step_started_at.clone(),
+                    s.canary_hash.is_some(),
+                ) {
+                    starts.entry(i).or_insert(at);
+                }
             }
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "never reached the last pause: {s:#?}"
-        );
-        // Polls well inside a 500 ms pause, so each pause step is seen.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            starts.contains_key(&7).then_some(starts)
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,10 +93,17 @@ async fn pilot_agent_pulls_the_filter_image_from_a_registry_checks_its_digest_an
     caller.wait_for_listener(listener, PUSH).unwrap();
     let mut http = Http::new(caller.outside(listener).unwrap());
 
-    // A tester reaches canary once pilot-agent has pulled the module and Envoy runs it.
-    eventually("a tester on canary through the pulled filter", PUSH, || {
-        tester(&mut http).filter(|r| served_by(r, &CANARY))
-    });
+    // A tester reaches canary once pilot-agent has pulled the module and Envoy runs it; the
+    // stable pod's own filter (its own ECDS stream) tags a user's response.
+    eventually(
+        "a tester on canary through the pulled filter, a user tagged by stable",
+        PUSH,
+        || {
+            let tester = tester(&mut http)?;
+            let user = http.get("reviews:9080", "/", &[]).ok()?;
+            (served_by(&tester, &CANARY) && served_by(&user, &STABLE)).then_some(())
+        },
+    );
     // What ran is the image's module, byte for byte, pulled from the registry and named by the
     // manifest digest the WasmPlugin gave.
     let cached = caller.cached_modules();
