@@ -507,6 +507,10 @@ async fn reconcile_rollout(rollout: Arc<CanaryRollout>, ctx: Arc<Context>) -> Re
         tokio::select! {
             taken = take_measurements(client, &ns, &plan.measure, observed.now) => {
                 observed.measurements = taken;
+                // The decision is made now, after the measurement (a provider may take its
+                // whole timeout): a delay it starts (blue's or an aborted canary's scale-down)
+                // counts from the traffic write that follows, not from before the measurement.
+                observed.now = Utc::now();
             }
             () = spec_changed(&ctx, &rollout) => {
                 info!("the spec changed while measuring: measurements dropped, the new spec reconciled now");

@@ -432,6 +432,58 @@ async fn a_failing_post_promotion_analysis_switches_every_caller_back_to_blue_st
     assert!(back.resource_version > switch.resource_version);
 }
 
+/// A post-promotion analysis whose provider takes 1.5 s to answer: the promotion it allows
+/// comes 1.5 s after its measurement began, and blue still keeps its pods the whole
+/// scaleDownDelaySeconds (2 s) after the DestinationRule moved to green, not what was left of
+/// the delay counted from before the measurement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_keeps_its_whole_scale_down_delay_after_a_slow_post_promotion_measurement() {
+    let env = RolloutEnv::new("bg-slow-post").await;
+    let measuring = Duration::from_millis(1_500);
+    let stub = HttpStub::start(move |_| {
+        Reply::Delayed(measuring, Box::new(Reply::ok(&json!({"ok": true}))))
+    })
+    .await;
+    apply_template(&env, "slow", &format!("{}/slow", stub.url), 1).await;
+    let spec = blue_green_rollout(
+        &env.ns,
+        "reviews:v1",
+        json!({"postPromotionAnalysis": analysis("slow")}),
+    );
+    let blue = env.healthy_on_first_version(&spec).await;
+    let rec = Recordings::start(&env).await;
+    env.set_image("reviews:v2").await;
+    let green = env
+        .until("green promoted", |r| {
+            let s = r.status.as_ref()?;
+            (s.phase == Phase::Healthy && s.stable_hash.as_deref() != Some(blue.as_str()))
+                .then(|| s.stable_hash.clone())
+                .flatten()
+        })
+        .await;
+    rec.until_scaled_down(&blue, "blue").await;
+    assert_eq!(stub.requests().len(), 1, "one post-promotion measurement");
+    let rule_moved = rec
+        .rules
+        .versions()
+        .into_iter()
+        .find(|v| subset_hash_of(&v.object, "stable").as_deref() == Some(green.as_str()))
+        .expect("the DestinationRule's stable subset moved to green");
+    let blue_rs = format!("reviews-{blue}");
+    let blue_down = rec
+        .replica_sets
+        .versions()
+        .into_iter()
+        .find(|v| v.object.name_any() == blue_rs && v.object.spec.replicas == Some(0))
+        .unwrap();
+    let kept = blue_down.seen_at - rule_moved.seen_at;
+    assert!(
+        kept >= Duration::from_millis(1_500),
+        "blue kept its pods {kept:?} after the DestinationRule moved; scaleDownDelaySeconds is 2 \
+         (the measurement before the promotion took {measuring:?})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_at_every_phase_returns_every_caller_to_blue() {
     let env = RolloutEnv::new("bg-abort").await;

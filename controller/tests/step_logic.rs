@@ -205,6 +205,17 @@ fn the_fixture_with_its_skywalking_analysis_runs_it_from_step_two_and_aborts_aft
         "{}",
         sw.query
     );
+    // A measurement slower than the interval: the plan made after it (with the time it ended)
+    // finds the next one due already, and asks for it at once rather than at the resync.
+    let taken = vec![apdex_measurement(
+        "background",
+        AnalysisPhase::Successful,
+        now,
+    )];
+    let late = now + Duration::minutes(6);
+    let p = plan(&r.spec, &status, &with(sets.clone(), late, taken));
+    assert_eq!(p.measure.len(), 1, "the next measurement is due");
+    assert_eq!(p.requeue_after, Some(std::time::Duration::ZERO));
     // failureLimit 3: three failures are tolerated, the fourth aborts.
     for n in 1..=4 {
         let taken = vec![apdex_measurement("background", AnalysisPhase::Failed, now)];

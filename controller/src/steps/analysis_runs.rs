@@ -242,6 +242,9 @@ impl Planner<'_> {
             let fresh = self.created_runs.contains(&run.name);
             for (metric, at) in run.next_due(&resolved.metrics) {
                 if at <= now && !fresh {
+                    // Taken by this reconcile if this plan is the first of it; if it is the
+                    // one made after a measurement (slower than the interval), by the next.
+                    self.requeue_in(Duration::ZERO);
                     if let Some(m) = resolved.metrics.iter().find(|m| m.name == metric) {
                         out.push(MeasureRequest {
                             run: run.name.clone(),

@@ -61,6 +61,8 @@ pub enum Reply {
     Json(u16, String),
     /// Reads the request and never answers (until the stub is dropped): a provider that hangs.
     Silence,
+    /// Answers as the inner reply after this long: a slow provider.
+    Delayed(std::time::Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -123,7 +125,12 @@ where
     // Keep-alive: one connection may carry several requests.
     while let Some(request) = read_request(&mut sock).await {
         recorded.lock().unwrap().push(request.clone());
-        match answer(&request) {
+        let mut reply = answer(&request);
+        while let Reply::Delayed(delay, inner) = reply {
+            tokio::time::sleep(delay).await;
+            reply = *inner;
+        }
+        match reply {
             Reply::Json(status, body) => {
                 let response = format!(
                     "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -142,7 +149,7 @@ where
                     return;
                 }
             }
-            Reply::Silence => {
+            Reply::Silence | Reply::Delayed(..) => {
                 // Holds the connection open; the stub's Drop ends this task.
                 std::future::pending::<()>().await;
             }
