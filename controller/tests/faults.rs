@@ -239,14 +239,10 @@ async fn a_controller_sigkilled_twenty_times_at_random_points_skips_no_step_and_
         steps.push(json!({"pause": {"duration": "1s"}}));
     }
     steps.push(json!({"pause": {}}));
-    env.apply_rollout(&rollout(&env.ns, "reviews:v1", Value::Array(steps)))
-        .await;
     {
         let _controller = start_controller_process(&env);
-        env.until("v1 stable", |r| {
-            (r.status.as_ref()?.phase == Phase::Healthy).then_some(())
-        })
-        .await;
+        env.healthy_on_first_version(&rollout(&env.ns, "reviews:v1", Value::Array(steps)))
+            .await;
     }
     let filter = record_filter(&env).await;
     env.set_image("reviews:v2").await;
@@ -309,23 +305,16 @@ async fn a_controller_sigkilled_twenty_times_at_random_points_skips_no_step_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_sigkilled_through_a_blue_green_release_switches_once_and_promotes() {
     let env = RolloutEnv::without_controller("fault-sigkill-bg").await;
-    env.apply_rollout(&blue_green_rollout(
-        &env.ns,
-        "reviews:v1",
-        json!({
-            "previewHeaderRoute": {"match": [{"headerName": "x-preview", "headerValue": {"exact": "yes"}}]},
-            "autoPromotionSeconds": 2
-        }),
-    ))
-    .await;
     let blue = {
         let _controller = start_controller_process(&env);
-        env.until("blue stable", |r| {
-            let s = r.status.as_ref()?;
-            (s.phase == Phase::Healthy)
-                .then(|| s.stable_hash.clone())
-                .flatten()
-        })
+        env.healthy_on_first_version(&blue_green_rollout(
+            &env.ns,
+            "reviews:v1",
+            json!({
+                "previewHeaderRoute": {"match": [{"headerName": "x-preview", "headerValue": {"exact": "yes"}}]},
+                "autoPromotionSeconds": 2
+            }),
+        ))
         .await
     };
     let filter = record_filter(&env).await;

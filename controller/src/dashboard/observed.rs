@@ -94,12 +94,11 @@ async fn read_prometheus(url: &str, state: &ClusterState) -> Result<(), String> 
         let service = rollout.spec.strategy.service();
         let (canary_q, total_q) = prometheus_queries(&key.0, &service);
         let timeout = Duration::from_secs(5);
-        let read = async {
-            let canary = prometheus_query(url, &canary_q, None, timeout).await?;
-            let total = prometheus_query(url, &total_q, None, timeout).await?;
-            Ok::<_, String>((rate_of(&canary.0), rate_of(&total.0)))
-        }
-        .await;
+        let read = tokio::try_join!(
+            prometheus_query(url, &canary_q, None, timeout),
+            prometheus_query(url, &total_q, None, timeout),
+        )
+        .map(|(canary, total)| (rate_of(&canary.0), rate_of(&total.0)));
         let now = chrono::Utc::now().timestamp_millis();
         state.with_split(&key, |h| match &read {
             Ok((canary, total)) => h.record_rates(now, *canary, *total),
